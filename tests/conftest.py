@@ -1,0 +1,45 @@
+"""pytest fixtures: one throwaway cluster per session, a fresh database per test."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from pgcluster import Cluster  # noqa: E402
+
+_db_counter = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def cluster(request: pytest.FixtureRequest):
+    """A running throwaway cluster (wal_level=logical), stopped when the session ends."""
+    c = Cluster(name="pgcdc-test")
+    request.addfinalizer(c.stop)  # registered before start: a failed start still cleans up
+    c.start()
+    return c
+
+
+@pytest.fixture
+def fresh_db(cluster: Cluster, request: pytest.FixtureRequest):
+    """Name of a new, empty database in the session cluster; dropped after the test."""
+    name = f"t{os.getpid()}_{next(_db_counter)}_{_slug(request.node.name)}"[:63]
+    cluster.execute(f'CREATE DATABASE "{name}"')
+    yield name
+    if cluster.is_running():
+        # slots pin the database: drop them first, then the database (kicking clients out)
+        cluster.execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+            "WHERE database = %s AND NOT active",
+            params=[name],
+        )
+        cluster.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _slug(s: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in s.lower())
