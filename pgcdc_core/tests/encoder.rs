@@ -1,0 +1,263 @@
+//! Encoder behaviour beyond the golden files: streamed and prepared transactions, positions,
+//! transaction metadata, truncate, schemas, unchanged TOAST and bad input.
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::{encode_fixture, load_fixture};
+use pgcdc_core::debezium::{EncodeError, Encoder, EncoderOptions, Event, NoCatalog, Op};
+use pgcdc_core::pgoutput::{
+    Begin, ColumnData, Commit, Insert, Message, OldTuple, Relation, RelationColumn, ReplicaIdentity, TupleData, Update,
+};
+use pgcdc_core::Lsn;
+use serde_json::Value as Json;
+
+fn json(text: &str) -> Json {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("invalid JSON {e}: {text}"))
+}
+
+fn after_id(e: &Event) -> i64 {
+    json(e.value.as_deref().unwrap())["after"]["id"].as_i64().unwrap()
+}
+
+#[test]
+fn streamed_transactions_emit_only_committed_changes() {
+    let fixture = load_fixture("streaming_proto2.json");
+    let events = encode_fixture(&fixture, &[]);
+    assert!(events.iter().all(|e| e.op == Op::Create));
+    let ids: Vec<i64> = events.iter().map(after_id).collect();
+    let expected: Vec<i64> = (1..=2000).chain(20001..=20300).chain(20801..=20900).chain([30001]).collect();
+    assert_eq!(ids, expected, "rolled-back transaction and savepoint must not appear");
+    // Records of one transaction share its commit LSN and count up from 1.
+    let first_tx: Vec<&Event> = events.iter().take(2000).collect();
+    assert!(first_tx.iter().all(|e| e.commit_lsn == first_tx[0].commit_lsn && e.xid == first_tx[0].xid));
+    assert_eq!(first_tx.iter().map(|e| e.ordinal).collect::<Vec<_>>(), (1..=2000).collect::<Vec<u32>>());
+    let v = json(events[0].value.as_deref().unwrap());
+    assert_eq!(v["source"]["txId"].as_u64(), events[0].xid.map(u64::from));
+    assert!(v["source"]["ts_ms"].as_i64().unwrap() > 1_700_000_000_000, "commit time from Stream Commit");
+}
+
+#[test]
+fn prepared_transactions_emit_only_when_committed() {
+    let fixture = load_fixture("twophase_proto3.json");
+    let events = encode_fixture(&fixture, &[]);
+    let summary: Vec<(Op, i64)> = events.iter().map(|e| (e.op, after_id(e))).collect();
+    assert_eq!(summary, vec![(Op::Create, 1), (Op::Create, 2), (Op::Create, 3)]);
+}
+
+#[test]
+fn positions_are_unique_and_stable() {
+    let fixture = load_fixture("typematrix_proto1.json");
+    let options = [("skipped.operations", "none"), ("provide.transaction.metadata", "true")];
+    let a = encode_fixture(&fixture, &options);
+    let b = encode_fixture(&fixture, &options);
+    assert_eq!(a, b, "re-decoding the same WAL gives the same records");
+    let positions: HashSet<(Lsn, u32)> = a.iter().map(|e| (e.commit_lsn, e.ordinal)).collect();
+    assert_eq!(positions.len(), a.len(), "(commit_lsn, ordinal) identifies a record");
+}
+
+#[test]
+fn transaction_metadata_brackets_every_transaction() {
+    let fixture = load_fixture("typematrix_proto1.json");
+    let events = encode_fixture(&fixture, &[("topic.prefix", "tm"), ("provide.transaction.metadata", "true")]);
+    // FORMAT.md §0: txmeta_noschema.jsonl has 82 records for this workload.
+    assert_eq!(events.len(), 82);
+    assert_eq!(events[0].op, Op::TxBegin);
+    assert_eq!(&*events[0].topic, "tm.transaction");
+    let begin = json(events[0].value.as_deref().unwrap());
+    let change = json(events[1].value.as_deref().unwrap());
+    let end = json(events[2].value.as_deref().unwrap());
+    let xid = events[1].xid.unwrap();
+    // BEGIN's id uses the first change's LSN, END's the commit end LSN.
+    assert_eq!(begin["id"], format!("{xid}:{}", change["source"]["lsn"]));
+    assert_eq!(change["transaction"]["id"], begin["id"]);
+    assert_eq!(change["transaction"]["total_order"], 1);
+    assert_eq!(end["status"], "END");
+    assert_eq!(end["event_count"], 1);
+    assert_eq!(end["data_collections"], json(r#"[{"data_collection":"public.tm_types","event_count":1}]"#));
+    assert_eq!(end["ts_ms"], change["source"]["ts_ms"]);
+    // The TRUNCATE-only transaction (skipped by default) still has BEGIN and an empty END.
+    let empty_end = events
+        .iter()
+        .filter(|e| e.op == Op::TxEnd)
+        .map(|e| json(e.value.as_deref().unwrap()))
+        .find(|v| v["event_count"] == 0)
+        .expect("END of the truncate transaction");
+    assert_eq!(empty_end["data_collections"], json("[]"));
+    // Tombstones are not counted.
+    let tx_with_delete = events.iter().position(|e| e.op == Op::Tombstone).unwrap();
+    let end_after = events[tx_with_delete..].iter().find(|e| e.op == Op::TxEnd).unwrap();
+    assert_eq!(json(end_after.value.as_deref().unwrap())["event_count"], 1);
+}
+
+#[test]
+fn truncate_events_when_not_skipped() {
+    let fixture = load_fixture("typematrix_proto1.json");
+    let events = encode_fixture(&fixture, &[("topic.prefix", "tm"), ("skipped.operations", "none")]);
+    assert_eq!(events.len(), 35, "FORMAT.md: allops_noschema.jsonl has 35 records");
+    let t: Vec<&Event> = events.iter().filter(|e| e.op == Op::Truncate).collect();
+    assert_eq!(t.len(), 1);
+    assert_eq!(t[0].key, None);
+    assert_eq!(&*t[0].topic, "tm.public.tm_nopk");
+    let v = json(t[0].value.as_deref().unwrap());
+    assert_eq!(v["op"], "t");
+    assert!(v["before"].is_null() && v["after"].is_null());
+    assert_eq!(v["source"]["table"], "tm_nopk");
+}
+
+#[test]
+fn schema_form_wraps_the_same_payload() {
+    let fixture = load_fixture("typematrix_proto1.json");
+    let plain = encode_fixture(&fixture, &[("topic.prefix", "tm")]);
+    let wrapped = encode_fixture(&fixture, &[("topic.prefix", "tm"), ("schemas.enable", "true")]);
+    assert_eq!(plain.len(), wrapped.len());
+    for (p, w) in plain.iter().zip(&wrapped) {
+        match (&p.value, &w.value) {
+            (Some(pv), Some(wv)) => {
+                let wv = json(wv);
+                assert_eq!(wv["payload"], json(pv));
+                let schema = &wv["schema"];
+                assert_eq!(schema["type"], "struct");
+                // Every payload field is described by the schema, in order.
+                if p.op != Op::Message {
+                    let names: Vec<&str> =
+                        schema["fields"].as_array().unwrap().iter().map(|f| f["field"].as_str().unwrap()).collect();
+                    assert_eq!(names, ["before", "after", "source", "transaction", "op", "ts_ms", "ts_us", "ts_ns"]);
+                    let after_fields = schema["fields"][1]["fields"].as_array().unwrap();
+                    let after = &wv["payload"]["after"];
+                    if let Some(obj) = after.as_object() {
+                        let mut described: Vec<&str> =
+                            after_fields.iter().map(|f| f["field"].as_str().unwrap()).collect();
+                        described.sort_unstable();
+                        let present: Vec<&str> = obj.keys().map(String::as_str).collect(); // sorted map
+                        assert_eq!(described, present);
+                    }
+                }
+            }
+            (None, None) => assert_eq!(p.op, Op::Tombstone),
+            other => panic!("value presence differs: {other:?}"),
+        }
+        if let (Some(pk), Some(wk)) = (&p.key, &w.key) {
+            assert_eq!(json(wk)["payload"], json(pk));
+        }
+    }
+    // FORMAT.md §1: the serial key's schema.
+    assert_eq!(
+        json(wrapped[0].key.as_deref().unwrap())["schema"],
+        json(
+            r#"{"type":"struct","fields":[{"type":"int32","optional":false,"default":0,"field":"id"}],"optional":false,"name":"tm.public.tm_types.Key"}"#
+        )
+    );
+}
+
+// ---- hand-built streams --------------------------------------------------------------
+
+const REL: u32 = 16400;
+
+fn relation(identity: ReplicaIdentity) -> Message<'static> {
+    let col =
+        |name: &str, oid, key| RelationColumn { is_key: key, name: name.into(), type_oid: oid, type_modifier: -1 };
+    Message::Relation(Relation {
+        xid: None,
+        id: REL,
+        namespace: "public".into(),
+        name: "docs".into(),
+        replica_identity: identity,
+        columns: vec![col("id", 23, true), col("body", 25, false), col("tags", 1009, false), col("n", 23, false)],
+    })
+}
+
+fn tuple<'a>(cols: &[ColumnData<'a>]) -> TupleData<'a> {
+    TupleData { columns: cols.to_vec() }
+}
+
+fn run(options: &[(&str, &str)], identity: ReplicaIdentity, change: Message<'_>) -> Result<Vec<Event>, EncodeError> {
+    let mut enc = Encoder::new(EncoderOptions::from_pairs(options.iter().copied()).unwrap(), "db");
+    let mut out = Vec::new();
+    let begin = Message::Begin(Begin { final_lsn: Lsn(0x500), commit_time: 0, xid: 77 });
+    let commit = Message::Commit(Commit { flags: 0, commit_lsn: Lsn(0x500), end_lsn: Lsn(0x530), commit_time: 0 });
+    for (lsn, m) in [(0x100, &relation(identity)), (0x100, &begin), (0x200, &change), (0x500, &commit)] {
+        enc.handle(Lsn(lsn), m, &mut NoCatalog, &mut out)?;
+    }
+    Ok(out)
+}
+
+fn toast_update(old: Option<OldTuple<'static>>) -> Message<'static> {
+    use ColumnData::*;
+    Message::Update(Update {
+        xid: None,
+        relation_id: REL,
+        old,
+        new: tuple(&[Text(b"1"), UnchangedToast, UnchangedToast, Text(b"2")]),
+    })
+}
+
+#[test]
+fn unchanged_toast_is_listed_not_faked() {
+    let events = run(&[], ReplicaIdentity::Default, toast_update(None)).unwrap();
+    let v = json(events[0].value.as_deref().unwrap());
+    assert_eq!(v["after"], json(r#"{"id":1,"n":2}"#));
+    assert_eq!(v["unchanged_columns"], json(r#"["body","tags"]"#));
+    assert_eq!(events[0].key.as_deref(), Some(r#"{"id":1}"#), "replica identity key without catalog");
+}
+
+#[test]
+fn unchanged_toast_placeholder_mode_matches_debezium() {
+    let opts = [("unchanged.toast.handling.mode", "placeholder")];
+    let events = run(&opts, ReplicaIdentity::Default, toast_update(None)).unwrap();
+    let v = json(events[0].value.as_deref().unwrap());
+    assert_eq!(
+        v["after"],
+        json(r#"{"id":1,"body":"__debezium_unavailable_value","tags":["__debezium_unavailable_value"],"n":2}"#)
+    );
+    assert!(v.get("unchanged_columns").is_none());
+}
+
+#[test]
+fn unchanged_toast_is_filled_from_the_full_old_row() {
+    use ColumnData::*;
+    let old = OldTuple::Full(tuple(&[Text(b"1"), Text(b"long text"), Text(b"{a,b}"), Text(b"1")]));
+    let events = run(&[], ReplicaIdentity::Full, toast_update(Some(old))).unwrap();
+    let v = json(events[0].value.as_deref().unwrap());
+    assert_eq!(v["before"], json(r#"{"id":1,"body":"long text","tags":["a","b"],"n":1}"#));
+    assert_eq!(v["after"], json(r#"{"id":1,"body":"long text","tags":["a","b"],"n":2}"#));
+    assert!(v.get("unchanged_columns").is_none());
+    assert_eq!(events[0].key, None, "REPLICA IDENTITY FULL without catalog: no key");
+}
+
+#[test]
+fn bad_input_is_an_error_naming_the_column() {
+    use ColumnData::*;
+    let insert = |cols| Message::Insert(Insert { xid: None, relation_id: REL, new: tuple(cols) });
+    let e = run(&[], ReplicaIdentity::Default, insert(&[Text(b"x1"), Null, Null, Null])).unwrap_err();
+    assert!(e.to_string().starts_with("column public.docs.id: cannot convert \"x1\""), "{e}");
+    let e = run(&[], ReplicaIdentity::Default, insert(&[Text(b"1"), Text(b"\xff"), Null, Null])).unwrap_err();
+    assert_eq!(e.to_string(), "column public.docs.body: text is not valid UTF-8");
+    let e = run(&[], ReplicaIdentity::Default, insert(&[Text(b"1")])).unwrap_err();
+    assert_eq!(e.to_string(), "tuple of public.docs has 1 columns, its Relation message declared 4");
+    let unknown = Message::Insert(Insert { xid: None, relation_id: 999, new: tuple(&[]) });
+    let e = run(&[], ReplicaIdentity::Default, unknown).unwrap_err();
+    assert_eq!(e, EncodeError::UnknownRelation(999));
+}
+
+#[test]
+fn non_transactional_message_has_no_txid() {
+    use pgcdc_core::pgoutput::LogicalMessage;
+    let mut enc = Encoder::new(EncoderOptions::default(), "db");
+    let mut out = Vec::new();
+    let m = Message::Message(LogicalMessage {
+        xid: None,
+        transactional: false,
+        lsn: Lsn(0x900),
+        prefix: "audit",
+        content: b"\x00\x01",
+    });
+    enc.handle(Lsn(0x900), &m, &mut NoCatalog, &mut out).unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].commit_lsn, out[0].ordinal, out[0].xid), (Lsn(0x900), 1, None));
+    let v = json(out[0].value.as_deref().unwrap());
+    assert!(v["source"]["txId"].is_null());
+    assert_eq!(v["message"], json(r#"{"prefix":"audit","content":"AAE="}"#));
+    assert_eq!(out[0].key.as_deref(), Some(r#"{"prefix":"audit"}"#));
+}
