@@ -8,7 +8,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pgcdc_core::pgoutput::{frame, decode_message, DecodeError, Decoder, Message};
+use pgcdc_core::pgoutput::{decode_message, frame, DecodeError, Decoder, Message};
 
 fn check(buf: &[u8], result: &Result<Message<'_>, DecodeError>) {
     if let Err(e) = result {

@@ -593,7 +593,6 @@ fn read_other<'a>(
             xid: r.read_u32("xid")?,
             gid: r.read_cstr()?.to_owned(),
         }),
-
         // `check_tag` accepted only the tags above and those of `decode_with`.
         _ => return Err(error(0, DecodeErrorKind::UnknownTag(char::from(tag)))),
     })
