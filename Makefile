@@ -2,6 +2,7 @@
 #
 #   make test            install whatever is missing, then run every test suite
 #   make lint            rustfmt + clippy (-D warnings)
+#   make bench           benchmarks (criterion: decode+encode events/s per core)
 #   make golden-capture  regenerate pgcdc_core/tests/fixtures/ from a throwaway PostgreSQL
 #   make clean           remove build output, the venv (and its stamp) and pytest caches
 #
@@ -33,7 +34,7 @@ SUDO := $(shell if [ "$$(id -u)" = 0 ]; then echo; elif command -v sudo >/dev/nu
 
 export PG_CONFIG PGRX_HOME
 
-.PHONY: test test-core test-py deps deps-os deps-pgrx venv lint golden-capture clean
+.PHONY: test test-core test-py deps deps-os deps-pgrx venv lint bench golden-capture clean
 
 # ---------------------------------------------------------------- tests
 # `deps` first, so a fresh machine gets everything; add suites after it (e.g. test-ext),
@@ -92,6 +93,10 @@ lint:
 	@cargo fmt --all -- --check
 	@echo "==> lint: cargo clippy -p pgcdc_core -D warnings"
 	@cargo clippy -p pgcdc_core --all-targets -- -D warnings
+
+bench:
+	@echo "==> bench: pgcdc_core decode+encode (criterion)"
+	@cargo bench -p pgcdc_core --bench encode
 
 golden-capture: deps-os venv
 	@echo "==> golden-capture: pgcdc_core/tests/fixtures/"

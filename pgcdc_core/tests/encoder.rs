@@ -261,3 +261,39 @@ fn non_transactional_message_has_no_txid() {
     assert_eq!(v["message"], json(r#"{"prefix":"audit","content":"AAE="}"#));
     assert_eq!(out[0].key.as_deref(), Some(r#"{"prefix":"audit"}"#));
 }
+
+/// `double_json_noschema.jsonl` is not shipped; FORMAT.md §6 gives its values for row 1.
+#[test]
+fn double_json_interval_string_values_match_format_md() {
+    let fixture = load_fixture("typematrix_proto1.json");
+    let events = encode_fixture(
+        &fixture,
+        &[
+            ("decimal.handling.mode", "double"),
+            ("hstore.handling.mode", "json"),
+            ("interval.handling.mode", "string"),
+        ],
+    );
+    let text = events[0].value.as_deref().unwrap();
+    for expected in [
+        r#""c_numeric":1.23456781234E7,"#,
+        r#""c_numeric_any":1.0E-21,"#,
+        r#""c_money":12.34,"#,
+        r#""c_interval":"P1Y2M3DT4H5M6.789S","#,
+        r#""c_hstore":"{\"a\":\"1\",\"b\":null}","#,
+    ] {
+        assert!(text.contains(expected), "{expected} not in {text}");
+    }
+    let edge = events[2].value.as_deref().unwrap();
+    assert!(edge.contains(r#""c_numeric_any":"NaN","#), "{edge}");
+}
+
+/// FORMAT.md §6: `hstore.handling.mode=map` and `binary.handling.mode=hex` (map_unknown_hex).
+#[test]
+fn map_and_hex_modes_match_format_md() {
+    let fixture = load_fixture("typematrix_proto1.json");
+    let events = encode_fixture(&fixture, &[("hstore.handling.mode", "map"), ("binary.handling.mode", "hex")]);
+    let text = events[0].value.as_deref().unwrap();
+    assert!(text.contains(r#""c_hstore":{"a":"1","b":null},"#), "{text}");
+    assert!(text.contains(r#""c_bytea":"deadbeef00","#), "{text}");
+}
