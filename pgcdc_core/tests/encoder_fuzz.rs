@@ -59,7 +59,7 @@ fn column_data() -> impl Strategy<Value = (u8, String)> {
 }
 
 fn options() -> impl Strategy<Value = Vec<(&'static str, &'static str)>> {
-    let pairs = prop::sample::subsequence(
+    prop::sample::subsequence(
         vec![
             ("decimal.handling.mode", "string"),
             ("decimal.handling.mode", "double"),
@@ -73,8 +73,7 @@ fn options() -> impl Strategy<Value = Vec<(&'static str, &'static str)>> {
             ("unchanged.toast.handling.mode", "placeholder"),
         ],
         0..6,
-    );
-    pairs
+    )
 }
 
 proptest! {
