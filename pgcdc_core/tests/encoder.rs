@@ -268,11 +268,7 @@ fn double_json_interval_string_values_match_format_md() {
     let fixture = load_fixture("typematrix_proto1.json");
     let events = encode_fixture(
         &fixture,
-        &[
-            ("decimal.handling.mode", "double"),
-            ("hstore.handling.mode", "json"),
-            ("interval.handling.mode", "string"),
-        ],
+        &[("decimal.handling.mode", "double"), ("hstore.handling.mode", "json"), ("interval.handling.mode", "string")],
     );
     let text = events[0].value.as_deref().unwrap();
     for expected in [
