@@ -255,7 +255,7 @@ fn non_transactional_message_has_no_txid() {
     });
     enc.handle(Lsn(0x900), &m, &mut NoCatalog, &mut out).unwrap();
     assert_eq!(out.len(), 1);
-    assert_eq!((out[0].commit_lsn, out[0].ordinal, out[0].xid), (Lsn(0x900), 1, None));
+    assert_eq!((out[0].commit_lsn, out[0].ordinal, out[0].xid), (Lsn(0x900), 0, None));
     let v = json(out[0].value.as_deref().unwrap());
     assert!(v["source"]["txId"].is_null());
     assert_eq!(v["message"], json(r#"{"prefix":"audit","content":"AAE="}"#));

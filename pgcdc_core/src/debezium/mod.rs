@@ -7,7 +7,9 @@
 //! data (see `values` and the README).
 //!
 //! Positions: every record of a transaction carries the transaction's commit LSN and a
-//! 1-based ordinal. Re-decoding the same WAL with the same options yields the same
+//! 1-based ordinal. A non-transactional logical message carries its own LSN and ordinal 0:
+//! its LSN can equal the commit LSN of the transaction decoded right after it, whose first
+//! record has ordinal 1. Re-decoding the same WAL with the same options yields the same
 //! `(commit_lsn, ordinal)` for the same record, so consumers and the extension can dedupe.
 //!
 //! Streamed (protocol >= 2) and prepared (two-phase) transactions are buffered until their
@@ -96,7 +98,8 @@ pub struct Event {
     pub op: Op,
     /// Commit LSN of the transaction (a non-transactional message: its own LSN).
     pub commit_lsn: Lsn,
-    /// 1-based position among the records of its transaction.
+    /// 1-based position among the records of its transaction; 0 for a record outside any
+    /// transaction (a non-transactional message).
     pub ordinal: u32,
     /// LSN of the change (for END records: the commit's end LSN).
     pub lsn: Lsn,
@@ -485,15 +488,14 @@ impl Encoder {
         self.last_commit_end = Some(end_lsn);
     }
 
-    /// Position and source facts of the next record; opens an implicit transaction for
-    /// messages sent outside one.
+    /// The ordinal of the next record: 1, 2, ... in a transaction, 0 outside one.
     fn next_ordinal(&mut self) -> u32 {
         match self.tx.as_mut() {
             Some(tx) => {
                 tx.ordinal += 1;
                 tx.ordinal
             }
-            None => 1,
+            None => 0,
         }
     }
 
@@ -1001,7 +1003,7 @@ impl Encoder {
             self.ensure_tx_begin(lsn, out);
         }
         let tx_block = if in_tx { self.count_in_tx("message", lsn) } else { None };
-        let ordinal = if in_tx { self.next_ordinal() } else { 1 };
+        let ordinal = if in_tx { self.next_ordinal() } else { 0 };
         let (commit_micros, xid, commit_lsn) = match (&self.tx, in_tx) {
             (Some(tx), true) => (tx.commit_micros, tx.xid, tx.commit_lsn),
             // A non-transactional message has no commit: it is stamped when it is decoded.
