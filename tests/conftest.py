@@ -11,6 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from ext_support import extension_installed  # noqa: E402
 from pgcluster import Cluster  # noqa: E402
 
 _db_counter = itertools.count(1)
@@ -39,6 +40,12 @@ def fresh_db(cluster: Cluster, request: pytest.FixtureRequest):
             params=[name],
         )
         cluster.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def _extension_installed() -> None:
+    """Used by ext_support.requires_extension: fails (never skips) without the extension."""
+    assert extension_installed(), "pgcdc extension not installed into PostgreSQL (run: make ext-install)"
 
 
 def _slug(s: str) -> str:

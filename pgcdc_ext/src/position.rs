@@ -1,0 +1,392 @@
+//! Event positions, acknowledgements, and which LSN the walsender may hear. Pure Rust.
+//!
+//! Every staged event has a **position** `(commit_lsn, ordinal)`: the commit LSN of its
+//! transaction and its 1-based ordinal among the records of that transaction; a
+//! non-transactional logical message has its own LSN and ordinal 0 ([`STANDALONE_ORDINAL`]). Positions grow strictly in stream order, and re-decoding the
+//! same WAL with the same options gives the same positions (pgcdc_core guarantees it), so they
+//! identify events across worker restarts and crashes.
+//!
+//! ## What `pgcdc.ack` means
+//!
+//! * `ack(feed, lsn, ordinal)`: every event at a position `<= (lsn, ordinal)` is consumed. The
+//!   position must have been delivered (staged), or lie in a transaction that is completely
+//!   staged.
+//! * `ack(feed, lsn)`: every event of every transaction whose commit LSN is `<= lsn` is
+//!   consumed. Those transactions must be completely staged; acknowledging a transaction that
+//!   is still being staged is refused, because the caller cannot have read its end yet. A
+//!   consumer that read a transaction only partly (a `read` limit cut it) acknowledges by
+//!   position instead.
+//!
+//! The acknowledged position is durable (logged catalog `pgcdc.feed`). Acknowledged events
+//! are deleted from the queue and never staged again: after any restart the worker skips
+//! every re-sent event at a position `<=` max(acknowledged, last staged) ([`dedupe_floor`]).
+//!
+//! ## What the walsender hears (the slot's `confirmed_flush_lsn`)
+//!
+//! ```text
+//!   WAL:  ..T1 commit..T2 commit..............T3 commit.....keepalive(wal_end W)
+//!   acked:   T1 all    T2 events 1..3 of 5     -
+//!   flush:   end(T1)   (T2 not fully acked: flush stays at end(T1))
+//! ```
+//!
+//! [`Confirmer`] reports only the **end LSN of fully acknowledged transactions**, in stream
+//! order, never what is merely staged. A partly acknowledged transaction holds the flush
+//! position before it; after a restart it is re-sent whole and its acknowledged prefix is
+//! skipped by position. When every transaction seen so far is acknowledged and none is open,
+//! a keepalive's `wal_end` is confirmed too, so a slot whose tables are idle does not pin WAL
+//! written by other tables (all commits before `wal_end` have been sent, and processed in
+//! order before the keepalive).
+//!
+//! Crash at any step: the queue (UNLOGGED) may be emptied, but the slot was never confirmed
+//! past an unacknowledged event, so the walsender re-sends all of them; acknowledged ones are
+//! skipped by position. Nothing acknowledged returns, nothing unacknowledged is lost.
+
+use std::collections::VecDeque;
+use std::fmt;
+
+use pgcdc_core::Lsn;
+
+/// The ordinal stored for "the whole transaction" (SQL `int4` maximum).
+pub const WHOLE_TRANSACTION: u32 = i32::MAX as u32;
+
+/// The ordinal of a non-transactional logical message. Its LSN (the end of its WAL record)
+/// can equal the commit LSN of the transaction decoded right after it, whose first record
+/// has ordinal 1: ordinal 0 keeps the two positions distinct and in stream order.
+pub const STANDALONE_ORDINAL: u32 = 0;
+
+/// Where an event sits in a feed's stream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Position {
+    pub commit_lsn: Lsn,
+    pub ordinal: u32,
+}
+
+impl Position {
+    pub const ZERO: Position = Position { commit_lsn: Lsn::ZERO, ordinal: 0 };
+
+    pub fn new(commit_lsn: Lsn, ordinal: u32) -> Self {
+        Position { commit_lsn, ordinal }
+    }
+
+    /// The position after every event of the transaction committed at `commit_lsn`.
+    pub fn whole(commit_lsn: Lsn) -> Self {
+        Position { commit_lsn, ordinal: WHOLE_TRANSACTION }
+    }
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.ordinal == WHOLE_TRANSACTION {
+            write!(f, "{} (whole transaction)", self.commit_lsn)
+        } else {
+            write!(f, "{} #{}", self.commit_lsn, self.ordinal)
+        }
+    }
+}
+
+/// Events at or below this position are already downstream (staged or acknowledged) and
+/// must not be staged again.
+pub fn dedupe_floor(acked: Position, last_staged: Option<Position>) -> Position {
+    last_staged.map_or(acked, |s| s.max(acked))
+}
+
+/// What a consumer acknowledges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AckTarget {
+    /// Every event at a position `<=` this one.
+    UpTo(Position),
+    /// Every event of transactions committed at or before this LSN.
+    Transactions(Lsn),
+}
+
+impl AckTarget {
+    pub fn position(self) -> Position {
+        match self {
+            AckTarget::UpTo(p) => p,
+            AckTarget::Transactions(l) => Position::whole(l),
+        }
+    }
+}
+
+/// Why an acknowledgement is refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AckError {
+    /// Nothing at that position has been delivered yet.
+    BeyondDelivered { requested: Position, delivered: Position },
+    /// The transaction is still being staged; acknowledge by position.
+    TransactionIncomplete { commit_lsn: Lsn, delivered: Position },
+}
+
+impl fmt::Display for AckError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AckError::BeyondDelivered { requested, delivered } if *delivered == Position::ZERO => {
+                write!(f, "cannot acknowledge {requested}: nothing has been delivered yet")
+            }
+            AckError::BeyondDelivered { requested, delivered } => {
+                write!(f, "cannot acknowledge {requested}: events have been delivered only up to {delivered}")
+            }
+            AckError::TransactionIncomplete { commit_lsn, delivered } => write!(
+                f,
+                "cannot acknowledge the whole transaction committed at {commit_lsn}: \
+                 it is still being staged (delivered up to {delivered})"
+            ),
+        }
+    }
+}
+
+/// What the queue knows when an acknowledgement arrives.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Delivered {
+    /// The acknowledged position so far.
+    pub acked: Position,
+    /// The highest staged position still in the queue.
+    pub last_staged: Option<Position>,
+    /// Commit LSN of the last transaction the worker has staged completely (0 if unknown).
+    pub complete_lsn: Lsn,
+}
+
+impl Delivered {
+    fn high_water(&self) -> Position {
+        dedupe_floor(self.acked, self.last_staged)
+    }
+
+    /// A transaction is completely staged if a later one has events staged, or the worker
+    /// reported its commit as staged.
+    fn is_complete(&self, commit_lsn: Lsn) -> bool {
+        commit_lsn <= self.acked.commit_lsn && self.acked.ordinal == WHOLE_TRANSACTION
+            || self.last_staged.is_some_and(|s| commit_lsn < s.commit_lsn)
+            || commit_lsn <= self.complete_lsn
+    }
+
+    /// The new acknowledged position, or None when `target` acknowledges nothing new
+    /// (acknowledging twice is harmless).
+    pub fn resolve(&self, target: AckTarget) -> Result<Option<Position>, AckError> {
+        let wanted = target.position();
+        if wanted <= self.acked {
+            return Ok(None);
+        }
+        let delivered = self.high_water();
+        let commit_lsn = wanted.commit_lsn;
+        let ok = match target {
+            AckTarget::UpTo(p) => p <= delivered || self.is_complete(commit_lsn),
+            AckTarget::Transactions(_) => self.is_complete(commit_lsn),
+        };
+        if ok {
+            return Ok(Some(wanted));
+        }
+        if delivered.commit_lsn == commit_lsn || commit_lsn < delivered.commit_lsn {
+            Err(AckError::TransactionIncomplete { commit_lsn, delivered })
+        } else {
+            Err(AckError::BeyondDelivered { requested: wanted, delivered })
+        }
+    }
+}
+
+/// A transaction (or non-transactional message) whose end the worker has processed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Seen {
+    /// What the walsender may hear once this is acknowledged: the commit's end LSN.
+    end_lsn: Lsn,
+    /// Position of its last event; None when it produced none.
+    last: Option<Position>,
+}
+
+/// Computes the flush LSN reported to the walsender: see the module docs.
+#[derive(Debug, Default)]
+pub struct Confirmer {
+    pending: VecDeque<Seen>,
+    confirmable: Lsn,
+    in_transaction: bool,
+}
+
+impl Confirmer {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The highest LSN the walsender may hear as flushed.
+    pub fn confirmable(&self) -> Lsn {
+        self.confirmable
+    }
+
+    /// Transactions processed but not yet fully acknowledged.
+    pub fn unconfirmed(&self) -> usize {
+        self.pending.len() + usize::from(self.in_transaction)
+    }
+
+    pub fn begin(&mut self) {
+        self.in_transaction = true;
+    }
+
+    pub fn in_transaction(&self) -> bool {
+        self.in_transaction
+    }
+
+    /// A transaction ended; `last_ordinal` is the highest ordinal it produced (0 for none),
+    /// counting events skipped as duplicates.
+    pub fn commit(&mut self, commit_lsn: Lsn, end_lsn: Lsn, last_ordinal: u32, acked: Position) {
+        self.in_transaction = false;
+        let last = (last_ordinal > 0).then(|| Position::new(commit_lsn, last_ordinal));
+        self.pending.push_back(Seen { end_lsn, last });
+        self.acknowledged(acked);
+    }
+
+    /// A non-transactional logical message at `lsn` (the end of its WAL record), staged at
+    /// `last` (None: it produced no event). Confirming `lsn` skips it after a restart only
+    /// once it is acknowledged.
+    pub fn standalone(&mut self, lsn: Lsn, last: Option<Position>, acked: Position) {
+        self.pending.push_back(Seen { end_lsn: lsn, last });
+        self.acknowledged(acked);
+    }
+
+    /// The acknowledged position moved (or may have): release what is now fully consumed.
+    pub fn acknowledged(&mut self, acked: Position) {
+        while let Some(front) = self.pending.front() {
+            let done = front.last.is_none_or(|last| last <= acked);
+            if !done {
+                break;
+            }
+            self.confirmable = self.confirmable.max(front.end_lsn);
+            self.pending.pop_front();
+        }
+    }
+
+    /// A keepalive, processed in stream order: with nothing open or unacknowledged, everything
+    /// before `wal_end` is consumed or was never published.
+    pub fn keepalive(&mut self, wal_end: Lsn) {
+        if !self.in_transaction && self.pending.is_empty() {
+            self.confirmable = self.confirmable.max(wal_end);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn l(v: u64) -> Lsn {
+        Lsn(v)
+    }
+
+    #[test]
+    fn flush_moves_only_over_fully_acknowledged_transactions() {
+        let mut c = Confirmer::new();
+        let mut acked = Position::ZERO;
+        c.begin();
+        c.commit(l(100), l(108), 3, acked);
+        c.begin();
+        c.commit(l(200), l(208), 5, acked);
+        assert_eq!(c.confirmable(), Lsn::ZERO, "nothing acknowledged, nothing confirmed");
+
+        acked = Position::new(l(100), 2);
+        c.acknowledged(acked);
+        assert_eq!(c.confirmable(), Lsn::ZERO, "T1 partly acknowledged");
+
+        acked = Position::new(l(200), 4);
+        c.acknowledged(acked);
+        assert_eq!(c.confirmable(), l(108), "T1 done, T2 partly");
+
+        acked = Position::whole(l(200));
+        c.acknowledged(acked);
+        assert_eq!(c.confirmable(), l(208));
+        assert_eq!(c.unconfirmed(), 0);
+    }
+
+    #[test]
+    fn keepalive_confirms_idle_wal_only_when_everything_is_acknowledged() {
+        let mut c = Confirmer::new();
+        c.keepalive(l(50));
+        assert_eq!(c.confirmable(), l(50), "idle slot follows the WAL");
+
+        c.begin();
+        c.keepalive(l(60));
+        assert_eq!(c.confirmable(), l(50), "open transaction");
+        c.commit(l(100), l(108), 1, Position::ZERO);
+        c.keepalive(l(300));
+        assert_eq!(c.confirmable(), l(50), "unacknowledged event");
+
+        c.acknowledged(Position::new(l(100), 1));
+        assert_eq!(c.confirmable(), l(108));
+        c.keepalive(l(300));
+        assert_eq!(c.confirmable(), l(300));
+        c.keepalive(l(200));
+        assert_eq!(c.confirmable(), l(300), "never moves back");
+    }
+
+    #[test]
+    fn empty_transactions_follow_their_predecessors() {
+        let mut c = Confirmer::new();
+        c.commit(l(100), l(108), 2, Position::ZERO);
+        c.commit(l(150), l(158), 0, Position::ZERO);
+        assert_eq!(c.confirmable(), Lsn::ZERO);
+        c.acknowledged(Position::whole(l(100)));
+        assert_eq!(c.confirmable(), l(158));
+    }
+
+    #[test]
+    fn standalone_message_is_confirmed_at_its_own_lsn() {
+        let mut c = Confirmer::new();
+        c.standalone(l(70), Some(Position::new(l(70), STANDALONE_ORDINAL)), Position::ZERO);
+        assert_eq!(c.confirmable(), Lsn::ZERO);
+        c.acknowledged(Position::new(l(70), STANDALONE_ORDINAL));
+        assert_eq!(c.confirmable(), l(70));
+    }
+
+    #[test]
+    fn a_standalone_message_sorts_before_a_transaction_committed_at_its_end() {
+        // pg_logical_emit_message(false, ..) as the last statement of a transaction: the
+        // message's LSN (end of its record) is the commit LSN of that transaction.
+        let message = Position::new(l(0x15AB920), STANDALONE_ORDINAL);
+        let first_change = Position::new(l(0x15AB920), 1);
+        assert!(message < first_change);
+    }
+
+    #[test]
+    fn dedupe_floor_is_the_higher_of_acked_and_staged() {
+        let acked = Position::new(l(100), 2);
+        assert_eq!(dedupe_floor(acked, None), acked);
+        assert_eq!(dedupe_floor(acked, Some(Position::new(l(90), 9))), acked);
+        assert_eq!(dedupe_floor(acked, Some(Position::new(l(200), 1))), Position::new(l(200), 1));
+    }
+
+    #[test]
+    fn ack_by_position_must_be_delivered() {
+        let d = Delivered {
+            acked: Position::new(l(100), 1),
+            last_staged: Some(Position::new(l(200), 3)),
+            complete_lsn: l(100),
+        };
+        assert_eq!(d.resolve(AckTarget::UpTo(Position::new(l(100), 1))), Ok(None), "repeat");
+        assert_eq!(d.resolve(AckTarget::UpTo(Position::new(l(50), 9))), Ok(None), "older");
+        assert_eq!(d.resolve(AckTarget::UpTo(Position::new(l(200), 2))), Ok(Some(Position::new(l(200), 2))));
+        assert_eq!(d.resolve(AckTarget::UpTo(Position::new(l(200), 3))), Ok(Some(Position::new(l(200), 3))));
+        assert!(matches!(
+            d.resolve(AckTarget::UpTo(Position::new(l(200), 4))),
+            Err(AckError::TransactionIncomplete { .. })
+        ));
+        assert!(matches!(d.resolve(AckTarget::UpTo(Position::new(l(300), 1))), Err(AckError::BeyondDelivered { .. })));
+    }
+
+    #[test]
+    fn ack_of_whole_transactions_needs_them_complete() {
+        let d = Delivered { acked: Position::ZERO, last_staged: Some(Position::new(l(200), 3)), complete_lsn: l(100) };
+        assert_eq!(
+            d.resolve(AckTarget::Transactions(l(150))),
+            Ok(Some(Position::whole(l(150)))),
+            "everything before the last staged transaction is complete"
+        );
+        assert!(matches!(d.resolve(AckTarget::Transactions(l(200))), Err(AckError::TransactionIncomplete { .. })));
+        assert!(matches!(d.resolve(AckTarget::Transactions(l(250))), Err(AckError::BeyondDelivered { .. })));
+        let done = Delivered { complete_lsn: l(200), ..d };
+        assert_eq!(done.resolve(AckTarget::Transactions(l(200))), Ok(Some(Position::whole(l(200)))));
+        // A transaction with no events after the last staged one, reported complete.
+        let later = Delivered { complete_lsn: l(400), ..d };
+        assert_eq!(later.resolve(AckTarget::Transactions(l(300))), Ok(Some(Position::whole(l(300)))));
+        assert_eq!(
+            later.resolve(AckTarget::UpTo(Position::new(l(200), 99))),
+            Ok(Some(Position::new(l(200), 99))),
+            "past the end of a complete transaction is the whole transaction"
+        );
+    }
+}

@@ -1,0 +1,796 @@
+//! The feed worker: one dynamic background worker per running feed
+//! (`pgcdc feed <name>` in `pg_stat_activity.backend_type`/`application_name`).
+//!
+//! ```text
+//!  start:  feed row (exit 0 unless running) -> advisory lock (one worker per feed)
+//!          -> slot/publication checks (missing or invalidated: error state, exit 0)
+//!          -> dedupe floor = max(acked, last staged) -> stream thread
+//!  loop:   wait (latch | pipe | 1 s) -> one transaction:
+//!            re-read the feed row (paused/dropped: exit 0; options changed: exit 1 = restart)
+//!            queue at its cap? stop draining (WAL is retained) until acks make room
+//!            drain <= batch_size items: decode, encode, skip positions <= floor
+//!            INSERT the batch, NOTIFY, update pgcdc.feed_runtime
+//!          commit -> confirm to the walsender what is fully acknowledged (position.rs)
+//! ```
+//!
+//! Exit codes: 0 = done for good (feed paused, dropped or in error, or another worker owns
+//! the feed); 1 = restart me (the postmaster restarts dynamic workers after 1 s): a lost
+//! replication connection, SIGTERM from `pg_terminate_backend`, changed options. Repeated
+//! failures back off up to 30 s (`feed_runtime.failures`). Permanent failures (slot dropped
+//! or invalidated, publication dropped, undecodable change) put the feed in the `error` state
+//! with the reason in `last_error`, instead of a crash loop.
+
+use std::time::{Duration, Instant};
+
+use pgcdc_core::debezium::{Encoder, Event};
+use pgcdc_core::pgoutput::{Begin, Commit, Decoder, LogicalMessage, Message};
+use pgcdc_core::Lsn;
+use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use crate::catalog::SpiCatalog;
+use crate::datum::PgLsn;
+use crate::feed::{self, Feed, FeedOptions, FeedState, Sink};
+use crate::gucs;
+use crate::position::{dedupe_floor, Confirmer, Position, STANDALONE_ORDINAL};
+use crate::queue::{self, Row, Stager};
+use crate::stream::{Connection, Item, Stream, StreamError};
+
+/// Runs `f` in a transaction of its own (state captured by `f` stays consistent on error
+/// because the worker exits).
+pub fn in_transaction<R>(f: impl FnOnce() -> R) -> R {
+    BackgroundWorker::transaction(std::panic::AssertUnwindSafe(f))
+}
+
+/// The extension's schema (pgcdc.control): its tables are never staged.
+const EXTENSION_SCHEMA: &str = "pgcdc";
+
+/// `bgw_type` of feed workers.
+pub const WORKER_TYPE: &str = "pgcdc feed";
+
+/// What to do after a step.
+enum Next {
+    Continue,
+    /// Exit with this code (0: stay stopped, 1: restart).
+    Exit(i32),
+}
+
+/// Dynamic worker entry point; `arg` is the feed id.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn pgcdc_feed_worker_main(arg: pg_sys::Datum) {
+    let feed_id = arg.value() as i32;
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    BackgroundWorker::connect_worker_to_spi(Some(&gucs::database()), None);
+
+    let code = PgTryBuilder::new(|| run(feed_id))
+        .catch_others(|err| {
+            let message = match &err {
+                pg_sys::panic::CaughtError::PostgresError(e)
+                | pg_sys::panic::CaughtError::ErrorReport(e)
+                | pg_sys::panic::CaughtError::RustPanic { ereport: e, .. } => e.message().to_owned(),
+            };
+            // SAFETY: leaves the failed transaction (if any) so a new one can record the error.
+            unsafe {
+                if pg_sys::IsTransactionState() || pg_sys::IsAbortedTransactionBlockState() {
+                    pg_sys::AbortCurrentTransaction();
+                }
+            }
+            log!("pgcdc feed {feed_id}: {message}; restarting");
+            record_failure(feed_id, &message);
+            1
+        })
+        .execute();
+    // SAFETY: ends this worker process; 0 = do not restart, 1 = restart after bgw_restart_time.
+    unsafe { pg_sys::proc_exit(code) }
+}
+
+/// Keeps freed memory mapped in this process: every staging transaction allocates and frees
+/// megabytes (PostgreSQL's transaction context blocks, the batch's Rust strings). With glibc's
+/// defaults those come from fresh mmap()s and are returned at once, so each batch pays page
+/// faults and page zeroing again (seen as ~10% of the worker's time in perf).
+fn tune_malloc() {
+    // SAFETY: mallopt only changes this process's allocator thresholds.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+        libc::mallopt(libc::M_TOP_PAD, 16 << 20);
+    }
+}
+
+fn run(feed_id: i32) -> i32 {
+    tune_malloc();
+    let mut worker = match in_transaction(|| Worker::start(feed_id)) {
+        Ok(w) => w,
+        Err(code) => return code,
+    };
+    worker.backoff();
+    if let Err(e) = worker.connect() {
+        worker.stream_failed(e);
+        return 1;
+    }
+    worker.main_loop()
+}
+
+struct Worker {
+    feed: Feed,
+    options: FeedOptions,
+    conn: Connection,
+    stream: Option<Stream>,
+    decoder: Decoder,
+    encoder: Encoder,
+    confirmer: Confirmer,
+    stager: Stager,
+    acked: Position,
+    /// Events at or below this position are downstream already (dedupe after restarts).
+    floor: Position,
+    last_staged: Option<Position>,
+    /// Highest ordinal of the open transaction (counting skipped duplicates).
+    tx_last_ordinal: u32,
+    complete_lsn: Lsn,
+    received_lsn: Lsn,
+    staged_rows: i64,
+    staged_bytes: i64,
+    /// Events this worker process has staged.
+    staged_total: i64,
+    at_cap: bool,
+    failures: i32,
+    healthy_since: Option<Instant>,
+    /// Notify sink: the last event sent as a NOTIFY (treated as acknowledged).
+    notified: Position,
+    /// What `write_runtime` last wrote, and when.
+    runtime_written: Option<(RuntimeKey, (Lsn, Lsn), Instant)>,
+}
+
+/// The parts of `pgcdc.feed_runtime` that are always written when they change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct RuntimeKey {
+    phase: &'static str,
+    staged: Position,
+    complete_lsn: Lsn,
+    failures: i32,
+    staged_total: i64,
+}
+
+impl Worker {
+    /// Checks everything in one transaction; Err(exit code) when the worker must not run.
+    fn start(feed_id: i32) -> Result<Worker, i32> {
+        let installed = feed::spi_ok(Spi::connect(|c| {
+            Ok(c.select("SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pgcdc'", None, &[])?.len() == 1)
+        }));
+        if !installed {
+            return Err(0);
+        }
+        let Some(feed) = feed::load_by_id(feed_id) else { return Err(0) };
+        if feed.state != FeedState::Running {
+            return Err(0);
+        }
+        set_application_name(&format!("{WORKER_TYPE} {}", feed.name));
+        // One worker per feed: a session-level lock held until this process exits.
+        let locked: bool = feed::spi_ok(Spi::connect(|c| {
+            let args = [feed::LOCK_CLASS_WORKER.into(), feed_id.into()];
+            c.select("SELECT pg_catalog.pg_try_advisory_lock($1, $2)", None, &args)?.first().get_one::<bool>()
+        }))
+        .unwrap_or(false);
+        if !locked {
+            log!("pgcdc feed \"{}\": another worker runs it; exiting", feed.name);
+            return Err(0);
+        }
+        let options = match feed.options() {
+            Ok(o) => o,
+            Err(e) => {
+                set_error(feed_id, &format!("invalid options: {e}"));
+                return Err(0);
+            }
+        };
+
+        // The slot must exist and be usable; a WAL sender left from our previous life is
+        // ended (one worker per feed holds the lock above).
+        let slot: Option<(Option<i32>, Option<String>, Option<String>)> = feed::spi_ok(Spi::connect(|c| {
+            let args = [feed.slot_name.as_str().into()];
+            c.select(
+                "SELECT active_pid, wal_status, database::text FROM pg_catalog.pg_replication_slots \
+                     WHERE slot_name = $1",
+                None,
+                &args,
+            )?
+            .next()
+            .map(|r| Ok((r.get::<i32>(1)?, r.get::<String>(2)?, r.get::<String>(3)?)))
+            .transpose()
+        }));
+        let Some((active_pid, wal_status, _db)) = slot else {
+            set_error(
+                feed_id,
+                &format!(
+                    "replication slot \"{}\" does not exist (dropped outside pgcdc?); \
+                     drop and re-create the feed",
+                    feed.slot_name
+                ),
+            );
+            return Err(0);
+        };
+        if wal_status.as_deref() == Some("lost") {
+            set_error(
+                feed_id,
+                &format!(
+                    "replication slot \"{}\" was invalidated (max_slot_wal_keep_size exceeded); \
+                     changes were lost: drop and re-create the feed",
+                    feed.slot_name
+                ),
+            );
+            return Err(0);
+        }
+        let publication_exists = feed::spi_ok(Spi::connect(|c| {
+            let args = [feed.publication.as_str().into()];
+            Ok(c.select("SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1", None, &args)?.len() == 1)
+        }));
+        if !publication_exists {
+            set_error(
+                feed_id,
+                &format!(
+                    "publication \"{}\" does not exist; re-create it and call pgcdc.resume_feed('{}')",
+                    feed.publication, feed.name
+                ),
+            );
+            return Err(0);
+        }
+        if let Some(pid) = active_pid {
+            terminate_and_wait(pid, &feed.slot_name);
+        }
+
+        let last_staged = feed::spi_ok(queue::last_staged(feed_id));
+        let (staged_rows, staged_bytes) = feed::spi_ok(queue::staged_totals(feed_id));
+        let failures: i32 = feed::spi_ok(Spi::connect(|c| {
+            let args = [feed_id.into()];
+            c.select("SELECT failures FROM pgcdc.feed_runtime WHERE feed_id = $1", None, &args)?
+                .next()
+                .map(|r| r.get::<i32>(1))
+                .transpose()
+                .map(|v| v.flatten().unwrap_or(0))
+        }));
+        let dbname = current_database();
+        let conn = connection_for(&feed, &dbname).map_err(|e| {
+            set_error(feed_id, &e);
+            0
+        })?;
+        let encoder = Encoder::new(options.encoder.clone(), &dbname);
+        let worker = Worker {
+            acked: feed.acked,
+            floor: dedupe_floor(feed.acked, last_staged),
+            last_staged,
+            feed,
+            options,
+            conn,
+            stream: None,
+            decoder: Decoder::new(1),
+            encoder,
+            confirmer: Confirmer::new(),
+            stager: Stager::default(),
+            tx_last_ordinal: 0,
+            complete_lsn: Lsn::ZERO,
+            received_lsn: Lsn::ZERO,
+            staged_rows,
+            staged_bytes,
+            staged_total: 0,
+            at_cap: false,
+            failures,
+            healthy_since: None,
+            runtime_written: None,
+            notified: Position::ZERO,
+        };
+        let mut worker = worker;
+        worker.write_runtime("starting");
+        Ok(worker)
+    }
+
+    /// After repeated failures, wait 2^n seconds (at most 30) before connecting again.
+    fn backoff(&mut self) {
+        if self.failures <= 0 {
+            return;
+        }
+        let secs = 1u64 << (self.failures.min(5) as u64);
+        let secs = secs.min(30);
+        in_transaction(|| self.write_runtime("backoff"));
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < deadline {
+            if !BackgroundWorker::wait_latch(Some(Duration::from_millis(500))) {
+                // SAFETY: SIGTERM during the back-off: exit and be restarted later.
+                unsafe { pg_sys::proc_exit(1) };
+            }
+        }
+    }
+
+    fn connect(&mut self) -> Result<(), StreamError> {
+        let stream = Stream::start(self.conn.clone()).map_err(|e| StreamError {
+            message: format!("cannot start the replication thread: {e}"),
+            sqlstate: None,
+            permanent: false,
+        })?;
+        self.stream = Some(stream);
+        log!(
+            "pgcdc feed \"{}\": streaming slot \"{}\" (publication \"{}\", acknowledged up to {}, \
+             skipping re-sent events up to {})",
+            self.feed.name,
+            self.feed.slot_name,
+            self.feed.publication,
+            self.acked,
+            self.floor
+        );
+        Ok(())
+    }
+
+    fn main_loop(&mut self) -> i32 {
+        loop {
+            // Wait unless there is work queued already.
+            let busy = {
+                let stream = self.stream.as_ref().expect("connected");
+                !self.at_cap && stream.pending() > 0
+            };
+            if !busy {
+                let stream = self.stream.as_ref().expect("connected");
+                if stream.prepare_to_sleep() || self.at_cap {
+                    let timeout_ms = if self.at_cap { 250 } else { 1000 };
+                    // SAFETY: waits on our latch and our own pipe on the main thread.
+                    unsafe {
+                        pg_sys::WaitLatchOrSocket(
+                            pg_sys::MyLatch,
+                            (pg_sys::WL_LATCH_SET
+                                | pg_sys::WL_SOCKET_READABLE
+                                | pg_sys::WL_TIMEOUT
+                                | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                            stream.wake_fd(),
+                            timeout_ms,
+                            pg_sys::PG_WAIT_EXTENSION,
+                        );
+                        pg_sys::ResetLatch(pg_sys::MyLatch);
+                    }
+                }
+                stream.woke_up();
+            }
+            pgrx::check_for_interrupts!();
+            if BackgroundWorker::sigterm_received() {
+                log!("pgcdc feed \"{}\": terminating on request", self.feed.name);
+                self.stop_stream();
+                return 1;
+            }
+            if BackgroundWorker::sighup_received() {
+                // SAFETY: re-reads postgresql.conf on the main thread, as backends do.
+                unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+            }
+
+            let next = in_transaction(|| self.step());
+            if let Next::Exit(code) = next {
+                self.stop_stream();
+                return code;
+            }
+            // Only now is the batch durable (as durable as the queue is): tell the walsender
+            // what is fully acknowledged.
+            let confirm = self.confirmer.confirmable();
+            let stream = self.stream.as_mut().expect("connected");
+            stream.confirm(confirm);
+
+            if self.failures > 0 && self.healthy_since.is_some_and(|t| t.elapsed() > Duration::from_secs(30)) {
+                self.failures = 0;
+            }
+            if let Some(err) = self.stream.as_mut().expect("connected").ended() {
+                self.stream_failed(err);
+                self.stop_stream();
+                return if self.feed_in_error() { 0 } else { 1 };
+            }
+        }
+    }
+
+    fn stop_stream(&mut self) {
+        if let Some(mut s) = self.stream.take() {
+            s.stop(Duration::from_secs(1));
+        }
+    }
+
+    fn feed_in_error(&self) -> bool {
+        in_transaction(|| feed::load_by_id(self.feed.id).is_none_or(|f| f.state == FeedState::Error))
+    }
+
+    /// Records a stream failure: permanent ones put the feed in the error state.
+    fn stream_failed(&mut self, err: StreamError) {
+        let id = self.feed.id;
+        let name = self.feed.name.clone();
+        if err.permanent {
+            let mut message = err.message.clone();
+            if err.sqlstate.as_deref() == Some("42704") && message.contains("publication") {
+                // PostgreSQL decodes each change with the catalog of its time: a change
+                // written while the publication did not exist can never be decoded.
+                message.push_str(&format!(
+                    "; changes written while publication \"{}\" did not exist cannot be decoded: \
+                     re-create it, then skip them with SELECT pg_replication_slot_advance('{}', <LSN \
+                     after the re-creation>) and SELECT pgcdc.resume_feed('{}'), or drop and \
+                     re-create the feed",
+                    self.feed.publication, self.feed.slot_name, self.feed.name
+                ));
+            }
+            log!("pgcdc feed \"{name}\": {message}; the feed is stopped (state error)");
+            in_transaction(|| set_error(id, &message));
+        } else {
+            log!("pgcdc feed \"{name}\": {err}; restarting");
+            let failures = self.failures + 1;
+            in_transaction(|| {
+                record_failure_in_tx(id, &err.message, failures);
+            });
+        }
+    }
+
+    /// One transaction of work.
+    fn step(&mut self) -> Next {
+        let Some(current) = feed::load_by_id(self.feed.id) else {
+            log!("pgcdc feed \"{}\": dropped; exiting", self.feed.name);
+            return Next::Exit(0);
+        };
+        if current.state != FeedState::Running {
+            log!("pgcdc feed \"{}\": {:?}; exiting", self.feed.name, current.state);
+            return Next::Exit(0);
+        }
+        if current.options_text != self.feed.options_text {
+            log!("pgcdc feed \"{}\": options changed; restarting to apply them", self.feed.name);
+            return Next::Exit(1);
+        }
+        if current.acked != self.acked {
+            self.acked = current.acked;
+            self.floor = self.floor.max(self.acked);
+            self.confirmer.acknowledged(self.effective_acked());
+        }
+
+        // The queue cap: stop reading the stream (the walsender waits; WAL is retained).
+        if self.over_cap() {
+            let (rows, bytes) = feed::spi_ok(queue::staged_totals(self.feed.id));
+            self.staged_rows = rows;
+            self.staged_bytes = bytes;
+            if self.over_cap() {
+                if !self.at_cap {
+                    log!(
+                        "pgcdc feed \"{}\": queue full ({} events, {} bytes); pausing the stream until events are acknowledged",
+                        self.feed.name, rows, bytes
+                    );
+                }
+                self.at_cap = true;
+                self.write_runtime("at_cap");
+                return Next::Continue;
+            }
+        }
+        self.at_cap = false;
+
+        let batch = self.options.batch_size();
+        let mut rows: Vec<Row> = Vec::new();
+        let mut events: Vec<Event> = Vec::new();
+        let mut taken = 0usize;
+        while taken < batch && rows.len() < batch {
+            let Some(item) = self.stream.as_ref().expect("connected").try_recv() else { break };
+            taken += 1;
+            if let Err(message) = self.handle(item, &mut events, &mut rows) {
+                log!("pgcdc feed \"{}\": {message}; the feed is stopped (state error)", self.feed.name);
+                // The batch so far is kept (it is consistent); the feed stops here.
+                self.flush(rows);
+                set_error(self.feed.id, &message);
+                return Next::Exit(0);
+            }
+            if self.over_cap() {
+                break;
+            }
+        }
+        if taken > 0 && self.healthy_since.is_none() {
+            self.healthy_since = Some(Instant::now());
+        }
+        self.flush(rows);
+        Next::Continue
+    }
+
+    /// Stages `rows`, wakes listeners and records progress, in the current transaction.
+    fn flush(&mut self, rows: Vec<Row>) {
+        let channel = self.feed.channel();
+        if !rows.is_empty() {
+            match self.feed.sink {
+                Sink::Table => {
+                    feed::spi_ok(self.stager.stage(self.feed.id, &rows));
+                    let last = rows.last().expect("not empty").position;
+                    let payload = format!("{{\"commit_lsn\":\"{}\",\"ordinal\":{}}}", last.commit_lsn, last.ordinal);
+                    feed::spi_ok(queue::notify(&channel, vec![payload]));
+                }
+                Sink::Notify => {
+                    let mut payloads = Vec::with_capacity(rows.len());
+                    let mut big = Vec::new();
+                    for r in rows {
+                        match r.notify_payload() {
+                            Some(p) => payloads.push(p),
+                            None => {
+                                payloads.push(r.reference_payload());
+                                big.push(r);
+                            }
+                        }
+                    }
+                    let notified = self.last_staged.unwrap_or_default();
+                    feed::spi_ok(self.stager.stage(self.feed.id, &big));
+                    feed::spi_ok(queue::notify(&channel, payloads));
+                    // At-most-once: a notified event is done once this transaction commits
+                    // (the confirmed LSN reaches the walsender only after the commit).
+                    self.notified = self.notified.max(notified);
+                    self.confirmer.acknowledged(self.effective_acked());
+                }
+            }
+        }
+        let phase = if self.at_cap { "at_cap" } else { "streaming" };
+        self.write_runtime(phase);
+    }
+
+    /// What the walsender may be confirmed up to: acknowledged events, and for the notify
+    /// sink also every event already sent as a NOTIFY. (Big events staged in the queue by the
+    /// notify sink are before or at that position: delivery is at-most-once there as well.)
+    fn effective_acked(&self) -> Position {
+        match self.feed.sink {
+            Sink::Table => self.acked,
+            Sink::Notify => self.acked.max(self.notified),
+        }
+    }
+
+    fn over_cap(&self) -> bool {
+        let (max_rows, max_bytes) = (self.options.max_rows(), self.options.max_bytes());
+        (max_rows > 0 && self.staged_rows >= max_rows) || (max_bytes > 0 && self.staged_bytes >= max_bytes)
+    }
+
+    /// Handles one item from the stream; Err = a permanent problem (the feed stops).
+    fn handle(&mut self, item: Item, events: &mut Vec<Event>, rows: &mut Vec<Row>) -> Result<(), String> {
+        events.clear();
+        match item {
+            Item::KeepAlive { wal_end } => {
+                self.received_lsn = self.received_lsn.max(wal_end);
+                self.confirmer.keepalive(wal_end);
+                return Ok(());
+            }
+            Item::Begin { final_lsn, xid, commit_time } => {
+                self.confirmer.begin();
+                self.tx_last_ordinal = 0;
+                let msg = Message::Begin(Begin { final_lsn, commit_time, xid });
+                self.encode(final_lsn, &msg, events)?;
+            }
+            Item::Commit { commit_lsn, end_lsn, commit_time } => {
+                self.received_lsn = self.received_lsn.max(end_lsn);
+                let msg = Message::Commit(Commit { flags: 0, commit_lsn, end_lsn, commit_time });
+                self.encode(commit_lsn, &msg, events)?;
+                self.take(events, rows);
+                self.confirmer.commit(commit_lsn, end_lsn, self.tx_last_ordinal, self.effective_acked());
+                self.complete_lsn = commit_lsn;
+                return Ok(());
+            }
+            Item::Message { transactional, lsn, prefix, content } => {
+                self.received_lsn = self.received_lsn.max(lsn);
+                let msg = Message::Message(LogicalMessage {
+                    xid: None,
+                    transactional,
+                    lsn,
+                    prefix: &prefix,
+                    content: &content,
+                });
+                self.encode(lsn, &msg, events)?;
+                if !transactional && !self.confirmer.in_transaction() {
+                    // The core gives records outside a transaction ordinal 0 (STANDALONE_ORDINAL).
+                    let last = events.last().map(|ev| Position::new(ev.commit_lsn, ev.ordinal));
+                    debug_assert!(events.iter().all(|ev| ev.ordinal == STANDALONE_ORDINAL));
+                    let saved = self.tx_last_ordinal;
+                    self.take(events, rows);
+                    self.tx_last_ordinal = saved;
+                    self.confirmer.standalone(lsn, last, self.effective_acked());
+                    return Ok(());
+                }
+            }
+            Item::Data { wal_start, data } => {
+                self.received_lsn = self.received_lsn.max(wal_start);
+                let msg =
+                    self.decoder.decode(&data).map_err(|e| format!("cannot decode the change at {wal_start}: {e}"))?;
+                self.encode(wal_start, &msg, events)?;
+            }
+        }
+        self.take(events, rows);
+        Ok(())
+    }
+
+    fn encode(&mut self, wal_start: Lsn, msg: &Message<'_>, events: &mut Vec<Event>) -> Result<(), String> {
+        self.encoder
+            .handle(wal_start, msg, &mut SpiCatalog, events)
+            .map_err(|e| format!("cannot encode the change at {wal_start}: {e}"))
+    }
+
+    /// Moves new events into `rows`, skipping those already downstream.
+    fn take(&mut self, events: &mut Vec<Event>, rows: &mut Vec<Row>) {
+        for ev in events.drain(..) {
+            let pos = Position::new(ev.commit_lsn, ev.ordinal);
+            self.tx_last_ordinal = self.tx_last_ordinal.max(ev.ordinal);
+            if pos <= self.floor {
+                continue;
+            }
+            // pgcdc's own catalog (published by FOR ALL TABLES publications) would feed
+            // acknowledgements back into the feeds: never stage it.
+            if &*ev.schema == EXTENSION_SCHEMA {
+                continue;
+            }
+            self.floor = pos;
+            self.last_staged = Some(pos);
+            let row = Row::from_event(ev);
+            self.staged_rows += 1;
+            self.staged_total += 1;
+            self.staged_bytes += row.size();
+            rows.push(row);
+        }
+    }
+
+    /// Updates `pgcdc.feed_runtime` when something a reader cares about changed. Received and
+    /// confirmed positions alone move with every keepalive, also because of this very update's
+    /// commit record: they are written only after moving 1 MB and 5 s, so an idle feed writes
+    /// no WAL of its own (pgcdc.feed_status also shows the slot's own confirmed_flush_lsn).
+    fn write_runtime(&mut self, phase: &'static str) {
+        let staged = self.last_staged.unwrap_or_default();
+        let key = RuntimeKey {
+            phase,
+            staged,
+            complete_lsn: self.complete_lsn,
+            failures: self.failures,
+            staged_total: self.staged_total,
+        };
+        let moved = (self.received_lsn, self.confirmer.confirmable());
+        match &self.runtime_written {
+            Some((k, m, at))
+                if *k == key
+                    && (moved.0 .0.saturating_sub(m.0 .0) < 1 << 20 && moved.1 .0.saturating_sub(m.1 .0) < 1 << 20
+                        || at.elapsed() < Duration::from_secs(5)) =>
+            {
+                return
+            }
+            _ => {}
+        }
+        self.runtime_written = Some((key, moved, Instant::now()));
+        feed::spi_ok(Spi::connect_mut(|c| {
+            let args = [
+                self.feed.id.into(),
+                // SAFETY: MyProcPid is this process's pid.
+                unsafe { pg_sys::MyProcPid }.into(),
+                phase.into(),
+                PgLsn(self.received_lsn).into(),
+                PgLsn(staged.commit_lsn).into(),
+                (staged.ordinal as i32).into(),
+                PgLsn(self.complete_lsn).into(),
+                PgLsn(self.confirmer.confirmable()).into(),
+                self.failures.into(),
+                self.staged_total.into(),
+            ];
+            c.update(
+                "INSERT INTO pgcdc.feed_runtime AS r (feed_id, pid, phase, started_at, received_lsn, \
+                 staged_lsn, staged_ordinal, complete_lsn, confirmed_lsn, failures, staged_total, updated_at) \
+                 VALUES ($1, $2, $3, now(), $4, $5, $6, $7, $8, $9, $10, now()) \
+                 ON CONFLICT (feed_id) DO UPDATE SET pid = $2, phase = $3, \
+                 started_at = CASE WHEN r.pid = $2 THEN r.started_at ELSE now() END, \
+                 received_lsn = $4, staged_lsn = $5, staged_ordinal = $6, complete_lsn = $7, \
+                 confirmed_lsn = $8, failures = $9, staged_total = $10, updated_at = now()",
+                None,
+                &args,
+            )?;
+            Ok(())
+        }));
+    }
+}
+
+/// Puts a feed in the error state with its reason (the launcher will not restart it).
+fn set_error(feed_id: i32, message: &str) {
+    feed::spi_ok(Spi::connect_mut(|c| {
+        let args = [feed_id.into(), message.into()];
+        c.update(
+            "UPDATE pgcdc.feed SET state = 'error', last_error = $2, last_error_at = now() \
+             WHERE id = $1 AND state = 'running'",
+            None,
+            &args,
+        )?;
+        Ok(())
+    }));
+}
+
+fn record_failure_in_tx(feed_id: i32, message: &str, failures: i32) {
+    feed::spi_ok(Spi::connect_mut(|c| {
+        let args = [feed_id.into(), message.into(), failures.into()];
+        c.update("UPDATE pgcdc.feed SET last_error = $2, last_error_at = now() WHERE id = $1", None, &args[..2])?;
+        c.update("UPDATE pgcdc.feed_runtime SET failures = $3 WHERE feed_id = $1", None, &args)?;
+        Ok(())
+    }));
+}
+
+/// After an unexpected ERROR: remember it (best effort) for feed_status and the back-off.
+fn record_failure(feed_id: i32, message: &str) {
+    let message = message.to_owned();
+    let _ = PgTryBuilder::new(|| {
+        in_transaction(|| {
+            let failures: i32 = feed::spi_ok(Spi::connect(|c| {
+                let args = [feed_id.into()];
+                c.select("SELECT failures FROM pgcdc.feed_runtime WHERE feed_id = $1", None, &args)?
+                    .next()
+                    .map(|r| r.get::<i32>(1))
+                    .transpose()
+                    .map(|v| v.flatten().unwrap_or(0))
+            }));
+            record_failure_in_tx(feed_id, &message, failures + 1);
+        });
+        true
+    })
+    .catch_others(|_| false)
+    .execute();
+}
+
+/// Ends the WAL sender still holding our slot (left from this feed's previous worker) and
+/// waits up to 10 s for the slot to be released.
+fn terminate_and_wait(pid: i32, slot: &str) {
+    feed::spi_ok(Spi::connect(|c| {
+        let args = [pid.into()];
+        c.select("SELECT pg_catalog.pg_terminate_backend($1, 5000)", None, &args)?;
+        Ok(())
+    }));
+    for _ in 0..100 {
+        let active = feed::spi_ok(Spi::connect(|c| {
+            let args = [slot.into()];
+            c.select("SELECT active_pid FROM pg_catalog.pg_replication_slots WHERE slot_name = $1", None, &args)?
+                .first()
+                .get_one::<i32>()
+        }));
+        if active.is_none() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        pgrx::check_for_interrupts!();
+    }
+}
+
+fn set_application_name(name: &str) {
+    let Ok(c) = std::ffi::CString::new(name) else { return };
+    // SAFETY: reports a NUL-terminated string to pg_stat_activity on the main thread.
+    unsafe { pg_sys::pgstat_report_appname(c.as_ptr()) };
+}
+
+fn current_database() -> String {
+    // SAFETY: the worker is connected to a database.
+    let p = unsafe { pg_sys::get_database_name(pg_sys::MyDatabaseId) };
+    if p.is_null() {
+        return gucs::database();
+    }
+    // SAFETY: NUL-terminated palloc'd string.
+    unsafe { std::ffi::CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+/// The replication connection: this server's first unix socket directory and port, as the
+/// bootstrap superuser (the worker's own user), unless `pgcdc.replication_conninfo` says
+/// otherwise.
+fn connection_for(feed: &Feed, dbname: &str) -> Result<Connection, String> {
+    let (user, sockdirs, port): (String, String, String) = feed::spi_ok(Spi::connect(|c| {
+        let row = c
+            .select(
+                "SELECT current_user::text, current_setting('unix_socket_directories'), \
+                 current_setting('port')",
+                None,
+                &[],
+            )?
+            .first();
+        Ok((
+            row.get::<String>(1)?.unwrap_or_default(),
+            row.get::<String>(2)?.unwrap_or_default(),
+            row.get::<String>(3)?.unwrap_or_default(),
+        ))
+    }));
+    let first_dir = sockdirs.split(',').map(str::trim).find(|d| d.starts_with('/')).unwrap_or("127.0.0.1").to_owned();
+    let mut conn = Connection {
+        host: first_dir,
+        port: port.parse().unwrap_or(5432),
+        user,
+        password: String::new(),
+        database: dbname.to_owned(),
+        slot: feed.slot_name.clone(),
+        publication: feed.publication.clone(),
+        application_name: format!("{WORKER_TYPE} {}", feed.name),
+        status_interval: Duration::from_millis(gucs::STATUS_INTERVAL_MS.get().max(100) as u64),
+    };
+    if let Some(ci) = gucs::replication_conninfo() {
+        conn.apply_conninfo(&ci)?;
+    }
+    Ok(conn)
+}

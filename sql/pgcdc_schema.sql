@@ -1,0 +1,81 @@
+-- pgcdc schema: catalog, queue, runtime status. Runs first in CREATE EXTENSION pgcdc
+-- (before the generated functions); sql/pgcdc_finalize.sql runs last.
+-- The extension's schema is `pgcdc` (pgcdc.control); @extschema@ is not needed.
+
+-- Role whose members administer every feed (create, and use any feed). Roles are
+-- cluster-wide, so it may already exist from another database.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'pgcdc_admin') THEN
+        CREATE ROLE pgcdc_admin NOLOGIN;
+    END IF;
+END
+$$;
+
+-- One row per feed. Logged: the acknowledged position must survive crashes.
+CREATE TABLE pgcdc.feed (
+    id            integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name          text        NOT NULL UNIQUE
+                  CHECK (name ~ '^[a-z][a-z0-9_]{0,39}$'),
+    publication   text        NOT NULL,
+    slot_name     text        NOT NULL UNIQUE,
+    sink          text        NOT NULL CHECK (sink IN ('table', 'notify')),
+    options       jsonb       NOT NULL DEFAULT '{}',
+    owner         regrole     NOT NULL,
+    state         text        NOT NULL DEFAULT 'running'
+                  CHECK (state IN ('running', 'paused', 'error')),
+    last_error    text,
+    last_error_at timestamptz,
+    acked_lsn     pg_lsn      NOT NULL DEFAULT '0/0',
+    acked_ordinal integer     NOT NULL DEFAULT 0,
+    acked_at      timestamptz,
+    created_at    timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE pgcdc.feed IS
+    'pgcdc feeds: publication, replication slot, sink, options, state and acknowledged position. Managed by the pgcdc.*_feed functions.';
+COMMENT ON COLUMN pgcdc.feed.acked_lsn IS
+    'Commit LSN of the acknowledged position: every event at (acked_lsn, acked_ordinal) or before is consumed.';
+COMMENT ON COLUMN pgcdc.feed.acked_ordinal IS
+    'Ordinal of the acknowledged position within its transaction; 2147483647 = the whole transaction.';
+
+-- The staging queue: a cache of the slot (DESIGN.md §3). UNLOGGED, so a crash empties it and
+-- the worker stages every unacknowledged event again from the slot.
+CREATE UNLOGGED TABLE pgcdc.event (
+    feed_id     integer     NOT NULL,
+    commit_lsn  pg_lsn      NOT NULL,
+    ordinal     integer     NOT NULL,
+    lsn         pg_lsn      NOT NULL,
+    xid         bigint,
+    op          text        NOT NULL,
+    schema_name text        NOT NULL,
+    table_name  text        NOT NULL,
+    topic       text        NOT NULL,
+    key         text,
+    value       text,
+    headers     jsonb,
+    staged_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (feed_id, commit_lsn, ordinal)
+);
+COMMENT ON TABLE pgcdc.event IS
+    'Staged Debezium events, one row per event, in position order (commit_lsn, ordinal). Read with pgcdc.read, remove with pgcdc.ack.';
+
+-- What each feed worker is doing now. UNLOGGED: it describes running processes only.
+CREATE UNLOGGED TABLE pgcdc.feed_runtime (
+    feed_id        integer     PRIMARY KEY,
+    pid            integer     NOT NULL,
+    phase          text        NOT NULL,
+    started_at     timestamptz NOT NULL,
+    received_lsn   pg_lsn,
+    staged_lsn     pg_lsn,
+    staged_ordinal integer,
+    complete_lsn   pg_lsn,
+    confirmed_lsn  pg_lsn,
+    staged_total   bigint      NOT NULL DEFAULT 0,
+    failures       integer     NOT NULL DEFAULT 0,
+    updated_at     timestamptz NOT NULL
+);
+COMMENT ON TABLE pgcdc.feed_runtime IS
+    'Written by feed workers: pid, phase (starting, streaming, at_cap, backoff), last received/staged/confirmed positions, events staged by this worker (staged_total).';
+
+REVOKE ALL ON pgcdc.feed, pgcdc.event, pgcdc.feed_runtime FROM PUBLIC;
+GRANT USAGE ON SCHEMA pgcdc TO PUBLIC;
