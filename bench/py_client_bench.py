@@ -1,0 +1,205 @@
+#!/usr/bin/env python3
+"""Events/s delivered to an asyncio `async for` loop by pgcdc's Python clients, against
+`pg_recvlogical` draining an identical slot (the raw ceiling of the walsender path).
+
+Workloads (same table and WAL for every consumer; each consumer has its own slot created
+before the load, so they all decode the very same changes):
+
+    big    200k rows inserted in one transaction
+    small  20k single-row transactions
+
+Consumers:
+
+    pg_recvlogical        -f /dev/null --endpos, proto_version 1 (the ceiling)
+    reader                pgcdc.LogicalReplicationReader, loop body touches nothing
+    reader+values         ... and converts every row (`event.after`) to Python values
+    feed                  pgcdc.connect(feed=...) (only when the extension is installed)
+
+Reported per consumer: wall seconds, events/s, ratio to pg_recvlogical, and CPU per event of
+the consumer process (user+sys from getrusage; the walsender's CPU is not included).
+
+    .venv/bin/python bench/py_client_bench.py [--rows-big 200000] [--txns-small 20000]
+           [--repeat 3] [--json results.json]
+
+Needs the Python package built (`make py-develop`, preferably `PY_PROFILE=bench`) and PostgreSQL
+15 binaries. It starts and stops its own throwaway cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from pgcluster import Cluster  # noqa: E402
+
+import pgcdc  # noqa: E402
+
+TABLE = """CREATE TABLE bench (
+    id bigserial PRIMARY KEY,
+    s  text,
+    n  numeric,
+    ts timestamptz,
+    j  jsonb
+)"""
+COLUMNS = "md5(g::text), g * 1.25, '2024-01-01 00:00+00'::timestamptz + g * interval '1 second', jsonb_build_object('g', g, 'tag', 'x')"
+
+
+def cpu_self() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def cpu_children() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def load(c: Cluster, workload: str, rows_big: int, txns_small: int) -> int:
+    """Runs the workload; returns the number of row events it produces."""
+    if workload == "big":
+        c.execute(f"INSERT INTO bench (s, n, ts, j) SELECT {COLUMNS} FROM generate_series(1, {rows_big}) g")
+        return rows_big
+    # many single-row transactions, from one psql session (fast, and each is its own commit)
+    sql = "\n".join(
+        f"INSERT INTO bench (s, n, ts, j) SELECT {COLUMNS} FROM (SELECT {i} AS g) x;" for i in range(1, txns_small + 1)
+    )
+    c.psql("-f", "-", input=sql)
+    return txns_small
+
+
+def run_recvlogical(c: Cluster, slot: str, endpos: str) -> tuple[float, float]:
+    argv = [
+        c.bin("pg_recvlogical"), "-d", c.dsn(), "--slot", slot, "--start", "-f", "/dev/null",
+        "-o", "proto_version=1", "-o", "publication_names=bench_pub", "--endpos", endpos, "--no-loop",
+    ]
+    c0, t0 = cpu_children(), time.perf_counter()
+    subprocess.run(argv, check=True, capture_output=True, timeout=600)
+    return time.perf_counter() - t0, cpu_children() - c0
+
+
+async def run_reader(c: Cluster, slot: str, expected: int, touch_values: bool) -> tuple[float, float]:
+    r = pgcdc.LogicalReplicationReader("bench_pub", slot, host="127.0.0.1", database="postgres", port=c.port)
+    n = 0
+    c0, t0 = cpu_self(), time.perf_counter()
+    async for ev in r:
+        if touch_values:
+            ev.after  # noqa: B018 - converts the row to Python values
+        n += 1
+        if n >= expected:
+            break
+    wall, cpu = time.perf_counter() - t0, cpu_self() - c0
+    await r.stop()
+    return wall, cpu
+
+
+async def run_feed(c: Cluster, feed: str, expected: int, touch_values: bool) -> tuple[float, float]:
+    n = 0
+    c0, t0 = cpu_self(), time.perf_counter()
+    await pgcdc.resume_feed(c.dsn(), feed)
+    async with await pgcdc.connect(c.dsn(), feed=feed, auto_acknowledge=True) as stream:
+        async for ev in stream:
+            if touch_values:
+                ev.after  # noqa: B018
+            n += 1
+            if n >= expected:
+                break
+        wall, cpu = time.perf_counter() - t0, cpu_self() - c0
+    return wall, cpu
+
+
+def extension_available() -> bool:
+    try:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+        from ext_support import extension_installed  # type: ignore
+
+        return bool(extension_installed()) and hasattr(pgcdc, "connect")
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows-big", type=int, default=200_000)
+    ap.add_argument("--txns-small", type=int, default=20_000)
+    ap.add_argument("--repeat", type=int, default=1, help="best of N runs per consumer")
+    ap.add_argument("--workloads", default="big,small")
+    ap.add_argument("--json", help="also write the results as JSON here")
+    ap.add_argument("--no-feed", action="store_true", help="skip the feed client even if the extension is there")
+    args = ap.parse_args()
+
+    with_feed = not args.no_feed and extension_available()
+    settings = {"shared_buffers": "512MB", "max_wal_size": "4GB", "wal_sender_timeout": "0"}
+    if with_feed:
+        settings["shared_preload_libraries"] = "pgcdc"
+    results = []
+    with Cluster(settings, name="pgcdc-bench") as c:
+        if with_feed:
+            c.execute("CREATE EXTENSION pgcdc")
+        for workload in args.workloads.split(","):
+            best: dict[str, tuple[float, float]] = {}
+            for rep in range(args.repeat):
+                c.execute("DROP TABLE IF EXISTS bench CASCADE")
+                c.execute("DROP PUBLICATION IF EXISTS bench_pub")
+                for (s,) in c.execute("SELECT slot_name FROM pg_replication_slots WHERE slot_name LIKE 'bench_%'"):
+                    c.execute("SELECT pg_drop_replication_slot(%s)", params=[s])
+                c.execute(TABLE)
+                c.execute("CREATE PUBLICATION bench_pub FOR TABLE bench")
+                slots = ["bench_recv", "bench_reader", "bench_reader_values"]
+                for s in slots:
+                    c.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", params=[s])
+                if with_feed:
+                    for f in ("bench_feed", "bench_feed_values"):
+                        c.execute("SELECT pgcdc.drop_feed(%s, if_exists => true)", params=[f])
+                        c.execute("SELECT pgcdc.create_feed(%s, 'bench_pub', options => '{\"tombstones.on.delete\": \"false\"}')", params=[f])
+                        # paused during the load: the measurement covers decoding, staging and reading
+                        c.execute("SELECT pgcdc.pause_feed(%s)", params=[f])
+                expected = load(c, workload, args.rows_big, args.txns_small)
+                (endpos,) = c.execute("SELECT pg_current_wal_lsn()::text")[0]
+                c.execute("CHECKPOINT")
+                runs = {
+                    "pg_recvlogical": lambda: run_recvlogical(c, "bench_recv", endpos),
+                    "reader": lambda: asyncio.run(run_reader(c, "bench_reader", expected, False)),
+                    "reader+values": lambda: asyncio.run(run_reader(c, "bench_reader_values", expected, True)),
+                }
+                if with_feed:
+                    runs["feed"] = lambda: asyncio.run(run_feed(c, "bench_feed", expected, False))
+                    runs["feed+values"] = lambda: asyncio.run(run_feed(c, "bench_feed_values", expected, True))
+                for name, fn in runs.items():
+                    wall, cpu = fn()
+                    if name not in best or wall < best[name][0]:
+                        best[name] = (wall, cpu)
+                if with_feed:
+                    for f in ("bench_feed", "bench_feed_values"):
+                        c.execute("SELECT pgcdc.drop_feed(%s, if_exists => true)", params=[f])
+            base = expected / best["pg_recvlogical"][0]
+            for name, (wall, cpu) in best.items():
+                rate = expected / wall
+                results.append({
+                    "workload": workload,
+                    "consumer": name,
+                    "events": expected,
+                    "seconds": round(wall, 3),
+                    "events_per_s": round(rate),
+                    "ratio": round(rate / base, 3),
+                    "cpu_us_per_event": round(cpu / expected * 1e6, 2),
+                })
+    print(f"{'workload':<8} {'consumer':<16} {'events':>8} {'seconds':>8} {'events/s':>10} {'ratio':>6} {'cpu µs/ev':>10}")
+    for r in results:
+        print(f"{r['workload']:<8} {r['consumer']:<16} {r['events']:>8} {r['seconds']:>8.2f} {r['events_per_s']:>10} "
+              f"{r['ratio']:>6.2f} {r['cpu_us_per_event']:>10.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""pgcdc: PostgreSQL change-data-capture for asyncio, decoded in Rust.
+
+* :func:`connect` streams a pgcdc *feed* (the extension) over an ordinary SQL connection.
+* :class:`LogicalReplicationReader` reads a pgoutput replication slot directly (no extension)
+  with the API of the ``pgoutput-decoder`` library: ``import pgcdc as pgoutput_decoder``.
+
+Events follow Debezium's envelope (``op``, ``before``, ``after``, ``source``, ``ts_ms``...);
+values are Python objects with exact types (``Decimal`` for numeric, ``bytes`` for bytea,
+``datetime`` for dates and times, ``dict``/``list`` for JSON; see ``pgcdc._pgcdc``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+from . import _pgcdc
+from ._feed import (
+    FeedStream,
+    ack,
+    alter_feed,
+    connect,
+    create_feed,
+    drop_feed,
+    feed_status,
+    feeds,
+    pause_feed,
+    resume_feed,
+)
+from ._pgcdc import DEBEZIUM_VERSION, Event, Interval, ReplicationMessage
+from ._reader import LogicalReplicationReader
+from .errors import (
+    AuthenticationError,
+    DatabaseError,
+    DataError,
+    Error,
+    IntegrityError,
+    InterfaceError,
+    InternalError,
+    NotSupportedError,
+    OperationalError,
+    ProgrammingError,
+)
+from .errors import ConnectionError  # noqa: A004 - not in __all__: do not shadow the builtin
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEBEZIUM_VERSION",
+    "AuthenticationError",
+    "DataError",
+    "DatabaseError",
+    "Error",
+    "Event",
+    "FeedStream",
+    "IntegrityError",
+    "InterfaceError",
+    "InternalError",
+    "Interval",
+    "LogicalReplicationReader",
+    "NotSupportedError",
+    "OperationalError",
+    "ProgrammingError",
+    "ReplicationMessage",
+    "ack",
+    "alter_feed",
+    "connect",
+    "create_feed",
+    "drop_feed",
+    "feed_status",
+    "feeds",
+    "format_operation",
+    "get_table_name",
+    "message_to_debezium_json",
+    "message_to_dict",
+    "pause_feed",
+    "resume_feed",
+]
+
+_OPERATIONS = {
+    "c": "INSERT",
+    "u": "UPDATE",
+    "d": "DELETE",
+    "t": "TRUNCATE",
+    "m": "MESSAGE",
+    "r": "READ",
+    "tombstone": "TOMBSTONE",
+    "begin": "BEGIN",
+    "end": "END",
+}
+
+
+def message_to_debezium_json(message: Any, indent: Optional[int] = 2) -> str:
+    """The message as Debezium JSON text (``indent=None``: compact), made in Rust."""
+    return _pgcdc.message_to_debezium_json(message, indent)
+
+
+def message_to_dict(message: Any) -> Dict[str, Any]:
+    """The message as a dict: op, before, after, source, transaction, ts_ms, ts_us, ts_ns."""
+    return message.to_dict()  # type: ignore[no-any-return]
+
+
+def format_operation(op: str) -> str:
+    """``"c"`` -> ``"INSERT"``, ``"u"`` -> ``"UPDATE"``, ``"d"`` -> ``"DELETE"``, also t, m, r."""
+    return _OPERATIONS.get(op, f"UNKNOWN({op})")
+
+
+def get_table_name(message: Any) -> str:
+    """``schema.table`` of the message's source."""
+    source = message.source or {}
+    return f"{source.get('schema', 'public')}.{source.get('table', 'unknown')}"

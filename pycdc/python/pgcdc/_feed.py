@@ -1,0 +1,204 @@
+"""The feed client: ``await pgcdc.connect(dsn, feed=...)`` and the feed management helpers.
+
+A *feed* is created with ``pgcdc.create_feed`` (the extension): the server decodes its
+publication into Debezium events and stages them; this client reads them over an ordinary
+SQL connection (no REPLICATION privilege) and acknowledges them by position.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, Optional, Union
+
+from . import _pgcdc
+from ._aio import Waker, run_op
+from ._pgcdc import Event
+
+__all__ = [
+    "FeedStream",
+    "connect",
+    "create_feed",
+    "drop_feed",
+    "pause_feed",
+    "resume_feed",
+    "alter_feed",
+    "feeds",
+    "feed_status",
+    "ack",
+]
+
+
+class FeedStream:
+    """An open feed: ``async for event in stream``, ``await stream.ack(event)``.
+
+    Reads in batches of ``batch_size``; when the queue is empty it sleeps until the feed's
+    NOTIFY wakes it (no polling; a safety read every 30 s). Acknowledgements are batched
+    (at most every 50 ms) and flushed when the stream closes. After a lost connection or a
+    server restart it reconnects with exponential backoff and resumes after the last event
+    it delivered; a new stream resumes after the last acknowledged event. Delivery is
+    at-least-once: only unacknowledged events can come twice.
+
+    ``auto_acknowledge=True`` acknowledges an event when the loop asks for the next one.
+    """
+
+    def __init__(self, core: "_pgcdc._Feed", feed: str) -> None:
+        self._core = core
+        self._waker = Waker(core)
+        self.feed = feed
+
+    def __aiter__(self) -> "FeedStream":
+        return self
+
+    async def __anext__(self) -> Event:
+        core = self._core
+        event = core.next_ready()
+        while event is None:
+            await self._waker.wait()
+            event = core.next_ready()
+        return event
+
+    async def ack(self, event: Optional[Event] = None) -> None:
+        """Acknowledges ``event`` and everything before it (default: all delivered so far)."""
+        self._core.ack(event)
+
+    acknowledge = ack
+
+    async def close(self) -> None:
+        """Flushes acknowledgements and closes the connection; iteration then ends."""
+        core = self._core
+        core.request_stop()
+        while not core.finished():
+            await self._waker.wait()
+
+    stop = close
+
+    async def __aenter__(self) -> "FeedStream":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def acknowledged(self) -> Optional[tuple[str, int]]:
+        """The last position acknowledged to the server, ``(commit_lsn, ordinal)``."""
+        return self._core.acknowledged
+
+    @property
+    def backend_pid(self) -> Optional[int]:
+        return self._core.backend_pid
+
+    @property
+    def sessions(self) -> int:
+        """Sessions opened so far (each reconnect adds one)."""
+        return self._core.sessions
+
+    @property
+    def sink(self) -> str:
+        """``"table"`` or ``"notify"``."""
+        return self._core.sink
+
+    def __repr__(self) -> str:
+        return f"FeedStream(feed={self.feed!r}, acknowledged={self.acknowledged!r})"
+
+
+async def connect(
+    dsn: str,
+    *,
+    feed: str,
+    batch_size: int = 1000,
+    auto_acknowledge: bool = False,
+    reconnect: bool = True,
+    reconnect_timeout: Optional[float] = None,
+    max_buffered: int = 16384,
+    connect_timeout: Optional[float] = None,
+) -> FeedStream:
+    """Opens a stream of the feed ``feed`` (raises at once if it cannot: wrong password,
+    missing feed, unreachable server within ``connect_timeout``)."""
+    core = _pgcdc._Feed(
+        dsn,
+        feed,
+        batch_size=batch_size,
+        auto_acknowledge=auto_acknowledge,
+        reconnect=reconnect,
+        reconnect_timeout=reconnect_timeout,
+        max_buffered=max_buffered,
+        connect_timeout=connect_timeout,
+    )
+    stream = FeedStream(core, feed)
+    try:
+        while not core.opened():
+            await stream._waker.wait()
+    except BaseException:
+        await stream.close()
+        raise
+    return stream
+
+
+async def _query(dsn: str, sql: str, *params: Optional[str], connect_timeout: Optional[float] = None) -> list[dict[str, Any]]:
+    text = await run_op(_pgcdc._query_json(dsn, sql, list(params), connect_timeout))
+    return _pgcdc._json_loads(text)  # type: ignore[no-any-return]
+
+
+def _opt(v: Any) -> Optional[str]:
+    return None if v is None else str(v)
+
+
+async def create_feed(
+    dsn: str,
+    name: str,
+    publication: str,
+    *,
+    sink: str = "table",
+    options: Optional[Mapping[str, Any]] = None,
+    owner: Optional[str] = None,
+) -> str:
+    """``pgcdc.create_feed``: returns the slot's consistent point (LSN ``X/Y``)."""
+    rows = await _query(
+        dsn,
+        "SELECT pgcdc.create_feed($1::text, $2::text, $3::text, $4::text::jsonb, $5::text)::text AS lsn",
+        name,
+        publication,
+        sink,
+        json.dumps(dict(options or {})),
+        owner,
+    )
+    return str(rows[0]["lsn"])
+
+
+async def drop_feed(dsn: str, name: str, *, if_exists: bool = False) -> bool:
+    """``pgcdc.drop_feed``: drops the feed, its slot and its staged events."""
+    rows = await _query(dsn, "SELECT pgcdc.drop_feed($1::text, $2::text::bool) AS dropped", name, str(bool(if_exists)).lower())
+    return bool(rows[0]["dropped"])
+
+
+async def pause_feed(dsn: str, name: str) -> None:
+    await _query(dsn, "SELECT pgcdc.pause_feed($1::text)::text AS r", name)
+
+
+async def resume_feed(dsn: str, name: str) -> None:
+    await _query(dsn, "SELECT pgcdc.resume_feed($1::text)::text AS r", name)
+
+
+async def alter_feed(dsn: str, name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """``pgcdc.alter_feed``: merges ``options`` (a None value removes one); returns them all."""
+    rows = await _query(dsn, "SELECT pgcdc.alter_feed($1::text, $2::text::jsonb) AS options", name, json.dumps(dict(options)))
+    return dict(rows[0]["options"])
+
+
+async def feeds(dsn: str) -> list[dict[str, Any]]:
+    """The feeds you may use (the ``pgcdc.feeds`` view)."""
+    return await _query(dsn, "SELECT * FROM pgcdc.feeds ORDER BY name")
+
+
+async def feed_status(dsn: str, name: Optional[str] = None) -> list[dict[str, Any]]:
+    """Live state of the feeds (the ``pgcdc.feed_status`` view): worker, lag, last error."""
+    if name is None:
+        return await _query(dsn, "SELECT * FROM pgcdc.feed_status ORDER BY name")
+    return await _query(dsn, "SELECT * FROM pgcdc.feed_status WHERE name = $1::text", name)
+
+
+async def ack(dsn: str, name: str, lsn: str, ordinal: Optional[int] = None) -> int:
+    """``pgcdc.ack`` on a short-lived connection; returns how many staged events it removed."""
+    rows = await _query(dsn, "SELECT pgcdc.ack($1::text, $2::text::pg_lsn, $3::text::int) AS n", name, lsn, _opt(ordinal))
+    return int(rows[0]["n"])

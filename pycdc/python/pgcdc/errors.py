@@ -1,0 +1,111 @@
+"""The ``pgcdc.Error`` hierarchy (DB-API style, like psycopg and asyncpg).
+
+::
+
+    Error
+     ├── InterfaceError          misuse: bad arguments, closed stream, "No pending LSN"
+     └── DatabaseError           the server (or the data) said no; sqlstate/detail/hint
+          ├── OperationalError   server-side trouble: shutdown, slot in use, resources
+          │    └── ConnectionError        cannot reach, TLS, connection lost (also a
+          │         │                     builtins.ConnectionError)
+          │         └── AuthenticationError   wrong password, no pg_hba entry (SQLSTATE 28xxx)
+          ├── ProgrammingError   missing slot/publication/feed, bad names (SQLSTATE 42xxx)
+          ├── DataError          a value or message that cannot be decoded (22xxx)
+          ├── IntegrityError     (23xxx)
+          ├── NotSupportedError  (0Axxx)
+          └── InternalError      (XXxxx)
+
+Every error has ``sqlstate``, ``detail``, ``hint`` and ``severity`` (None when not from the
+server). Errors caused by the network keep an ``OSError`` as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+import builtins
+from typing import Optional
+
+__all__ = [
+    "Error",
+    "InterfaceError",
+    "DatabaseError",
+    "OperationalError",
+    "ConnectionError",
+    "AuthenticationError",
+    "ProgrammingError",
+    "DataError",
+    "IntegrityError",
+    "NotSupportedError",
+    "InternalError",
+]
+
+
+class Error(Exception):
+    """Base class of every pgcdc error."""
+
+    sqlstate: Optional[str]
+    detail: Optional[str]
+    hint: Optional[str]
+    severity: Optional[str]
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        sqlstate: Optional[str] = None,
+        detail: Optional[str] = None,
+        hint: Optional[str] = None,
+        severity: Optional[str] = None,
+    ) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        self.detail = detail
+        self.hint = hint
+        self.severity = severity
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if self.detail:
+            text += f"\nDETAIL:  {self.detail}"
+        if self.hint:
+            text += f"\nHINT:  {self.hint}"
+        return text
+
+
+class InterfaceError(Error):
+    """The API was misused, or the stream is closed."""
+
+
+class DatabaseError(Error):
+    """An error reported by (or about) the database."""
+
+
+class OperationalError(DatabaseError):
+    """Server-side trouble that is not the caller's fault: shutdown, slot busy, resources."""
+
+
+class ConnectionError(OperationalError, builtins.ConnectionError):  # noqa: A001 - DB-API name
+    """The server cannot be reached, the handshake failed, or the connection was lost."""
+
+
+class AuthenticationError(ConnectionError):
+    """The server refused the credentials (SQLSTATE class 28)."""
+
+
+class ProgrammingError(DatabaseError):
+    """Missing slot, publication or feed, invalid names (SQLSTATE class 42)."""
+
+
+class DataError(DatabaseError):
+    """A value or message that cannot be decoded (SQLSTATE class 22)."""
+
+
+class IntegrityError(DatabaseError):
+    """SQLSTATE class 23."""
+
+
+class NotSupportedError(DatabaseError):
+    """SQLSTATE class 0A."""
+
+
+class InternalError(DatabaseError):
+    """SQLSTATE class XX."""

@@ -1,0 +1,207 @@
+//! One error type for everything that can fail below Python, mapped once to the
+//! `pgcdc.Error` hierarchy (defined in `pgcdc/errors.py`).
+//!
+//! ```text
+//!  PgError::Interface   -> InterfaceError       misuse, bad arguments, closed stream
+//!  PgError::Connect     -> ConnectionError      cannot reach/handshake with the server
+//!  PgError::Io          -> ConnectionError      connection lost while streaming
+//!  PgError::Protocol    -> InterfaceError       the server said something we do not understand
+//!  PgError::Data        -> DataError            a value or pgoutput message we cannot decode
+//!  PgError::Server      -> by SQLSTATE class    28 AuthenticationError, 08 ConnectionError,
+//!                                               42 ProgrammingError, 22 DataError, 23
+//!                                               IntegrityError, 0A NotSupportedError, 53/55/57/58
+//!                                               OperationalError, XX InternalError, else
+//!                                               DatabaseError
+//! ```
+
+use std::fmt;
+
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyType};
+
+use crate::conninfo::ConnParams;
+
+/// An ErrorResponse from the server.
+#[derive(Debug, Clone, Default)]
+pub struct ServerError {
+    pub severity: String,
+    pub code: String,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+}
+
+impl ServerError {
+    /// Parses the fields of an ErrorResponse/NoticeResponse body.
+    pub fn parse(body: &[u8]) -> ServerError {
+        let mut e = ServerError::default();
+        let mut rest = body;
+        while let Some((&kind, tail)) = rest.split_first() {
+            if kind == 0 {
+                break;
+            }
+            let end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
+            let value = String::from_utf8_lossy(&tail[..end]).into_owned();
+            match kind {
+                b'V' => e.severity = value,
+                b'S' if e.severity.is_empty() => e.severity = value,
+                b'C' => e.code = value,
+                b'M' => e.message = value,
+                b'D' => e.detail = Some(value),
+                b'H' => e.hint = Some(value),
+                _ => {}
+            }
+            rest = tail.get(end + 1..).unwrap_or(&[]);
+        }
+        e
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum PgError {
+    Interface(String),
+    Connect(String),
+    Io(String),
+    Protocol(String),
+    Data(String),
+    Server(ServerError),
+}
+
+impl fmt::Display for PgError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PgError::Interface(m) | PgError::Connect(m) | PgError::Io(m) | PgError::Protocol(m) | PgError::Data(m) => {
+                f.write_str(m)
+            }
+            PgError::Server(e) => f.write_str(&e.message),
+        }
+    }
+}
+
+impl PgError {
+    pub fn server(code: &str, message: impl Into<String>, hint: Option<String>) -> PgError {
+        PgError::Server(ServerError {
+            severity: "ERROR".into(),
+            code: code.into(),
+            message: message.into(),
+            detail: None,
+            hint,
+        })
+    }
+
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            PgError::Server(e) => Some(&e.code),
+            _ => None,
+        }
+    }
+
+    /// Worth reconnecting for: the connection broke or the server is (re)starting, as opposed
+    /// to a wrong password, a missing slot or a bug.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            PgError::Io(_) | PgError::Connect(_) => true,
+            PgError::Server(e) => {
+                e.code.starts_with("08")
+                    || e.code.starts_with("57P")
+                    || e.code == "53300" // too_many_connections
+                    || e.code == "55006" // object_in_use: the old walsender still holds the slot
+            }
+            _ => false,
+        }
+    }
+
+    /// Maps an error of a tokio-postgres session against `params`.
+    pub fn from_tokio_postgres(e: tokio_postgres::Error, params: &ConnParams) -> PgError {
+        if let Some(db) = e.as_db_error() {
+            return PgError::Server(ServerError {
+                severity: db.severity().to_owned(),
+                code: db.code().code().to_owned(),
+                message: db.message().to_owned(),
+                detail: db.detail().map(str::to_owned),
+                hint: db.hint().map(str::to_owned),
+            });
+        }
+        let mut msg = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            msg.push_str(": ");
+            msg.push_str(&s.to_string());
+            source = s.source();
+        }
+        if e.is_closed() {
+            PgError::Io(format!("connection to {} lost: {msg}", params.endpoint()))
+        } else {
+            PgError::Connect(format!("cannot connect to {}: {msg}", params.endpoint()))
+        }
+    }
+
+    fn class_name(&self) -> &'static str {
+        match self {
+            PgError::Interface(_) | PgError::Protocol(_) => "InterfaceError",
+            PgError::Connect(_) | PgError::Io(_) => "ConnectionError",
+            PgError::Data(_) => "DataError",
+            PgError::Server(e) => match e.code.get(..2).unwrap_or("") {
+                "28" => "AuthenticationError",
+                "08" => "ConnectionError",
+                "42" => "ProgrammingError",
+                "22" => "DataError",
+                "23" => "IntegrityError",
+                "0A" => "NotSupportedError",
+                "53" | "55" | "57" | "58" => "OperationalError",
+                "XX" => "InternalError",
+                _ => "DatabaseError",
+            },
+        }
+    }
+
+    /// The Python exception: an instance of `pgcdc.errors.<class>` with `sqlstate`, `detail`,
+    /// `hint` and `severity`; connection failures carry an `OSError` as their `__cause__`.
+    pub fn to_py(&self, py: Python<'_>) -> PyErr {
+        match self.build(py) {
+            Ok(e) => e,
+            Err(e) => e,
+        }
+    }
+
+    fn build(&self, py: Python<'_>) -> PyResult<PyErr> {
+        static MODULE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        let module = MODULE.get_or_try_init(py, || py.import("pgcdc.errors").map(|m| m.into_any().unbind()))?;
+        let cls = module.bind(py).getattr(self.class_name())?.cast_into::<PyType>()?;
+        let kwargs = PyDict::new(py);
+        if let PgError::Server(e) = self {
+            kwargs.set_item("sqlstate", &e.code)?;
+            kwargs.set_item("detail", &e.detail)?;
+            kwargs.set_item("hint", &e.hint)?;
+            kwargs.set_item("severity", &e.severity)?;
+        }
+        let value = cls.call((self.to_string(),), Some(&kwargs))?;
+        let err = PyErr::from_value(value);
+        if let PgError::Connect(m) | PgError::Io(m) = self {
+            err.set_cause(py, Some(pyo3::exceptions::PyOSError::new_err(m.clone())));
+        }
+        Ok(err)
+    }
+}
+
+impl From<PgError> for PyErr {
+    fn from(e: PgError) -> PyErr {
+        Python::attach(|py| e.to_py(py))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_error_fields() {
+        let body = b"SERROR\0VERROR\0C28P01\0Mpassword authentication failed for user \"x\"\0Hcheck it\0\0";
+        let e = ServerError::parse(body);
+        assert_eq!(e.code, "28P01");
+        assert_eq!(e.severity, "ERROR");
+        assert_eq!(e.hint.as_deref(), Some("check it"));
+        assert!(e.message.starts_with("password authentication failed"));
+    }
+}

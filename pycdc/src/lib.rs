@@ -1,0 +1,244 @@
+//! `pgcdc._pgcdc`: the native half of the Python package `pgcdc`.
+//!
+//! One tokio runtime per process ([`runtime`]). Network I/O, pgoutput decoding and Debezium
+//! JSON run on its threads and never take the GIL; they wake asyncio through a socket the
+//! event loop watches ([`signal`]), and Python objects are made on the Python thread, lazily
+//! (see [`message`]). Errors are mapped to the `pgcdc.Error` hierarchy once ([`errors`]).
+//!
+//! Modules: [`conninfo`] (parameters), [`tls`], [`wire`] (replication protocol),
+//! [`catalog`] (type and table lookups), [`reader`] (LogicalReplicationReader), [`message`]
+//! (ReplicationMessage), [`values`] (PostgreSQL values as Python objects), [`feed`] (the feed
+//! client), [`errors`] (the exception mapping).
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use pgcdc_core::debezium::EncoderOptions;
+use pgcdc_core::Lsn;
+use pyo3::exceptions::{PyStopAsyncIteration, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+mod catalog;
+mod conninfo;
+mod errors;
+mod feed;
+mod message;
+mod reader;
+mod signal;
+mod tls;
+mod values;
+mod wire;
+
+use conninfo::{ConnParams, SslMode};
+use errors::PgError;
+use message::{Interval, ReplicationMessage};
+use reader::{NextError, Reader, ReaderConfig};
+use signal::Op;
+
+/// The process-wide tokio runtime (two worker threads: the machines this targets are small,
+/// and each stream is one task).
+pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("pgcdc")
+            .enable_all()
+            .build()
+            .expect("cannot start the tokio runtime")
+    })
+}
+
+/// Parses an LSN given as `X/Y` text or as an integer (Debezium's form).
+pub(crate) fn lsn_arg(v: &Bound<'_, PyAny>) -> PyResult<Lsn> {
+    if let Ok(i) = v.extract::<u64>() {
+        return Ok(Lsn(i));
+    }
+    let s: String = v.extract()?;
+    if let Ok(i) = s.parse::<u64>() {
+        return Ok(Lsn(i));
+    }
+    s.parse::<Lsn>().map_err(|e| PyValueError::new_err(e.to_string()))
+}
+
+pub(crate) fn encoder_options(options: Option<&Bound<'_, PyDict>>) -> PyResult<EncoderOptions> {
+    let mut o = EncoderOptions::default();
+    if let Some(options) = options {
+        for (k, v) in options.iter() {
+            let key: String = k.extract()?;
+            let value: String = if let Ok(b) = v.extract::<bool>() { b.to_string() } else { v.str()?.to_string() };
+            o.set(&key, &value).map_err(|e| PgError::Interface(e.to_string()))?;
+        }
+    }
+    Ok(o)
+}
+
+/// The native reader. `pgcdc.LogicalReplicationReader` wraps it (see `pgcdc/_reader.py`).
+#[pyclass(module = "pgcdc._pgcdc", name = "_Reader")]
+struct PyReader {
+    reader: Reader,
+}
+
+#[pymethods]
+impl PyReader {
+    #[new]
+    #[pyo3(signature = (
+        publications, slot_name, host, database, port, user, password, start_lsn, auto_acknowledge,
+        *, sslmode, sslrootcert, connect_timeout, application_name, include_truncate, include_messages,
+        create_slot, debezium_options, reconnect, reconnect_timeout, max_buffered
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        publications: Vec<String>,
+        slot_name: String,
+        host: String,
+        database: String,
+        port: u16,
+        user: String,
+        password: Option<String>,
+        start_lsn: Option<Bound<'_, PyAny>>,
+        auto_acknowledge: bool,
+        sslmode: Option<String>,
+        sslrootcert: Option<PathBuf>,
+        connect_timeout: f64,
+        application_name: String,
+        include_truncate: bool,
+        include_messages: bool,
+        create_slot: bool,
+        debezium_options: Option<Bound<'_, PyDict>>,
+        reconnect: bool,
+        reconnect_timeout: Option<f64>,
+        max_buffered: usize,
+    ) -> PyResult<Self> {
+        if publications.is_empty() {
+            return Err(PgError::Interface("publication_name is required".into()).into());
+        }
+        let sslmode = match sslmode.or_else(|| std::env::var("PGSSLMODE").ok()) {
+            Some(m) => SslMode::parse(&m).map_err(PgError::Interface)?,
+            None => SslMode::Prefer,
+        };
+        let start_lsn = start_lsn.as_ref().map(lsn_arg).transpose()?;
+        let conn = ConnParams {
+            host,
+            port,
+            user,
+            password: password.filter(|p| !p.is_empty()).or_else(|| std::env::var("PGPASSWORD").ok()),
+            database,
+            sslmode,
+            sslrootcert: sslrootcert.or_else(|| std::env::var("PGSSLROOTCERT").ok().map(PathBuf::from)),
+            connect_timeout: Duration::from_secs_f64(connect_timeout.max(0.001)),
+            application_name,
+        };
+        let mut encoder = encoder_options(debezium_options.as_ref())?;
+        // The reader decides what to yield; the encoder must produce every kind.
+        encoder.skipped.truncate = false;
+        Ok(PyReader {
+            reader: Reader::new(ReaderConfig {
+                conn,
+                publications,
+                slot: slot_name,
+                start_lsn,
+                auto_ack: auto_acknowledge,
+                include_truncate,
+                include_messages,
+                create_slot,
+                encoder,
+                reconnect,
+                reconnect_timeout: reconnect_timeout.map(|s| Duration::from_secs_f64(s.max(0.0))),
+                max_buffered: max_buffered.max(16),
+            }),
+        })
+    }
+
+    /// The next buffered message, None when none is buffered (then await `wait()`).
+    /// Raises StopAsyncIteration after `stop()`, or the stream's error.
+    fn next_ready(&self, py: Python<'_>) -> PyResult<Option<Py<ReplicationMessage>>> {
+        self.reader.ensure_started();
+        match self.reader.next_ready() {
+            Ok(Some(m)) => Ok(Some(Py::new(py, ReplicationMessage::new(*m))?)),
+            Ok(None) => Ok(None),
+            Err(NextError::Ended) => Err(PyStopAsyncIteration::new_err(())),
+            Err(NextError::Failed(e)) => Err(e.to_py(py)),
+        }
+    }
+
+    /// The socket to watch (readable: call `next_ready()` again), see `signal.rs`.
+    fn fileno(&self) -> i32 {
+        self.reader.ensure_started();
+        self.reader.shared.signal.fileno()
+    }
+
+    fn drain(&self) {
+        self.reader.shared.signal.drain();
+    }
+
+    #[pyo3(signature = (lsn=None))]
+    fn acknowledge(&self, lsn: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+        let lsn = lsn.as_ref().map(lsn_arg).transpose()?;
+        self.reader.acknowledge(lsn).map_err(PyErr::from)
+    }
+
+    /// Asks the stream to confirm what is acknowledged and close (see `finished`).
+    fn request_stop(&self) {
+        self.reader.request_stop();
+    }
+
+    /// True once closed; otherwise the socket wakes when it is.
+    fn finished(&self) -> bool {
+        self.reader.finished()
+    }
+
+    /// The position confirmed (or to be confirmed) to the server, `X/Y`.
+    #[getter]
+    fn confirmed_lsn(&self) -> String {
+        self.reader.confirmed_lsn().to_string()
+    }
+
+    /// Backend pid of the current replication connection (None when not connected).
+    #[getter]
+    fn backend_pid(&self) -> Option<i32> {
+        Some(self.reader.backend_pid()).filter(|&p| p != 0)
+    }
+
+    /// How many replication sessions were started (reconnects add one each).
+    #[getter]
+    fn sessions(&self) -> u64 {
+        self.reader.sessions()
+    }
+}
+
+/// The message as Debezium JSON (`indent=None`: compact).
+#[pyfunction]
+#[pyo3(signature = (message, indent=2))]
+fn message_to_debezium_json(message: &Bound<'_, PyAny>, indent: Option<usize>) -> PyResult<String> {
+    if let Ok(m) = message.cast::<ReplicationMessage>() {
+        let json = &m.get().inner.json;
+        return Ok(match indent {
+            None => json.clone(),
+            Some(n) => values::indent_json(json, n),
+        });
+    }
+    // Feed events and anything else with .json(indent=...)
+    message.call_method1("json", (indent,))?.extract()
+}
+
+/// Parses JSON text into Python objects with key order kept (like json.loads), in Rust.
+#[pyfunction]
+fn _json_loads(py: Python<'_>, text: &str) -> PyResult<Py<PyAny>> {
+    Ok(values::json(py, text)?.unbind())
+}
+
+#[pymodule]
+fn _pgcdc(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyReader>()?;
+    m.add_class::<ReplicationMessage>()?;
+    m.add_class::<Interval>()?;
+    m.add_class::<Op>()?;
+    m.add_function(wrap_pyfunction!(message_to_debezium_json, m)?)?;
+    m.add_function(wrap_pyfunction!(_json_loads, m)?)?;
+    feed::register(m)?;
+    m.add("DEBEZIUM_VERSION", pgcdc_core::debezium::DEBEZIUM_COMPAT_VERSION)?;
+    Ok(())
+}

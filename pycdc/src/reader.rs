@@ -1,0 +1,801 @@
+//! `LogicalReplicationReader`: a direct pgoutput client over the streaming replication
+//! protocol (no extension needed), with the API of the pgoutput-decoder library.
+//!
+//! ```text
+//!  walsender --CopyData--> [stream task, tokio]  decode (pgcdc_core Decoder), encode
+//!                              |                 (pgcdc_core Encoder), slice row columns
+//!                              | Item::Msg / Item::Commit into a bounded queue (no GIL)
+//!                              v
+//!                 [Python thread] next_ready() pops one item per event; wait() parks
+//!                              |  the coroutine (GIL released) until the queue has more
+//!                              v
+//!            acknowledgements -> Acks.flush -> standby status update 'flushed' -> the slot's
+//!                                                        confirmed_flush_lsn advances
+//! ```
+//!
+//! # Positions and acknowledgement
+//!
+//! Every event has a position `(commit_lsn, ordinal)`. The slot can only resume at a
+//! transaction boundary, so what is reported to the server (`flushed`) is the end LSN of the
+//! last transaction that is completely delivered *and* acknowledged:
+//!
+//! - `auto_acknowledge=True`: an event counts as processed when the loop asks for the next
+//!   one; a transaction is confirmed once all its events are processed. The last event yielded
+//!   before leaving the loop is therefore not confirmed (at-least-once).
+//! - `auto_acknowledge=False`: `acknowledge()` marks everything delivered so far processed.
+//!
+//! Confirmations are sent at most every 100 ms, on `stop()`, and when the server asks.
+//! When nothing is delivered-but-unacknowledged and no transaction is open, a keepalive's WAL
+//! end is confirmed too, so an idle or unpublished-only stream never pins WAL, and a server
+//! shutting down is not kept waiting.
+//!
+//! # Failures
+//!
+//! The first connection's errors are raised (wrong password, missing slot or publication,
+//! unreachable host within `connect_timeout`). Once streaming, a lost connection or a server
+//! restart reconnects with exponential backoff (0.1 s doubling to 30 s) and resumes from the
+//! confirmed position; events already delivered in this process are skipped by position, so
+//! the consumer sees each event once per process (and again after a restart only if it was
+//! not acknowledged). A server that waits for a confirmation we cannot give (fast shutdown
+//! with unacknowledged events) gets the connection closed instead of a hang.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use pgcdc_core::debezium::{Encoder, EncoderOptions, Event, Op};
+use pgcdc_core::pgoutput::frame::{self, ServerMessage, StandbyStatusUpdate};
+use pgcdc_core::pgoutput::{ColumnData, Decoder, Message, OldTuple, TupleData};
+use pgcdc_core::relation::TableSchema;
+use pgcdc_core::{Lsn, Oid};
+use tokio::sync::Notify;
+
+use crate::catalog::CatalogConn;
+use crate::conninfo::ConnParams;
+use crate::errors::PgError;
+use crate::message::{LogicalMessage, RowMsg};
+use crate::signal::Signal;
+use crate::values::Col;
+use crate::wire::{quote_ident, quote_literal, tag, ReplConn};
+
+/// What the reader was asked to do.
+#[derive(Debug, Clone)]
+pub struct ReaderConfig {
+    pub conn: ConnParams,
+    pub publications: Vec<String>,
+    pub slot: String,
+    pub start_lsn: Option<Lsn>,
+    pub auto_ack: bool,
+    pub include_truncate: bool,
+    pub include_messages: bool,
+    pub create_slot: bool,
+    pub encoder: EncoderOptions,
+    pub reconnect: bool,
+    /// Give up reconnecting after this long without a working connection (None: never).
+    pub reconnect_timeout: Option<Duration>,
+    pub max_buffered: usize,
+}
+
+/// An entry of the delivery queue.
+pub enum Item {
+    Msg(Box<RowMsg>),
+    /// The end of a transaction (or of a non-transactional message): confirmable once every
+    /// event delivered before it is acknowledged.
+    Commit {
+        end_lsn: Lsn,
+    },
+}
+
+type Pos = (Lsn, u32);
+
+/// Acknowledgement bookkeeping, shared by the Python thread and the stream task.
+#[derive(Debug, Default)]
+struct Acks {
+    /// Position to report as flushed (the slot's confirmed_flush_lsn follows it).
+    flush: Lsn,
+    last_delivered: Option<Pos>,
+    acked: Option<Pos>,
+    /// End LSN of the last transaction whose events were all delivered.
+    last_completed: Option<Lsn>,
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Item>,
+    acks: Acks,
+    /// Terminal error, raised by every later `next_ready`.
+    error: Option<PgError>,
+    /// The stream task has ended (after stop() or an error).
+    finished: bool,
+    stopping: bool,
+    started: bool,
+    /// Backend pid of the current replication connection (0 when disconnected).
+    backend_pid: i32,
+    /// Sessions started so far (1 = the first connection).
+    sessions: u64,
+    /// The Python side found nothing and sleeps on the signal (see `crate::signal`).
+    armed: bool,
+}
+
+/// What the Python object and the stream task share.
+pub struct Shared {
+    state: Mutex<State>,
+    /// Wakes the Python side: the queue got items, an error, or the end.
+    pub signal: Signal,
+    /// The queue has room again.
+    space: Notify,
+    /// Acknowledgements or stop: the stream task should send a status update.
+    wake: Notify,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The native reader behind `pgcdc.LogicalReplicationReader`.
+pub struct Reader {
+    pub config: ReaderConfig,
+    pub shared: Arc<Shared>,
+}
+
+impl Reader {
+    pub fn new(config: ReaderConfig) -> Reader {
+        let mut state = State::default();
+        state.acks.flush = config.start_lsn.unwrap_or(Lsn::ZERO);
+        Reader {
+            config,
+            shared: Arc::new(Shared {
+                state: Mutex::new(state),
+                signal: Signal::new(),
+                space: Notify::new(),
+                wake: Notify::new(),
+            }),
+        }
+    }
+
+    /// Starts the stream task (once).
+    pub fn ensure_started(&self) {
+        let mut st = self.shared.lock();
+        if st.started || st.stopping {
+            return;
+        }
+        st.started = true;
+        drop(st);
+        let shared = self.shared.clone();
+        let config = self.config.clone();
+        crate::runtime().spawn(run(shared, config));
+    }
+
+    /// The next event, None when none is buffered. Errors: the stream's terminal error;
+    /// `Ok(Err(()))` when the stream has ended.
+    pub fn next_ready(&self) -> Result<Option<Box<RowMsg>>, NextError> {
+        let mut st = self.shared.lock();
+        if self.config.auto_ack {
+            // Asking for the next event means the previous one is processed.
+            st.acks.acked = st.acks.last_delivered;
+        }
+        let mut out = None;
+        let before = st.queue.len();
+        let flush_before = st.acks.flush;
+        while let Some(item) = st.queue.pop_front() {
+            match item {
+                Item::Commit { end_lsn } => apply_commit(&mut st.acks, end_lsn),
+                Item::Msg(m) => {
+                    st.acks.last_delivered = Some(m.position());
+                    out = Some(m);
+                    break;
+                }
+            }
+        }
+        let room = before >= self.config.max_buffered / 2 && st.queue.len() < self.config.max_buffered / 2;
+        let flush_moved = st.acks.flush != flush_before;
+        drop(st);
+        if room {
+            self.shared.space.notify_one();
+        }
+        if flush_moved {
+            self.shared.wake.notify_one();
+        }
+        match out {
+            Some(m) => Ok(Some(m)),
+            None => {
+                let mut st = self.shared.lock();
+                if let Some(e) = &st.error {
+                    Err(NextError::Failed(e.clone()))
+                } else if st.finished || st.stopping {
+                    Err(NextError::Ended)
+                } else if !st.queue.is_empty() {
+                    // Filled while we looked (only Commits were taken): try again at once.
+                    drop(st);
+                    self.shared.signal.notify();
+                    Ok(None)
+                } else {
+                    st.armed = true;
+                    Ok(None)
+                }
+            }
+        }
+    }
+
+    /// Manual acknowledgement of everything delivered so far (or explicitly up to `lsn`).
+    pub fn acknowledge(&self, lsn: Option<Lsn>) -> Result<(), PgError> {
+        let mut st = self.shared.lock();
+        if let Some(lsn) = lsn {
+            st.acks.flush = st.acks.flush.max(lsn);
+        } else {
+            if self.config.auto_ack {
+                return Err(PgError::Interface(
+                    "No pending LSN to acknowledge: this reader has auto_acknowledge=True and confirms transactions by itself".into(),
+                ));
+            }
+            st.acks.acked = st.acks.last_delivered;
+            if let Some(end) = st.acks.last_completed {
+                st.acks.flush = st.acks.flush.max(end);
+            }
+            // Transactions completed by what was just acknowledged.
+            while let Some(Item::Commit { end_lsn }) = st.queue.front() {
+                let end_lsn = *end_lsn;
+                st.queue.pop_front();
+                apply_commit(&mut st.acks, end_lsn);
+            }
+        }
+        drop(st);
+        self.shared.wake.notify_one();
+        Ok(())
+    }
+
+    /// Asks the stream task to confirm what is acknowledged, close, and end.
+    pub fn request_stop(&self) {
+        let mut st = self.shared.lock();
+        st.stopping = true;
+        let running = st.started && !st.finished;
+        if !running {
+            st.finished = true;
+        }
+        drop(st);
+        self.shared.wake.notify_one();
+        self.shared.space.notify_one();
+        self.shared.signal.notify();
+    }
+
+    /// True once the stream task has ended; otherwise arms the signal for the end.
+    pub fn finished(&self) -> bool {
+        let mut st = self.shared.lock();
+        if !st.finished {
+            st.armed = true;
+        }
+        st.finished
+    }
+
+    pub fn confirmed_lsn(&self) -> Lsn {
+        self.shared.lock().acks.flush
+    }
+
+    pub fn backend_pid(&self) -> i32 {
+        self.shared.lock().backend_pid
+    }
+
+    pub fn sessions(&self) -> u64 {
+        self.shared.lock().sessions
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.request_stop();
+    }
+}
+
+pub enum NextError {
+    Failed(PgError),
+    Ended,
+}
+
+fn apply_commit(acks: &mut Acks, end_lsn: Lsn) {
+    acks.last_completed = Some(end_lsn);
+    if acks.acked == acks.last_delivered {
+        acks.flush = acks.flush.max(end_lsn);
+    }
+}
+
+// ------------------------------------------------------------------------- stream task
+
+enum SessionEnd {
+    Stopped,
+    /// The server ended the stream or wants us gone (shutdown): reconnect.
+    Reconnect(String),
+}
+
+async fn run(shared: Arc<Shared>, config: ReaderConfig) {
+    let mut backoff = Duration::from_millis(100);
+    let mut streamed_once = false;
+    let mut down_since: Option<Instant> = None;
+    let first_attempt = Instant::now();
+    loop {
+        if shared.lock().stopping {
+            break;
+        }
+        let sessions_before = shared.lock().sessions;
+        let result = session(&shared, &config, &mut streamed_once).await;
+        if shared.lock().sessions > sessions_before {
+            // That session streamed: start the backoff over.
+            backoff = Duration::from_millis(100);
+            down_since = None;
+        }
+        {
+            let mut st = shared.lock();
+            st.backend_pid = 0;
+            // Undelivered events will be sent again from the confirmed position.
+            st.queue.clear();
+        }
+        shared.space.notify_one();
+        match result {
+            Ok(SessionEnd::Stopped) => break,
+            Ok(SessionEnd::Reconnect(_)) => {}
+            Err(e) => {
+                // The slot is still held by the walsender of a connection that just ended.
+                let slot_busy = e.sqlstate() == Some("55006") && first_attempt.elapsed() < Duration::from_secs(10);
+                let retry = slot_busy || (streamed_once && config.reconnect && e.is_transient());
+                let expired =
+                    down_since.zip(config.reconnect_timeout).is_some_and(|(since, limit)| since.elapsed() > limit);
+                if !retry || expired {
+                    shared.lock().error = Some(e);
+                    shared.signal.notify();
+                    break;
+                }
+            }
+        }
+        if down_since.is_none() {
+            down_since = Some(Instant::now());
+        }
+        // Backoff, interruptible by stop().
+        let wake = shared.wake.notified();
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = wake => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+    shared.lock().finished = true;
+    shared.signal.notify();
+}
+
+/// Checks the slot and publications on the replication connection, creating the slot when
+/// asked, so that a missing one is a clear error instead of a late stream failure.
+async fn check_slot(conn: &mut ReplConn, config: &ReaderConfig) -> Result<(), PgError> {
+    let rows = conn
+        .simple_query(&format!(
+            "SELECT plugin, database FROM pg_catalog.pg_replication_slots WHERE slot_name = {}",
+            quote_literal(&config.slot)
+        ))
+        .await?;
+    match rows.first() {
+        None if config.create_slot => {
+            conn.simple_query(&format!(
+                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'nothing')",
+                quote_ident(&config.slot)
+            ))
+            .await?;
+        }
+        None => {
+            return Err(PgError::server(
+                "42704",
+                format!("replication slot \"{}\" does not exist", config.slot),
+                Some(format!(
+                "Create it with SELECT pg_create_logical_replication_slot({}, 'pgoutput'), or pass create_slot=True.",
+                quote_literal(&config.slot)
+            )),
+            ))
+        }
+        Some(row) => {
+            let plugin = row.first().cloned().flatten().unwrap_or_default();
+            let database = row.get(1).cloned().flatten().unwrap_or_default();
+            if plugin != "pgoutput" {
+                return Err(PgError::server(
+                    "55000",
+                    format!("replication slot \"{}\" uses output plugin \"{plugin}\", not pgoutput", config.slot),
+                    Some("Use a slot created with the pgoutput plugin.".into()),
+                ));
+            }
+            if database != config.conn.database {
+                return Err(PgError::server(
+                    "55000",
+                    format!(
+                        "replication slot \"{}\" belongs to database \"{database}\", not \"{}\"",
+                        config.slot, config.conn.database
+                    ),
+                    None,
+                ));
+            }
+        }
+    }
+    for publication in &config.publications {
+        let rows = conn
+            .simple_query(&format!(
+                "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = {}",
+                quote_literal(publication)
+            ))
+            .await?;
+        if rows.is_empty() {
+            return Err(PgError::server(
+                "42704",
+                format!("publication \"{publication}\" does not exist"),
+                Some(format!(
+                    "Create it with CREATE PUBLICATION {} FOR TABLE ... (or FOR ALL TABLES).",
+                    quote_ident(publication)
+                )),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Per-session decoding state.
+struct Stream<'a> {
+    shared: &'a Shared,
+    config: &'a ReaderConfig,
+    decoder: Decoder,
+    encoder: Encoder,
+    catalog: CatalogConn,
+    relations: HashMap<Oid, (u64, Arc<TableSchema>)>,
+    events: Vec<Event>,
+    pending: Vec<Item>,
+    /// Position of the open transaction's commit, if one is open.
+    in_tx: bool,
+    /// Skip events at or before this position: delivered before a reconnect.
+    resume_after: Option<Pos>,
+    /// Highest WAL position received.
+    received: Lsn,
+    reported: Option<Lsn>,
+    last_status: Instant,
+    /// A keepalive asked for a reply we could not fully satisfy (for shutdown detection).
+    unsatisfied_ping: Option<Instant>,
+}
+
+thread_local! {
+    static NOW_NANOS: std::cell::Cell<i64> = const { std::cell::Cell::new(0) };
+}
+
+fn encoder_clock() -> i64 {
+    NOW_NANOS.with(|c| c.get())
+}
+
+fn now_nanos() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}
+
+async fn session(shared: &Arc<Shared>, config: &ReaderConfig, streamed_once: &mut bool) -> Result<SessionEnd, PgError> {
+    let mut conn = ReplConn::connect(&config.conn).await?;
+    check_slot(&mut conn, config).await?;
+    let (start, resume_after) = {
+        let st = shared.lock();
+        (st.acks.flush, st.acks.last_delivered)
+    };
+    let publications = config.publications.iter().map(|p| quote_ident(p)).collect::<Vec<_>>().join(",");
+    let mut options = format!("proto_version '1', publication_names {}", quote_literal(&publications));
+    if config.include_messages {
+        options.push_str(", messages 'true'");
+    }
+    let command = format!("START_REPLICATION SLOT {} LOGICAL {} ({})", quote_ident(&config.slot), start, options);
+    conn.start_replication(&command).await?;
+    *streamed_once = true;
+    {
+        let mut st = shared.lock();
+        st.backend_pid = conn.backend_pid;
+        st.sessions += 1;
+    }
+    let mut encoder = Encoder::new(config.encoder.clone(), &config.conn.database);
+    encoder.set_clock(encoder_clock);
+    let mut s = Stream {
+        shared,
+        config,
+        decoder: Decoder::new(1),
+        encoder,
+        catalog: CatalogConn::new(config.conn.clone()),
+        relations: HashMap::new(),
+        events: Vec::new(),
+        pending: Vec::new(),
+        in_tx: false,
+        resume_after,
+        received: start,
+        reported: None,
+        last_status: Instant::now(),
+        unsatisfied_ping: None,
+    };
+    let result = s.run(&mut conn).await;
+    match result {
+        Ok(SessionEnd::Stopped) => {
+            s.send_status(&mut conn, false).await.ok();
+            conn.close(Duration::from_secs(2)).await;
+            Ok(SessionEnd::Stopped)
+        }
+        Ok(SessionEnd::Reconnect(why)) => {
+            conn.close(Duration::from_millis(500)).await;
+            Ok(SessionEnd::Reconnect(why))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+const STATUS_MIN_INTERVAL: Duration = Duration::from_millis(100);
+const STATUS_MAX_INTERVAL: Duration = Duration::from_secs(10);
+
+impl Stream<'_> {
+    async fn run(&mut self, conn: &mut ReplConn) -> Result<SessionEnd, PgError> {
+        loop {
+            // Everything already buffered, without waiting.
+            while let Some(msg) = conn.try_message()? {
+                match msg.tag {
+                    tag::COPY_DATA => {
+                        if let Some(end) = self.copy_data(conn, msg.body).await? {
+                            return Ok(end);
+                        }
+                    }
+                    tag::ERROR_RESPONSE => {
+                        return Err(PgError::Server(crate::errors::ServerError::parse(&msg.body)));
+                    }
+                    tag::COPY_DONE => return Ok(SessionEnd::Reconnect("the server ended the stream".into())),
+                    _ => {}
+                }
+                if self.pending.len() >= 1024 {
+                    if let Some(end) = self.push_pending(conn).await? {
+                        return Ok(end);
+                    }
+                }
+            }
+            if let Some(end) = self.push_pending(conn).await? {
+                return Ok(end);
+            }
+            if self.shared.lock().stopping {
+                return Ok(SessionEnd::Stopped);
+            }
+            self.maybe_send_status(conn).await?;
+            let due = self.next_status_due();
+            let wake = self.shared.wake.notified();
+            tokio::select! {
+                r = conn.fill() => r?,
+                _ = wake => {}
+                _ = tokio::time::sleep_until(due.into()) => {}
+            }
+        }
+    }
+
+    fn next_status_due(&self) -> Instant {
+        let flush = self.shared.lock().acks.flush;
+        if self.reported != Some(flush) {
+            self.last_status + STATUS_MIN_INTERVAL
+        } else {
+            self.last_status + STATUS_MAX_INTERVAL
+        }
+    }
+
+    async fn maybe_send_status(&mut self, conn: &mut ReplConn) -> Result<(), PgError> {
+        let flush = self.shared.lock().acks.flush;
+        let elapsed = self.last_status.elapsed();
+        if (self.reported != Some(flush) && elapsed >= STATUS_MIN_INTERVAL) || elapsed >= STATUS_MAX_INTERVAL {
+            self.send_status(conn, false).await?;
+        }
+        Ok(())
+    }
+
+    async fn send_status(&mut self, conn: &mut ReplConn, reply: bool) -> Result<(), PgError> {
+        let flush = self.shared.lock().acks.flush;
+        let update = StandbyStatusUpdate {
+            written: self.received.max(flush),
+            flushed: flush,
+            applied: flush,
+            client_time: frame::pg_timestamp(SystemTime::now()),
+            reply_requested: reply,
+        };
+        conn.send_copy_data(&update.encode()).await?;
+        self.reported = Some(flush);
+        self.last_status = Instant::now();
+        Ok(())
+    }
+
+    /// Moves decoded items to the shared queue, waiting for room (while still reporting
+    /// status) when the consumer is behind.
+    async fn push_pending(&mut self, conn: &mut ReplConn) -> Result<Option<SessionEnd>, PgError> {
+        if self.pending.is_empty() {
+            return Ok(None);
+        }
+        loop {
+            let space = self.shared.space.notified();
+            {
+                let mut st = self.shared.lock();
+                if st.stopping {
+                    return Ok(Some(SessionEnd::Stopped));
+                }
+                if st.queue.len() < self.config.max_buffered {
+                    st.queue.extend(self.pending.drain(..));
+                    let armed = std::mem::replace(&mut st.armed, false);
+                    drop(st);
+                    if armed {
+                        self.shared.signal.notify();
+                    }
+                    return Ok(None);
+                }
+            }
+            let due = self.next_status_due();
+            tokio::select! {
+                _ = space => {}
+                _ = tokio::time::sleep_until(due.into()) => self.maybe_send_status(conn).await?,
+            }
+        }
+    }
+
+    async fn copy_data(&mut self, conn: &mut ReplConn, body: Bytes) -> Result<Option<SessionEnd>, PgError> {
+        let msg = frame::decode(&body).map_err(|e| PgError::Protocol(format!("walsender message: {e}")))?;
+        match msg {
+            ServerMessage::Keepalive(k) => {
+                self.received = self.received.max(k.wal_end);
+                // Everything before this keepalive is queued; confirm the WAL end when nothing
+                // is open or unacknowledged.
+                if let Some(end) = self.push_pending(conn).await? {
+                    return Ok(Some(end));
+                }
+                let satisfied = {
+                    let mut st = self.shared.lock();
+                    let idle = !self.in_tx
+                        && !self.encoder.in_transaction()
+                        && st.queue.is_empty()
+                        && st.acks.acked == st.acks.last_delivered;
+                    if idle {
+                        st.acks.flush = st.acks.flush.max(k.wal_end);
+                    }
+                    st.acks.flush >= k.wal_end
+                };
+                if k.reply_requested {
+                    self.send_status(conn, false).await?;
+                    if !satisfied {
+                        // A second ping right after our answer: the server is shutting down and
+                        // waits for a confirmation we must not give. Leave instead of hanging it.
+                        if self.unsatisfied_ping.is_some_and(|t| t.elapsed() < Duration::from_secs(5)) {
+                            return Ok(Some(SessionEnd::Reconnect("the server is shutting down".into())));
+                        }
+                        self.unsatisfied_ping = Some(Instant::now());
+                    }
+                } else {
+                    self.maybe_send_status(conn).await?;
+                }
+                Ok(None)
+            }
+            ServerMessage::XLogData(x) => {
+                self.received = self.received.max(x.wal_start);
+                let data = body.slice_ref(x.data);
+                self.pgoutput(x.wal_start, data).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    async fn pgoutput(&mut self, wal_start: Lsn, data: Bytes) -> Result<(), PgError> {
+        let msg =
+            self.decoder.decode(&data).map_err(|e| PgError::Data(format!("pgoutput message at {wal_start}: {e}")))?;
+        let mut catalog = crate::catalog::Prefetched::default();
+        if let Message::Relation(rel) = &msg {
+            let cat = self.encoder.catalog_mut();
+            let knows: Vec<Oid> = rel.columns.iter().map(|c| c.type_oid).filter(|&o| cat.knows_type(o)).collect();
+            catalog = self.catalog.prefetch(rel, |o| knows.contains(&o)).await?;
+        }
+        NOW_NANOS.with(|c| c.set(now_nanos()));
+        self.events.clear();
+        let mut events = std::mem::take(&mut self.events);
+        self.encoder
+            .handle(wal_start, &msg, &mut catalog, &mut events)
+            .map_err(|e| PgError::Data(format!("change at {wal_start}: {e}")))?;
+        match &msg {
+            Message::Begin(_) => self.in_tx = true,
+            Message::Commit(c) => {
+                self.in_tx = false;
+                self.pending.push(Item::Commit { end_lsn: c.end_lsn });
+            }
+            _ => {}
+        }
+        let mut truncated = 0usize;
+        for ev in events.drain(..) {
+            let (before, after, fallback, message) = match (&msg, ev.op) {
+                (_, Op::Tombstone | Op::TxBegin | Op::TxEnd) => continue,
+                (_, Op::Truncate) if !self.config.include_truncate => continue,
+                (_, Op::Message) if !self.config.include_messages => continue,
+                (Message::Insert(i), _) => (None, Some(cols(&data, &i.new)), None, None),
+                (Message::Update(u), op) => {
+                    let old = u.old.as_ref().map(|o| match o {
+                        OldTuple::Key(t) | OldTuple::Full(t) => cols(&data, t),
+                    });
+                    let full = match &u.old {
+                        Some(OldTuple::Full(t)) => Some(cols(&data, t)),
+                        _ => None,
+                    };
+                    match op {
+                        Op::Delete => (old, None, None, None),
+                        Op::Create => (None, Some(cols(&data, &u.new)), full, None),
+                        _ => (old, Some(cols(&data, &u.new)), full, None),
+                    }
+                }
+                (Message::Delete(d), _) => {
+                    let (OldTuple::Key(t) | OldTuple::Full(t)) = &d.old;
+                    (Some(cols(&data, t)), None, None, None)
+                }
+                (Message::Message(m), _) => (
+                    None,
+                    None,
+                    None,
+                    Some(LogicalMessage {
+                        prefix: m.prefix.to_owned(),
+                        content: data.slice_ref(m.content),
+                        transactional: m.transactional,
+                    }),
+                ),
+                _ => (None, None, None, None),
+            };
+            let non_tx_message = matches!(&msg, Message::Message(m) if !m.transactional);
+            // A non-transactional message has no transaction: ordinal 0 keeps its position
+            // apart from a transaction committed at the same LSN (as the extension does).
+            let ordinal = if non_tx_message { 0 } else { ev.ordinal };
+            let pos = (ev.commit_lsn, ordinal);
+            if self.resume_after.is_some_and(|r| pos <= r) {
+                continue;
+            }
+            let table = match (&msg, ev.op) {
+                (_, Op::Message) => None,
+                (Message::Truncate(t), _) => {
+                    let id = t.relation_ids.get(truncated).copied();
+                    truncated += 1;
+                    id.and_then(|id| self.table(id))
+                }
+                (Message::Insert(i), _) => self.table(i.relation_id),
+                (Message::Update(u), _) => self.table(u.relation_id),
+                (Message::Delete(d), _) => self.table(d.relation_id),
+                _ => None,
+            };
+            self.pending.push(Item::Msg(Box::new(RowMsg {
+                op: ev.op,
+                table,
+                before,
+                after,
+                fallback,
+                json: ev.value.unwrap_or_default(),
+                commit_lsn: ev.commit_lsn,
+                ordinal,
+                lsn: ev.lsn,
+                xid: ev.xid,
+                ts_ns: NOW_NANOS.with(|c| c.get()),
+                message,
+            })));
+            if non_tx_message {
+                // Nothing commits it: confirmable right after (its own LSN + 1).
+                self.pending.push(Item::Commit { end_lsn: Lsn(ev.lsn.0 + 1) });
+            }
+        }
+        self.events = events;
+        Ok(())
+    }
+
+    fn table(&mut self, id: Oid) -> Option<Arc<TableSchema>> {
+        let schema = self.encoder.relation(id)?;
+        match self.relations.get(&id) {
+            Some((v, arc)) if *v == schema.version => Some(arc.clone()),
+            _ => {
+                let arc = Arc::new(schema.clone());
+                self.relations.insert(id, (schema.version, arc.clone()));
+                Some(arc)
+            }
+        }
+    }
+}
+
+fn cols(frame: &Bytes, t: &TupleData<'_>) -> Vec<Col> {
+    t.columns
+        .iter()
+        .map(|c| match c {
+            ColumnData::Null => Col::Null,
+            ColumnData::UnchangedToast => Col::Unchanged,
+            ColumnData::Text(b) => Col::Text(frame.slice_ref(b)),
+            ColumnData::Binary(b) => Col::Binary(frame.slice_ref(b)),
+        })
+        .collect()
+}

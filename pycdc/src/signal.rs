@@ -1,0 +1,109 @@
+//! Waking asyncio from tokio threads without touching the GIL.
+//!
+//! Each stream (and each one-shot operation) owns a socket pair. The Python side registers
+//! the read end with `loop.add_reader` and sleeps in the event loop (GIL released); a tokio
+//! thread that has news writes one byte to the other end. Nothing on the tokio side ever
+//! takes the GIL, so there is no cross-thread GIL traffic per batch and no race with
+//! interpreter shutdown (a tokio thread completing an asyncio future at exit can crash
+//! CPython 3.11 while it finalizes).
+//!
+//! To keep syscalls rare, a producer writes only when the consumer is *armed*: the Python
+//! side arms (under the stream's state mutex) exactly when it found nothing to take and is
+//! about to sleep; the producer disarms and writes under the same mutex. The socket is
+//! level-triggered, so a byte written before `add_reader` still wakes the loop.
+
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
+
+use pyo3::prelude::*;
+
+use crate::errors::PgError;
+
+pub struct Signal {
+    rx: UnixStream,
+    tx: UnixStream,
+}
+
+impl Signal {
+    pub fn new() -> Signal {
+        let (rx, tx) = UnixStream::pair().expect("socketpair");
+        rx.set_nonblocking(true).expect("nonblocking");
+        tx.set_nonblocking(true).expect("nonblocking");
+        Signal { rx, tx }
+    }
+
+    /// Wakes the Python side (a full buffer already means "wake up").
+    pub fn notify(&self) {
+        let _ = (&self.tx).write(&[1]);
+    }
+
+    pub fn fileno(&self) -> i32 {
+        self.rx.as_raw_fd()
+    }
+
+    /// Empties the socket after a wake-up.
+    pub fn drain(&self) {
+        let mut buf = [0u8; 256];
+        while let Ok(n) = (&self.rx).read(&mut buf) {
+            if n < buf.len() {
+                break;
+            }
+        }
+    }
+}
+
+impl Default for Signal {
+    fn default() -> Self {
+        Signal::new()
+    }
+}
+
+/// A one-shot operation running on the runtime (the SQL helpers): Python waits on
+/// `fileno()` and then takes `result()`.
+#[pyclass(module = "pgcdc._pgcdc", name = "_Op")]
+pub struct Op {
+    shared: Arc<OpShared>,
+}
+
+struct OpShared {
+    result: Mutex<Option<Result<String, PgError>>>,
+    signal: Signal,
+}
+
+impl Op {
+    pub fn spawn<F>(fut: F) -> Op
+    where
+        F: std::future::Future<Output = Result<String, PgError>> + Send + 'static,
+    {
+        let shared = Arc::new(OpShared { result: Mutex::new(None), signal: Signal::new() });
+        let s = shared.clone();
+        crate::runtime().spawn(async move {
+            let r = fut.await;
+            *s.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+            s.signal.notify();
+        });
+        Op { shared }
+    }
+}
+
+#[pymethods]
+impl Op {
+    fn fileno(&self) -> i32 {
+        self.shared.signal.fileno()
+    }
+
+    fn drain(&self) {
+        self.shared.signal.drain();
+    }
+
+    /// The result once done (None before); raises the operation's error.
+    fn result(&self, py: Python<'_>) -> PyResult<Option<String>> {
+        match self.shared.result.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            None => Ok(None),
+            Some(Ok(s)) => Ok(Some(s)),
+            Some(Err(e)) => Err(e.to_py(py)),
+        }
+    }
+}

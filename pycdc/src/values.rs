@@ -1,0 +1,500 @@
+//! PostgreSQL values as Python objects, exactly.
+//!
+//! | PostgreSQL                         | Python                                                  |
+//! |------------------------------------|---------------------------------------------------------|
+//! | bool                               | `bool`                                                  |
+//! | int2/int4/int8/oid                 | `int`                                                   |
+//! | float4/float8                      | `float` (float4 by its shortest decimal form: 3.14)     |
+//! | numeric, money                     | `decimal.Decimal` (exact, scale kept; NaN, ±Infinity)   |
+//! | text, varchar, char, name, inet, cidr, macaddr, uuid, xml, enum, range, unknown types | `str` |
+//! | bytea                              | `bytes`                                                 |
+//! | json, jsonb                        | `dict`/`list`/`str`/`int`/`float`/`bool`/`None`          |
+//! | date                               | `datetime.date`                                         |
+//! | timestamp                          | `datetime.datetime` (naive)                             |
+//! | timestamptz                        | `datetime.datetime` (aware, UTC)                        |
+//! | time / timetz                      | `datetime.time` (timetz with its fixed offset)          |
+//! | interval                           | `pgcdc.Interval(months, days, microseconds)`            |
+//! | bit, varbit                        | `str` of 0/1                                            |
+//! | point                              | `(x, y)` tuple of floats                                |
+//! | hstore                             | `dict[str, str | None]`                                 |
+//! | composite                          | `dict` by field name                                    |
+//! | arrays                             | nested `list`s                                          |
+//!
+//! What `datetime` cannot hold stays text, in PostgreSQL's spelling: `infinity`/`-infinity`
+//! dates and timestamps, years before 1 or after 9999 (`0044-03-15 BC`), and `24:00:00`.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use pgcdc_core::catalog::TypeKind;
+use pgcdc_core::value::{civil_from_days, parse_text, Infinite, Numeric, Value};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyList, PyString, PyTuple};
+
+use crate::errors::PgError;
+
+/// One column of a row as pgoutput sent it, owning its bytes (a slice of the frame).
+#[derive(Debug, Clone)]
+pub enum Col {
+    Null,
+    /// Unchanged TOAST value: not sent.
+    Unchanged,
+    Text(Bytes),
+    Binary(Bytes),
+}
+
+struct Types {
+    decimal: Py<PyAny>,
+    date: Py<PyAny>,
+    datetime: Py<PyAny>,
+    time: Py<PyAny>,
+    timezone: Py<PyAny>,
+    timedelta: Py<PyAny>,
+    utc: Py<PyAny>,
+}
+
+fn types(py: Python<'_>) -> PyResult<&Types> {
+    static TYPES: PyOnceLock<Types> = PyOnceLock::new();
+    TYPES.get_or_try_init(py, || {
+        let dt = py.import("datetime")?;
+        Ok(Types {
+            decimal: py.import("decimal")?.getattr("Decimal")?.unbind(),
+            date: dt.getattr("date")?.unbind(),
+            datetime: dt.getattr("datetime")?.unbind(),
+            time: dt.getattr("time")?.unbind(),
+            timezone: dt.getattr("timezone")?.unbind(),
+            timedelta: dt.getattr("timedelta")?.unbind(),
+            utc: dt.getattr("timezone")?.getattr("utc")?.unbind(),
+        })
+    })
+}
+
+/// Converts one column; `Ok(None)` for an unchanged TOAST value (the caller leaves it out).
+pub fn column<'py>(
+    py: Python<'py>,
+    kind: &TypeKind,
+    col: &Col,
+    table: &str,
+    name: &str,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    Ok(Some(match col {
+        Col::Null => py.None().into_bound(py),
+        Col::Unchanged => return Ok(None),
+        Col::Binary(b) => PyBytes::new(py, b).into_any(),
+        Col::Text(b) => {
+            let text = std::str::from_utf8(b)
+                .map_err(|_| PgError::Data(format!("column {table}.{name}: text is not valid UTF-8")))?;
+            let v = parse_text(kind, text).map_err(|e| PgError::Data(format!("column {table}.{name}: {e}")))?;
+            value(py, &v, Some(text))?
+        }
+    }))
+}
+
+/// Converts a parsed value. `text` is the value's own text form when known (top-level columns),
+/// used for what `datetime` cannot represent.
+pub fn value<'py>(py: Python<'py>, v: &Value<'_>, text: Option<&str>) -> PyResult<Bound<'py, PyAny>> {
+    Ok(match v {
+        Value::Null => py.None().into_bound(py),
+        Value::Bool(b) => PyBool::new(py, *b).to_owned().into_any(),
+        Value::Int(i) => i.into_pyobject(py)?.into_any(),
+        Value::Float4(f) => {
+            // The shortest decimal that reads back as this f32, as PostgreSQL prints it.
+            let shortest: f64 = format!("{f}").parse().unwrap_or(f64::from(*f));
+            PyFloat::new(py, shortest).into_any()
+        }
+        Value::Float8(f) => PyFloat::new(py, *f).into_any(),
+        Value::Numeric(n) | Value::Money(n) => decimal(py, n)?,
+        Value::Text(s) | Value::Xml(s) | Value::Uuid(s) | Value::Range(s) | Value::Enum(s) | Value::Unknown(s) => {
+            PyString::new(py, s).into_any()
+        }
+        Value::Bytes(b) => PyBytes::new(py, b).into_any(),
+        Value::Json(s) => json(py, s)?,
+        Value::Date(d) => match d {
+            Infinite::Finite(days) => {
+                let (y, m, d) = civil_from_days(i64::from(*days));
+                if (1..=9999).contains(&y) {
+                    types(py)?.date.bind(py).call1((y, m, d))?
+                } else {
+                    PyString::new(py, text.unwrap_or(&format_date(y, m, d))).into_any()
+                }
+            }
+            Infinite::PosInfinity => PyString::new(py, "infinity").into_any(),
+            Infinite::NegInfinity => PyString::new(py, "-infinity").into_any(),
+        },
+        Value::Timestamp(t) | Value::TimestampTz(t) => {
+            let tz = matches!(v, Value::TimestampTz(_));
+            match t {
+                Infinite::Finite(micros) => match timestamp(py, *micros, tz)? {
+                    Some(o) => o,
+                    None => {
+                        let fallback = format_timestamp(*micros, tz);
+                        PyString::new(py, text.unwrap_or(&fallback)).into_any()
+                    }
+                },
+                Infinite::PosInfinity => PyString::new(py, "infinity").into_any(),
+                Infinite::NegInfinity => PyString::new(py, "-infinity").into_any(),
+            }
+        }
+        Value::Time(micros) => match time(py, *micros, None)? {
+            Some(o) => o,
+            None => PyString::new(py, "24:00:00").into_any(),
+        },
+        Value::TimeTz { micros, offset_seconds } => {
+            let t = types(py)?;
+            let delta = t.timedelta.bind(py).call1((0, *offset_seconds))?;
+            let tz = t.timezone.bind(py).call1((delta,))?;
+            match time(py, *micros, Some(tz))? {
+                Some(o) => o,
+                None => PyString::new(py, text.unwrap_or("24:00:00")).into_any(),
+            }
+        }
+        Value::Interval { months, days, micros } => {
+            Bound::new(py, crate::message::Interval { months: *months, days: *days, microseconds: *micros })?.into_any()
+        }
+        Value::Bits { length, bytes } => PyString::new(py, &bits(*length, bytes)).into_any(),
+        Value::Point { x, y } => PyTuple::new(py, [*x, *y])?.into_any(),
+        Value::Hstore(pairs) => {
+            let d = PyDict::new(py);
+            for (k, v) in pairs {
+                d.set_item(k, v.as_deref())?;
+            }
+            d.into_any()
+        }
+        Value::Composite(fields) => {
+            let d = PyDict::new(py);
+            for (k, v) in fields {
+                d.set_item(k, value(py, v, None)?)?;
+            }
+            d.into_any()
+        }
+        Value::Array(items) => {
+            let l = PyList::empty(py);
+            for it in items {
+                l.append(value(py, it, None)?)?;
+            }
+            l.into_any()
+        }
+    })
+}
+
+fn decimal<'py>(py: Python<'py>, n: &Numeric<'_>) -> PyResult<Bound<'py, PyAny>> {
+    let s: Cow<'_, str> = match n {
+        Numeric::NaN => "NaN".into(),
+        Numeric::PosInfinity => "Infinity".into(),
+        Numeric::NegInfinity => "-Infinity".into(),
+        Numeric::Finite { negative, digits, scale } => numeric_text(*negative, digits, *scale).into(),
+    };
+    types(py)?.decimal.bind(py).call1((s.as_ref(),))
+}
+
+/// `(-1)^negative * digits * 10^-scale` as plain decimal text.
+pub fn numeric_text(negative: bool, digits: &str, scale: u32) -> String {
+    let scale = scale as usize;
+    let mut s = String::with_capacity(digits.len() + scale + 3);
+    if negative {
+        s.push('-');
+    }
+    if scale == 0 {
+        s.push_str(digits);
+    } else if digits.len() > scale {
+        let (int, frac) = digits.split_at(digits.len() - scale);
+        s.push_str(int);
+        s.push('.');
+        s.push_str(frac);
+    } else {
+        s.push_str("0.");
+        for _ in 0..scale - digits.len() {
+            s.push('0');
+        }
+        s.push_str(digits);
+    }
+    s
+}
+
+const MICROS_PER_DAY: i64 = 86_400_000_000;
+
+fn timestamp<'py>(py: Python<'py>, micros: i64, tz: bool) -> PyResult<Option<Bound<'py, PyAny>>> {
+    let days = micros.div_euclid(MICROS_PER_DAY);
+    let rem = micros.rem_euclid(MICROS_PER_DAY);
+    let (y, mo, d) = civil_from_days(days);
+    if !(1..=9999).contains(&y) {
+        return Ok(None);
+    }
+    let (h, mi, s, us) = hms(rem);
+    let t = types(py)?;
+    let args = if tz {
+        PyTuple::new(
+            py,
+            [
+                y.into_pyobject(py)?.into_any(),
+                mo.into_pyobject(py)?.into_any(),
+                d.into_pyobject(py)?.into_any(),
+                h.into_pyobject(py)?.into_any(),
+                mi.into_pyobject(py)?.into_any(),
+                s.into_pyobject(py)?.into_any(),
+                us.into_pyobject(py)?.into_any(),
+                t.utc.bind(py).clone(),
+            ],
+        )?
+    } else {
+        PyTuple::new(
+            py,
+            [
+                y.into_pyobject(py)?.into_any(),
+                mo.into_pyobject(py)?.into_any(),
+                d.into_pyobject(py)?.into_any(),
+                h.into_pyobject(py)?.into_any(),
+                mi.into_pyobject(py)?.into_any(),
+                s.into_pyobject(py)?.into_any(),
+                us.into_pyobject(py)?.into_any(),
+            ],
+        )?
+    };
+    Ok(Some(t.datetime.bind(py).call1(args)?))
+}
+
+fn hms(micros: i64) -> (i64, i64, i64, i64) {
+    let secs = micros / 1_000_000;
+    (secs / 3600, secs / 60 % 60, secs % 60, micros % 1_000_000)
+}
+
+fn time<'py>(py: Python<'py>, micros: i64, tz: Option<Bound<'py, PyAny>>) -> PyResult<Option<Bound<'py, PyAny>>> {
+    if !(0..MICROS_PER_DAY).contains(&micros) {
+        return Ok(None);
+    }
+    let (h, m, s, us) = hms(micros);
+    let t = types(py)?.time.bind(py);
+    Ok(Some(match tz {
+        Some(tz) => t.call1((h, m, s, us, tz))?,
+        None => t.call1((h, m, s, us))?,
+    }))
+}
+
+fn format_date(y: i64, m: u32, d: u32) -> String {
+    if y <= 0 {
+        format!("{:04}-{m:02}-{d:02} BC", 1 - y)
+    } else {
+        format!("{y:04}-{m:02}-{d:02}")
+    }
+}
+
+fn format_timestamp(micros: i64, tz: bool) -> String {
+    let days = micros.div_euclid(MICROS_PER_DAY);
+    let (y, mo, d) = civil_from_days(days);
+    let (h, mi, s, us) = hms(micros.rem_euclid(MICROS_PER_DAY));
+    let mut out = if y <= 0 { format!("{:04}-{mo:02}-{d:02}", 1 - y) } else { format!("{y:04}-{mo:02}-{d:02}") };
+    out.push_str(&format!(" {h:02}:{mi:02}:{s:02}"));
+    if us != 0 {
+        let frac = format!("{us:06}");
+        out.push('.');
+        out.push_str(frac.trim_end_matches('0'));
+    }
+    if tz {
+        out.push_str("+00");
+    }
+    if y <= 0 {
+        out.push_str(" BC");
+    }
+    out
+}
+
+/// The bit string back from Debezium's BitSet bytes (see `pgcdc_core::value::Value::Bits`).
+fn bits(length: u32, bytes: &[u8]) -> String {
+    (0..length as usize)
+        .map(|i| {
+            let bit = length as usize - 1 - i;
+            let set = bytes.get(bit / 8).is_some_and(|b| b >> (bit % 8) & 1 == 1);
+            if set {
+                '1'
+            } else {
+                '0'
+            }
+        })
+        .collect()
+}
+
+/// JSON text as Python objects, keys in the text's order (like `json.loads`).
+pub fn json<'py>(py: Python<'py>, text: &str) -> PyResult<Bound<'py, PyAny>> {
+    use serde::de::DeserializeSeed;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let v = PySeed(py).deserialize(&mut de).map_err(|e| PgError::Data(format!("invalid JSON: {e}")))?;
+    de.end().map_err(|e| PgError::Data(format!("invalid JSON: {e}")))?;
+    Ok(v)
+}
+
+struct PySeed<'py>(Python<'py>);
+
+impl<'de, 'py> serde::de::DeserializeSeed<'de> for PySeed<'py> {
+    type Value = Bound<'py, PyAny>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(PyVisitor(self.0))
+    }
+}
+
+struct PyVisitor<'py>(Python<'py>);
+
+fn de_err<E: serde::de::Error>(e: PyErr) -> E {
+    E::custom(e.to_string())
+}
+
+impl<'de, 'py> serde::de::Visitor<'de> for PyVisitor<'py> {
+    type Value = Bound<'py, PyAny>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(PyBool::new(self.0, v).to_owned().into_any())
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(v.into_pyobject(self.0).map(|o| o.into_any()).unwrap_or_else(|e| match e {}))
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(v.into_pyobject(self.0).map(|o| o.into_any()).unwrap_or_else(|e| match e {}))
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(PyFloat::new(self.0, v).into_any())
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(PyString::new(self.0, v).into_any())
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(self.0.None().into_bound(self.0))
+    }
+    fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(self.0.None().into_bound(self.0))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let l = PyList::empty(self.0);
+        while let Some(v) = seq.next_element_seed(PySeed(self.0))? {
+            l.append(v).map_err(de_err)?;
+        }
+        Ok(l.into_any())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let d = PyDict::new(self.0);
+        while let Some(k) = map.next_key::<Cow<'de, str>>()? {
+            let v = map.next_value_seed(PySeed(self.0))?;
+            d.set_item(k.as_ref(), v).map_err(de_err)?;
+        }
+        Ok(d.into_any())
+    }
+}
+
+/// Re-indents compact JSON like Python's `json.dumps(indent=n)` without parsing values, so
+/// numbers and key order stay exactly as they are.
+pub fn indent_json(compact: &str, indent: usize) -> String {
+    let mut out = String::with_capacity(compact.len() * 2);
+    let mut depth = 0usize;
+    let mut in_str = false;
+    let mut escaped = false;
+    let bytes = compact.as_bytes();
+    let newline = |out: &mut String, depth: usize| {
+        out.push('\n');
+        for _ in 0..depth * indent {
+            out.push(' ');
+        }
+    };
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        if in_str {
+            // Copy string contents verbatim (UTF-8 continuation bytes included).
+            let start = i;
+            while i < bytes.len() {
+                let b = bytes[i];
+                if escaped {
+                    escaped = false;
+                } else if b == b'\\' {
+                    escaped = true;
+                } else if b == b'"' {
+                    in_str = false;
+                    i += 1;
+                    break;
+                }
+                i += 1;
+            }
+            out.push_str(&compact[start..i]);
+            continue;
+        }
+        match c {
+            b'"' => {
+                in_str = true;
+                out.push('"');
+            }
+            b'{' | b'[' => {
+                let close = if c == b'{' { b'}' } else { b']' };
+                if bytes.get(i + 1) == Some(&close) {
+                    out.push(c as char);
+                    out.push(close as char);
+                    i += 2;
+                    continue;
+                }
+                out.push(c as char);
+                depth += 1;
+                newline(&mut out, depth);
+            }
+            b'}' | b']' => {
+                depth = depth.saturating_sub(1);
+                newline(&mut out, depth);
+                out.push(c as char);
+            }
+            b',' => {
+                out.push(',');
+                newline(&mut out, depth);
+            }
+            b':' => out.push_str(": "),
+            b' ' | b'\n' | b'\t' | b'\r' => {}
+            _ => {
+                // A number or literal: copy up to the next structural byte.
+                let start = i;
+                while i < bytes.len() && !matches!(bytes[i], b',' | b'}' | b']' | b':' | b' ' | b'\n') {
+                    i += 1;
+                }
+                out.push_str(&compact[start..i]);
+                continue;
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numeric_text_places_the_point() {
+        assert_eq!(numeric_text(false, "123456781234", 4), "12345678.1234");
+        assert_eq!(numeric_text(false, "1", 21), "0.000000000000000000001");
+        assert_eq!(numeric_text(true, "5", 1), "-0.5");
+        assert_eq!(numeric_text(false, "42", 0), "42");
+        assert_eq!(numeric_text(false, "1234", 4), "0.1234");
+    }
+
+    #[test]
+    fn bits_round_trip() {
+        assert_eq!(bits(4, &[0x0A]), "1010");
+        assert_eq!(bits(3, &[0x06]), "110");
+        assert_eq!(bits(9, &[0x01, 0x01]), "100000001");
+        assert_eq!(bits(4, &[]), "0000");
+    }
+
+    #[test]
+    fn indents_like_python() {
+        let s = indent_json(r#"{"a":[1,{"b":"x, {y}: \"z\""}],"c":{},"d":[]}"#, 2);
+        assert_eq!(
+            s,
+            "{\n  \"a\": [\n    1,\n    {\n      \"b\": \"x, {y}: \\\"z\\\"\"\n    }\n  ],\n  \"c\": {},\n  \"d\": []\n}"
+        );
+    }
+
+    #[test]
+    fn bc_dates_and_timestamps_format_like_postgres() {
+        assert_eq!(format_date(-43, 3, 15), "0044-03-15 BC");
+        let micros = pgcdc_core::value::days_from_civil(-43, 3, 15) * MICROS_PER_DAY + 12 * 3_600_000_000;
+        assert_eq!(format_timestamp(micros, true), "0044-03-15 12:00:00+00 BC");
+    }
+}

@@ -1,0 +1,420 @@
+//! A replication-mode connection (`replication=database`) on tokio: startup, TLS, password
+//! authentication (cleartext, md5, SCRAM-SHA-256), simple queries, and the CopyBoth stream of
+//! `START_REPLICATION ... LOGICAL`.
+//!
+//! The walsender framing inside CopyData is `pgcdc_core::pgoutput::frame`; this module only
+//! splits the PostgreSQL protocol messages around it. Frames are cut out of one large read
+//! buffer without copying, so a pgoutput message borrowed from a frame can be kept as `Bytes`.
+
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use postgres_protocol::authentication::{md5_hash, sasl};
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+
+use crate::conninfo::{ConnParams, SslMode};
+use crate::errors::{PgError, ServerError};
+
+/// The transport under the protocol.
+pub enum Stream {
+    Tcp(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    async fn read_buf(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read_buf(buf).await,
+            Stream::Tls(s) => s.read_buf(buf).await,
+            Stream::Unix(s) => s.read_buf(buf).await,
+        }
+    }
+
+    async fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.write_all(data).await,
+            Stream::Tls(s) => {
+                s.write_all(data).await?;
+                s.flush().await
+            }
+            Stream::Unix(s) => s.write_all(data).await,
+        }
+    }
+
+    async fn shutdown(&mut self) {
+        let _ = match self {
+            Stream::Tcp(s) => s.shutdown().await,
+            Stream::Tls(s) => s.shutdown().await,
+            Stream::Unix(s) => s.shutdown().await,
+        };
+    }
+}
+
+/// One backend message: its tag and body (without the length).
+pub struct BackendMessage {
+    pub tag: u8,
+    pub body: Bytes,
+}
+
+/// Backend message tags used here.
+pub mod tag {
+    pub const AUTHENTICATION: u8 = b'R';
+    pub const ERROR_RESPONSE: u8 = b'E';
+    pub const READY_FOR_QUERY: u8 = b'Z';
+    pub const DATA_ROW: u8 = b'D';
+    pub const COPY_BOTH_RESPONSE: u8 = b'W';
+    pub const COPY_DATA: u8 = b'd';
+    pub const COPY_DONE: u8 = b'c';
+}
+
+/// Rows of a simple query, text format; None is SQL NULL.
+pub type Rows = Vec<Vec<Option<String>>>;
+
+/// A replication connection, before or after START_REPLICATION.
+pub struct ReplConn {
+    stream: Stream,
+    read: BytesMut,
+    write: BytesMut,
+    endpoint: String,
+    /// Backend process id (for pg_terminate_backend in tests and diagnostics).
+    pub backend_pid: i32,
+}
+
+const READ_CHUNK: usize = 256 * 1024;
+
+impl ReplConn {
+    /// Connects, authenticates and waits for ReadyForQuery, within `params.connect_timeout`.
+    pub async fn connect(params: &ConnParams) -> Result<ReplConn, PgError> {
+        match tokio::time::timeout(params.connect_timeout, Self::connect_inner(params)).await {
+            Ok(r) => r,
+            Err(_) => Err(PgError::Connect(format!(
+                "connection to {} timed out after {:.1} s (connect_timeout)",
+                params.endpoint(),
+                params.connect_timeout.as_secs_f64()
+            ))),
+        }
+    }
+
+    async fn connect_inner(params: &ConnParams) -> Result<ReplConn, PgError> {
+        let endpoint = params.endpoint();
+        let stream = open_stream(params).await?;
+        let mut conn = ReplConn {
+            stream,
+            read: BytesMut::with_capacity(READ_CHUNK),
+            write: BytesMut::with_capacity(1024),
+            endpoint,
+            backend_pid: 0,
+        };
+        conn.startup(params).await?;
+        Ok(conn)
+    }
+
+    async fn startup(&mut self, params: &ConnParams) -> Result<(), PgError> {
+        // The value parsers assume these output formats (pgcdc_core::value).
+        let startup = [
+            ("user", params.user.as_str()),
+            ("database", params.database.as_str()),
+            ("replication", "database"),
+            ("application_name", params.application_name.as_str()),
+            ("client_encoding", "UTF8"),
+            ("DateStyle", "ISO, MDY"),
+            ("IntervalStyle", "postgres"),
+            ("extra_float_digits", "3"),
+            ("bytea_output", "hex"),
+            ("TimeZone", "UTC"),
+        ];
+        frontend::startup_message(startup.iter().copied(), &mut self.write).map_err(io_err)?;
+        self.flush().await?;
+        let mut scram: Option<sasl::ScramSha256> = None;
+        loop {
+            let msg = self.next_message().await?;
+            match msg.tag {
+                tag::AUTHENTICATION => {
+                    let mut body = msg.body.clone();
+                    if body.len() < 4 {
+                        return Err(PgError::Protocol("short authentication message".into()));
+                    }
+                    let code = body.get_i32();
+                    match code {
+                        0 => {}
+                        3 => {
+                            let pw = password(params)?;
+                            frontend::password_message(pw.as_bytes(), &mut self.write).map_err(io_err)?;
+                            self.flush().await?;
+                        }
+                        5 => {
+                            let pw = password(params)?;
+                            let salt: [u8; 4] = body
+                                .get(..4)
+                                .and_then(|s| s.try_into().ok())
+                                .ok_or_else(|| PgError::Protocol("short md5 salt".into()))?;
+                            let hash = md5_hash(params.user.as_bytes(), pw.as_bytes(), salt);
+                            frontend::password_message(hash.as_bytes(), &mut self.write).map_err(io_err)?;
+                            self.flush().await?;
+                        }
+                        10 => {
+                            let mechanisms: Vec<&[u8]> = body.split(|&b| b == 0).filter(|m| !m.is_empty()).collect();
+                            if !mechanisms.iter().any(|m| *m == sasl::SCRAM_SHA_256.as_bytes()) {
+                                return Err(PgError::Connect(format!(
+                                    "the server at {} asks for SASL mechanisms this client lacks",
+                                    self.endpoint
+                                )));
+                            }
+                            let pw = password(params)?;
+                            // No channel binding ('n'): always accepted, with or without TLS.
+                            let s = sasl::ScramSha256::new(pw.as_bytes(), sasl::ChannelBinding::unsupported());
+                            frontend::sasl_initial_response(sasl::SCRAM_SHA_256, s.message(), &mut self.write)
+                                .map_err(io_err)?;
+                            self.flush().await?;
+                            scram = Some(s);
+                        }
+                        11 => {
+                            let s = scram.as_mut().ok_or_else(|| PgError::Protocol("unexpected SASL continue".into()))?;
+                            s.update(&body).map_err(|e| PgError::Protocol(format!("SCRAM: {e}")))?;
+                            frontend::sasl_response(s.message(), &mut self.write).map_err(io_err)?;
+                            self.flush().await?;
+                        }
+                        12 => {
+                            let s = scram.as_mut().ok_or_else(|| PgError::Protocol("unexpected SASL final".into()))?;
+                            s.finish(&body).map_err(|e| PgError::Protocol(format!("SCRAM: server signature: {e}")))?;
+                        }
+                        other => {
+                            return Err(PgError::Connect(format!(
+                                "the server at {} asks for authentication method {other}, which this client does not support (use password, md5 or scram-sha-256)",
+                                self.endpoint
+                            )))
+                        }
+                    }
+                }
+                b'K' => {
+                    let mut b = msg.body.clone();
+                    if b.len() >= 4 {
+                        self.backend_pid = b.get_i32();
+                    }
+                }
+                tag::READY_FOR_QUERY => return Ok(()),
+                tag::ERROR_RESPONSE => return Err(PgError::Server(ServerError::parse(&msg.body))),
+                _ => {} // ParameterStatus, notices
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), PgError> {
+        let data = self.write.split();
+        self.stream.write_all(&data).await.map_err(|e| self.lost(e))
+    }
+
+    fn lost(&self, e: std::io::Error) -> PgError {
+        PgError::Io(format!("connection to {} lost: {e}", self.endpoint))
+    }
+
+    /// Cuts the next complete message out of the read buffer, without I/O.
+    pub fn try_message(&mut self) -> Result<Option<BackendMessage>, PgError> {
+        if self.read.len() < 5 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([self.read[1], self.read[2], self.read[3], self.read[4]]) as usize;
+        if !(4..=0x4000_0000 + 64).contains(&len) {
+            return Err(PgError::Protocol(format!("invalid message length {len}")));
+        }
+        if self.read.len() < len + 1 {
+            self.read.reserve(len + 1 - self.read.len());
+            return Ok(None);
+        }
+        let mut frame = self.read.split_to(len + 1);
+        let tag = frame[0];
+        frame.advance(5);
+        Ok(Some(BackendMessage { tag, body: frame.freeze() }))
+    }
+
+    /// Reads more bytes from the server into the buffer. Cancel-safe.
+    pub async fn fill(&mut self) -> Result<(), PgError> {
+        if self.read.capacity() - self.read.len() < 16 * 1024 {
+            self.read.reserve(READ_CHUNK);
+        }
+        match self.stream.read_buf(&mut self.read).await {
+            Ok(0) => Err(PgError::Io(format!("connection to {} closed by the server", self.endpoint))),
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.lost(e)),
+        }
+    }
+
+    pub async fn next_message(&mut self) -> Result<BackendMessage, PgError> {
+        loop {
+            if let Some(m) = self.try_message()? {
+                return Ok(m);
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Runs one simple query (SQL or a replication command) and returns its rows.
+    pub async fn simple_query(&mut self, sql: &str) -> Result<Rows, PgError> {
+        frontend::query(sql, &mut self.write).map_err(io_err)?;
+        self.flush().await?;
+        let mut rows = Vec::new();
+        let mut error = None;
+        loop {
+            let msg = self.next_message().await?;
+            match msg.tag {
+                tag::DATA_ROW => rows.push(parse_data_row(&msg.body)?),
+                tag::ERROR_RESPONSE => error = Some(ServerError::parse(&msg.body)),
+                tag::READY_FOR_QUERY => break,
+                _ => {}
+            }
+        }
+        match error {
+            Some(e) => Err(PgError::Server(e)),
+            None => Ok(rows),
+        }
+    }
+
+    /// Sends START_REPLICATION and waits for CopyBothResponse.
+    pub async fn start_replication(&mut self, command: &str) -> Result<(), PgError> {
+        frontend::query(command, &mut self.write).map_err(io_err)?;
+        self.flush().await?;
+        loop {
+            let msg = self.next_message().await?;
+            match msg.tag {
+                tag::COPY_BOTH_RESPONSE => return Ok(()),
+                tag::ERROR_RESPONSE => {
+                    let e = ServerError::parse(&msg.body);
+                    // Drain to ReadyForQuery so the error is the whole story.
+                    let _ = tokio::time::timeout(Duration::from_millis(200), async {
+                        while let Ok(m) = self.next_message().await {
+                            if m.tag == tag::READY_FOR_QUERY {
+                                break;
+                            }
+                        }
+                    })
+                    .await;
+                    return Err(PgError::Server(e));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Sends one CopyData message (a standby status update).
+    pub async fn send_copy_data(&mut self, payload: &[u8]) -> Result<(), PgError> {
+        self.write.extend_from_slice(b"d");
+        self.write.extend_from_slice(&((payload.len() + 4) as u32).to_be_bytes());
+        self.write.extend_from_slice(payload);
+        self.flush().await
+    }
+
+    /// Ends the stream politely: CopyDone, wait (briefly) for the server's end of the command,
+    /// Terminate, close.
+    pub async fn close(mut self, wait: Duration) {
+        frontend::copy_done(&mut self.write);
+        if self.flush().await.is_ok() {
+            let _ = tokio::time::timeout(wait, async {
+                while let Ok(m) = self.next_message().await {
+                    if m.tag == tag::READY_FOR_QUERY || m.tag == tag::ERROR_RESPONSE {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
+        frontend::terminate(&mut self.write);
+        let _ = self.flush().await;
+        self.stream.shutdown().await;
+    }
+}
+
+fn password(params: &ConnParams) -> Result<&str, PgError> {
+    params.password.as_deref().filter(|p| !p.is_empty()).ok_or_else(|| {
+        PgError::server(
+            "28P01",
+            format!("the server asks for a password for user \"{}\" and none was given", params.user),
+            Some("pass password=... (or set PGPASSWORD)".into()),
+        )
+    })
+}
+
+fn io_err(e: std::io::Error) -> PgError {
+    PgError::Interface(e.to_string())
+}
+
+fn parse_data_row(body: &[u8]) -> Result<Vec<Option<String>>, PgError> {
+    let bad = || PgError::Protocol("malformed DataRow".into());
+    let mut b = body;
+    if b.len() < 2 {
+        return Err(bad());
+    }
+    let n = b.get_i16();
+    let mut row = Vec::with_capacity(n.max(0) as usize);
+    for _ in 0..n {
+        if b.len() < 4 {
+            return Err(bad());
+        }
+        let len = b.get_i32();
+        if len < 0 {
+            row.push(None);
+        } else {
+            let len = len as usize;
+            if b.len() < len {
+                return Err(bad());
+            }
+            row.push(Some(String::from_utf8_lossy(&b[..len]).into_owned()));
+            b.advance(len);
+        }
+    }
+    Ok(row)
+}
+
+/// TCP (+ optional TLS) or a unix socket.
+async fn open_stream(params: &ConnParams) -> Result<Stream, PgError> {
+    let endpoint = params.endpoint();
+    let refused = |e: std::io::Error| PgError::Connect(format!("cannot connect to {endpoint}: {e}"));
+    if params.is_unix_socket() {
+        let s = UnixStream::connect(&endpoint).await.map_err(refused)?;
+        return Ok(Stream::Unix(s));
+    }
+    let mut tcp = TcpStream::connect((params.host.as_str(), params.port)).await.map_err(refused)?;
+    let _ = tcp.set_nodelay(true);
+    let Some(tls) = crate::tls::client_config(params).map_err(PgError::Interface)? else {
+        return Ok(Stream::Tcp(tcp));
+    };
+    // SSLRequest: the server answers one byte, 'S' (go ahead) or 'N'.
+    let mut req = BytesMut::new();
+    frontend::ssl_request(&mut req);
+    tcp.write_all(&req).await.map_err(refused)?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await.map_err(refused)?;
+    match answer[0] {
+        b'S' => {
+            let name = crate::tls::server_name(&params.host).map_err(PgError::Interface)?;
+            let s = tokio_rustls::TlsConnector::from(tls)
+                .connect(name, tcp)
+                .await
+                .map_err(|e| PgError::Connect(format!("TLS handshake with {endpoint} failed: {e}")))?;
+            Ok(Stream::Tls(Box::new(s)))
+        }
+        // The server does not do TLS: carry on in the clear on the same connection, as libpq.
+        b'N' if params.sslmode == SslMode::Prefer => Ok(Stream::Tcp(tcp)),
+        b'N' => Err(PgError::Connect(format!(
+            "the server at {endpoint} does not support TLS, and sslmode={} requires it",
+            match params.sslmode {
+                SslMode::Require => "require",
+                SslMode::VerifyCa => "verify-ca",
+                _ => "verify-full",
+            }
+        ))),
+        other => Err(PgError::Protocol(format!("unexpected answer {other:#x} to SSLRequest"))),
+    }
+}
+
+/// Quotes an identifier for a replication command or SQL.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// Quotes a string literal (standard_conforming_strings is on in every supported server).
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}

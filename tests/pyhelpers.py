@@ -1,0 +1,169 @@
+"""Helpers for the Python-package tests (tests/test_py_*.py): running coroutines with a
+deadline, collecting events, waiting for conditions, and clusters with password auth/TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import shutil
+import subprocess
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Awaitable, Callable, TypeVar
+
+from pgcluster import Cluster
+
+utc = dt.timezone.utc
+
+
+def _interval(months: int, days: int, micros: int):
+    import pgcdc
+
+    return pgcdc.Interval(months, days, micros)
+
+
+#: Row 1 of shared/debezium/typematrix_dml.sql as Python values (exact types).
+TYPEMATRIX_ROW1 = {
+    "id": 1,
+    "c_bool": True,
+    "c_int2": 32767,
+    "c_int4": -2147483648,
+    "c_int8": 9223372036854775807,
+    "c_float4": 3.14,
+    "c_float8": 2.718281828459045,
+    "c_numeric": Decimal("12345678.1234"),
+    "c_numeric_any": Decimal("0.000000000000000000001"),
+    "c_money": Decimal("12.34"),
+    "c_text": 'héllo "wörld" 😀',
+    "c_varchar": "varchar",
+    "c_char": "ab   ",
+    "c_bytea": b"\xde\xad\xbe\xef\x00",
+    "c_json": {"a": [1, 2, {"b": None}]},
+    "c_jsonb": {"k": "v", "n": 1.5},
+    "c_uuid": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+    "c_date": dt.date(2024, 2, 29),
+    "c_time": dt.time(13, 45, 59, 123456),
+    "c_timetz": dt.time(13, 45, 59, tzinfo=dt.timezone(dt.timedelta(hours=5, minutes=30))),
+    "c_ts": dt.datetime(2024, 1, 15, 10, 30, 0, 1),
+    "c_tstz": dt.datetime(2024, 1, 15, 10, 30, tzinfo=utc),
+    "c_interval": _interval(14, 3, ((4 * 60 + 5) * 60 + 6) * 1_000_000 + 789_000),
+    "c_int_arr": [1, None, 3],
+    "c_text_arr": ["a", "b c", None, '"q"'],
+    "c_2d_arr": [[1, 2], [3, 4]],
+    "c_enum": "happy",
+    "c_composite": {"street": "Main St", "zip": 12345},
+    "c_inet": "192.168.0.1/24",
+    "c_cidr": "10.0.0.0/8",
+    "c_macaddr": "08:00:2b:01:02:03",
+    "c_point": (1.5, 2.5),
+    "c_int4range": "[1,10)",
+    "c_tstzrange": '["2024-01-01 00:00:00+00","2024-12-31 00:00:00+00")',
+    "c_bit": "1010",
+    "c_varbit": "110",
+    "c_xml": "<a>x</a>",
+    "c_hstore": {"a": "1", "b": None},
+    "c_oid": 42,
+}
+
+T = TypeVar("T")
+
+
+def run(coro: Awaitable[T], timeout: float = 60) -> T:
+    """Runs a coroutine on a fresh event loop, failing the test after `timeout` seconds."""
+
+    async def bounded() -> T:
+        return await asyncio.wait_for(coro, timeout)
+
+    return asyncio.run(bounded())
+
+
+async def take(stream: Any, n: int, timeout: float = 15) -> list[Any]:
+    """The next `n` events of an async iterator (fails after `timeout`)."""
+    out: list[Any] = []
+
+    async def go() -> None:
+        async for ev in stream:
+            out.append(ev)
+            if len(out) >= n:
+                return
+
+    await asyncio.wait_for(go(), timeout)
+    return out
+
+
+async def nothing_within(stream: Any, seconds: float) -> bool:
+    """True when the iterator yields nothing for `seconds`."""
+    it = stream.__aiter__()
+    try:
+        ev = await asyncio.wait_for(it.__anext__(), seconds)
+    except asyncio.TimeoutError:
+        return True
+    raise AssertionError(f"unexpected event {ev!r}")
+
+
+def wait_for(cond: Callable[[], Any], timeout: float = 15, interval: float = 0.05, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+async def await_for(cond: Callable[[], Any], timeout: float = 15, interval: float = 0.05, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+def confirmed_flush(cluster: Cluster, slot: str, db: str = "postgres") -> str:
+    rows = cluster.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s", db, [slot])
+    return rows[0][0]
+
+
+def lsn_int(text: str) -> int:
+    hi, lo = text.split("/")
+    return (int(hi, 16) << 32) | int(lo, 16)
+
+
+def prepend_hba(cluster: Cluster, lines: list[str]) -> None:
+    """Puts `lines` first in pg_hba.conf (first match wins) and reloads."""
+    hba = cluster.datadir / "pg_hba.conf"
+    hba.write_text("\n".join(lines) + "\n" + hba.read_text())
+    cluster.execute("SELECT pg_reload_conf()")
+
+
+def make_server_cert(cluster: Cluster) -> Path:
+    """A server certificate for 127.0.0.1 (server.crt/server.key in the data directory) signed
+    by a throwaway CA; returns the CA certificate's path (for sslrootcert)."""
+    assert shutil.which("openssl"), "openssl is needed for the TLS tests"
+    crt = cluster.datadir / "server.crt"
+    key = cluster.datadir / "server.key"
+    ca_key, ca_crt = cluster.base / "ca.key", cluster.base / "root.crt"
+    ext = cluster.base / "leaf.ext"
+    ext.write_text("basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\nkeyUsage=digitalSignature,keyEncipherment\n"
+                   "extendedKeyUsage=serverAuth\n")
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=pgcdc test CA",
+            "-keyout", str(ca_key), "-out", str(ca_crt))
+    csr = cluster.base / "server.csr"
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(csr))
+    openssl("x509", "-req", "-in", str(csr), "-CA", str(ca_crt), "-CAkey", str(ca_key), "-CAcreateserial",
+            "-days", "2", "-extfile", str(ext), "-out", str(crt))
+    key.chmod(0o600)
+    if os.geteuid() == 0:
+        for p in (crt, key):
+            shutil.chown(p, "postgres", "postgres")
+    return ca_crt
