@@ -1,8 +1,10 @@
 # pgcdc — the one entry point for developers, the README and CI (.ci/run).
 #
+#   make demo            build everything, start a throwaway cluster with pgcdc, stream live
+#                        events to the terminal (FOLLOW=1 keeps streaming until Ctrl-C)
 #   make test            install whatever is missing, then run every test suite
 #   make lint            rustfmt + clippy (-D warnings)
-#   make bench           benchmarks (criterion: decode+encode events/s per core)
+#   make bench           every benchmark (core, extension staging, Python client), ratios
 #   make golden-capture  regenerate pgcdc_core/tests/fixtures/ from a throwaway PostgreSQL
 #   make clean           remove build output, the venv (and its stamp) and pytest caches
 #
@@ -23,6 +25,9 @@ PYTHON         ?= python3
 VENV           := .venv
 PY             := $(VENV)/bin/python
 PYTEST_TIMEOUT ?= 600
+PGRX_TEST_PGDATA ?= /tmp/pgcdc-test-pgdata
+# PY_RELEASE=1: optimised Python extension (slower to build; benchmarks use it).
+PY_RELEASE     ?=
 
 # Debian packages: server + headers (pgrx), contrib (hstore), clang (bindgen), sudo
 # (pgrx tests as root), iproute2 (`ip` for netns port ranges), libssl-dev.
@@ -34,20 +39,47 @@ SUDO := $(shell if [ "$$(id -u)" = 0 ]; then echo; elif command -v sudo >/dev/nu
 
 export PG_CONFIG PGRX_HOME
 
-.PHONY: test test-core test-py deps deps-os deps-pgrx venv lint bench golden-capture clean
+.PHONY: test test-core test-ext test-ext-pgrx test-ext-e2e test-py deps deps-os deps-pgrx venv \
+        ext-install py-develop demo lint bench bench-core bench-ext bench-py golden-capture clean
 
 # ---------------------------------------------------------------- tests
-# `deps` first, so a fresh machine gets everything; add suites after it (e.g. test-ext),
-# each also depending on the deps it needs so it can be run alone.
-test: deps test-core test-py
+# `deps` first, so a fresh machine gets everything. Order matters (no -j): `cargo pgrx test`
+# installs its own test build of the extension, so ext-install must come after it.
+test: deps test-core test-ext test-py
 
 test-core:
 	@echo "==> test-core: cargo test -p pgcdc_core"
 	@cargo test -p pgcdc_core
 
-test-py: deps-os venv
+test-ext: test-ext-pgrx test-ext-e2e
+
+test-ext-pgrx: deps-pgrx
+	@echo "==> test-ext-pgrx: cargo pgrx test pg$(PG_MAJOR) (#[pg_test]s in a throwaway cluster)"
+	@$(SUDO) mkdir -p $(PGRX_TEST_PGDATA) && $(SUDO) chown postgres:postgres $(PGRX_TEST_PGDATA)
+	@cd pgcdc_ext && CARGO_PGRX_TEST_RUNAS=postgres CARGO_PGRX_TEST_PGDATA=$(PGRX_TEST_PGDATA) \
+	  cargo pgrx test pg$(PG_MAJOR)
+
+test-ext-e2e: ext-install venv
+	@echo "==> test-ext-e2e: pytest tests/test_ext_*.py"
+	@$(VENV)/bin/pytest tests/test_ext_feed.py tests/test_ext_crash.py tests/test_ext_regress.py -v \
+	  --timeout=$(PYTEST_TIMEOUT)
+
+test-py: deps-os venv ext-install py-develop
 	@echo "==> test-py: pytest tests (timeout $(PYTEST_TIMEOUT)s per test)"
-	@$(VENV)/bin/pytest tests -v --timeout=$(PYTEST_TIMEOUT)
+	@$(VENV)/bin/pytest tests -v --timeout=$(PYTEST_TIMEOUT) --ignore-glob='tests/test_ext_*.py'
+
+# ---------------------------------------------------------------- build and install
+ext-install: deps-pgrx
+	@echo "==> ext-install: pgcdc_ext (release) into $(PG_CONFIG)'s directories"
+	@PG_CONFIG=$(PG_CONFIG) pgcdc_ext/install.sh
+
+py-develop: venv
+	@echo "==> py-develop: maturin develop pycdc -> pgcdc in $(VENV)$(if $(PY_RELEASE), (release))"
+	@cd pycdc && VIRTUAL_ENV=$(abspath $(VENV)) PYO3_PYTHON=$(abspath $(PY)) \
+	  $(abspath $(VENV))/bin/maturin develop $(if $(PY_RELEASE),--release) --quiet
+
+demo: deps ext-install py-develop
+	@$(PY) tests/demo.py $(if $(FOLLOW),--follow)
 
 # ---------------------------------------------------------------- dependencies
 deps: deps-os deps-pgrx venv
@@ -91,12 +123,26 @@ $(VENV)/.requirements.stamp: tests/requirements.txt
 lint:
 	@echo "==> lint: cargo fmt --check"
 	@cargo fmt --all -- --check
-	@echo "==> lint: cargo clippy -p pgcdc_core -D warnings"
+	@echo "==> lint: cargo clippy -D warnings (core, extension, Python extension); mypy --strict"
 	@cargo clippy -p pgcdc_core --all-targets -- -D warnings
+	@cargo clippy -p pgcdc_ext --all-targets -- -D warnings
+	@PYO3_PYTHON=$(abspath $(PY)) cargo clippy -p pycdc --all-targets -- -D warnings
+	@$(VENV)/bin/mypy --strict pycdc/python/pgcdc
 
-bench:
-	@echo "==> bench: pgcdc_core decode+encode (criterion)"
+bench: bench-core bench-ext bench-py
+
+bench-core:
+	@echo "==> bench-core: pgcdc_core decode+encode (criterion)"
 	@cargo bench -p pgcdc_core --bench encode
+
+bench-ext: deps-os venv ext-install
+	@echo "==> bench-ext: feed staging rate and latency vs pg_recvlogical"
+	@$(PY) bench/ext_staging.py
+
+bench-py: deps-os venv ext-install
+	@$(MAKE) py-develop PY_RELEASE=1
+	@echo "==> bench-py: Python consumers vs pg_recvlogical"
+	@$(PY) bench/py_client_bench.py --repeat 3
 
 golden-capture: deps-os venv
 	@echo "==> golden-capture: pgcdc_core/tests/fixtures/"
