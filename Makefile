@@ -129,7 +129,9 @@ lint:
 	@PYO3_PYTHON=$(abspath $(PY)) cargo clippy -p pycdc --all-targets -- -D warnings
 	@$(VENV)/bin/mypy --strict pycdc/python/pgcdc
 
-bench: bench-core bench-ext bench-py
+bench: deps-os venv ext-install
+	@$(MAKE) py-develop PY_RELEASE=1
+	@$(PY) bench/report.py
 
 bench-core:
 	@echo "==> bench-core: pgcdc_core decode+encode (criterion)"

@@ -201,6 +201,24 @@ impl OwnedTuple {
     }
 }
 
+/// One c/u/d/t record to write.
+struct Change<'t, 'a> {
+    op: Op,
+    lsn: Lsn,
+    relation_id: Oid,
+    before: Option<&'t TupleData<'a>>,
+    after: Option<&'t TupleData<'a>>,
+    /// The complete old row, where unchanged TOAST columns of `after` can be taken from.
+    fallback: Option<&'t TupleData<'a>>,
+    headers: Vec<(String, String)>,
+}
+
+impl<'t, 'a> Change<'t, 'a> {
+    fn new(op: Op, lsn: Lsn, relation_id: Oid) -> Self {
+        Change { op, lsn, relation_id, before: None, after: None, fallback: None, headers: Vec::new() }
+    }
+}
+
 /// The open transaction.
 #[derive(Debug, Clone)]
 struct TxState {
@@ -627,7 +645,7 @@ impl Encoder {
         if self.options.skipped.create {
             return Ok(());
         }
-        self.change(Op::Create, lsn, relation_id, None, Some(new), None, Vec::new(), out)
+        self.change(Change { after: Some(new), ..Change::new(Op::Create, lsn, relation_id) }, out)
     }
 
     fn update(
@@ -657,22 +675,24 @@ impl Encoder {
                 let headers_create =
                     vec![("__debezium.oldkey".to_owned(), old_key.clone().unwrap_or_else(|| "null".into()))];
                 if !self.options.skipped.delete {
-                    self.change(
-                        Op::Delete,
-                        lsn,
-                        relation_id,
-                        Some(old_tuple),
-                        None,
-                        None,
-                        headers_delete.clone(),
-                        out,
-                    )?;
+                    let delete = Change {
+                        before: Some(old_tuple),
+                        headers: headers_delete.clone(),
+                        ..Change::new(Op::Delete, lsn, relation_id)
+                    };
+                    self.change(delete, out)?;
                     if self.options.tombstones_on_delete {
                         self.tombstone(lsn, relation_id, old_key, headers_delete, out)?;
                     }
                 }
                 if !self.options.skipped.create {
-                    self.change(Op::Create, lsn, relation_id, None, Some(new), full_old, headers_create, out)?;
+                    let create = Change {
+                        after: Some(new),
+                        fallback: full_old,
+                        headers: headers_create,
+                        ..Change::new(Op::Create, lsn, relation_id)
+                    };
+                    self.change(create, out)?;
                 }
                 return Ok(());
             }
@@ -680,7 +700,13 @@ impl Encoder {
         if self.options.skipped.update {
             return Ok(());
         }
-        self.change(Op::Update, lsn, relation_id, old_tuple, Some(new), full_old, Vec::new(), out)
+        let update = Change {
+            before: old_tuple,
+            after: Some(new),
+            fallback: full_old,
+            ..Change::new(Op::Update, lsn, relation_id)
+        };
+        self.change(update, out)
     }
 
     fn delete(
@@ -697,7 +723,7 @@ impl Encoder {
         let old = match old {
             OldTuple::Key(t) | OldTuple::Full(t) => t,
         };
-        self.change(Op::Delete, lsn, relation_id, Some(old), None, None, Vec::new(), out)?;
+        self.change(Change { before: Some(old), ..Change::new(Op::Delete, lsn, relation_id) }, out)?;
         if self.options.tombstones_on_delete {
             let key = self.render_key(relation_id, old)?;
             self.tombstone(lsn, relation_id, key, Vec::new(), out)?;
@@ -738,7 +764,7 @@ impl Encoder {
             return Ok(());
         }
         for &relation_id in &t.relation_ids {
-            self.change(Op::Truncate, lsn, relation_id, None, None, None, Vec::new(), out)?;
+            self.change(Change::new(Op::Truncate, lsn, relation_id), out)?;
         }
         Ok(())
     }
@@ -910,18 +936,8 @@ impl Encoder {
     }
 
     /// Emits one c/u/d/t record.
-    #[allow(clippy::too_many_arguments)]
-    fn change(
-        &mut self,
-        op: Op,
-        lsn: Lsn,
-        relation_id: Oid,
-        before: Option<&TupleData<'_>>,
-        after: Option<&TupleData<'_>>,
-        fallback: Option<&TupleData<'_>>,
-        headers: Vec<(String, String)>,
-        out: &mut Vec<Event>,
-    ) -> Result<(), EncodeError> {
+    fn change(&mut self, change: Change<'_, '_>, out: &mut Vec<Event>) -> Result<(), EncodeError> {
+        let Change { op, lsn, relation_id, before, after, fallback, headers } = change;
         let tx_block = if self.options.provide_transaction_metadata {
             let collection = self.table(relation_id)?.data_collection.clone();
             self.count_in_tx(&collection, lsn)

@@ -1,0 +1,86 @@
+#!/usr/bin/env python3
+"""`make bench`: every benchmark of the project, then one table of ratios and targets.
+
+    .venv/bin/python bench/report.py [--quick]
+
+1. pgcdc_core (criterion): decode+encode events/s per core for a W1 row and a wide row.
+2. The extension (bench/ext_staging.py): feed staging rate against pg_recvlogical on the same
+   WAL, and commit -> queue latency at 500 tx/s.
+3. The Python package (bench/py_client_bench.py): events/s delivered to an `async for` loop,
+   feed client and LogicalReplicationReader, against pg_recvlogical on the same WAL.
+
+The machine is shared and noisy: compare ratios measured in one run, not absolute rates.
+Needs the release extension installed and the release Python package (make bench does both).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+
+def run(cmd: list[str]) -> None:
+    print("==> " + " ".join(cmd), flush=True)
+    subprocess.run(cmd, cwd=REPO, check=True)
+
+
+def criterion_rate(group: str, bench: str) -> float:
+    """Events/s from criterion's mean estimate (one event per iteration)."""
+    path = REPO / "target" / "criterion" / group / bench / "new" / "estimates.json"
+    ns = json.loads(path.read_text())["mean"]["point_estimate"]
+    return 1e9 / ns
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="one round each and shorter measurements")
+    args = ap.parse_args()
+    repeat = "1" if args.quick else "3"
+    rows: list[tuple[str, str, str, str, str]] = []
+
+    measure = ["--warm-up-time", "1", "--measurement-time", "2" if args.quick else "5"]
+    run(["cargo", "bench", "-p", "pgcdc_core", "--bench", "encode", "--", *measure, "decode+encode"])
+    for bench, target in (("w1_row", 1_000_000), ("wide_row_2kb_text_jsonb", None)):
+        rate = criterion_rate("decode+encode", bench)
+        goal = f">= {target:,}/s" if target else "-"
+        rows.append(("core decode+encode", bench, f"{rate:,.0f} events/s per core", goal,
+                     ("ok" if rate >= target else "BELOW") if target else ""))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ext_json, py_json = Path(tmp, "ext.json"), Path(tmp, "py.json")
+        run([PY, "bench/ext_staging.py", "--repeat", repeat, "--json", str(ext_json)])
+        ext = json.loads(ext_json.read_text())
+        for r in ext["staging"]:
+            rows.append(("extension staging", r["workload"], f"{r['ratio']:.2f} x pg_recvlogical",
+                         ">= 0.70", "ok" if r["ratio"] >= 0.7 else "BELOW"))
+        lat = ext["latency"]
+        rows.append(("extension latency", f"{lat['achieved_tx_per_s']} tx/s",
+                     f"p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms", "p99 < 20 ms",
+                     "ok" if lat["p99_ms"] < 20 else "ABOVE"))
+
+        run([PY, "bench/py_client_bench.py", "--repeat", repeat, "--json", str(py_json)])
+        for r in json.loads(py_json.read_text()):
+            if r["consumer"] == "pg_recvlogical":
+                continue
+            goal = 0.5 if r["consumer"].startswith("feed") else 0.6
+            rows.append((f"python {r['consumer']}", r["workload"],
+                         f"{r['ratio']:.2f} x pg_recvlogical, {r['cpu_us_per_event']} µs CPU/event",
+                         f">= {goal:.2f}", "ok" if r["ratio"] >= goal else "BELOW"))
+
+    widths = [max(len(r[i]) for r in rows + [("component", "workload", "measured", "target", "")]) for i in range(5)]
+    header = ("component", "workload", "measured", "target", "")
+    print()
+    for r in [header] + rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
