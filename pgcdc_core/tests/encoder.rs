@@ -29,10 +29,13 @@ fn streamed_transactions_emit_only_committed_changes() {
     let ids: Vec<i64> = events.iter().map(after_id).collect();
     let expected: Vec<i64> = (1..=2000).chain(20001..=20300).chain(20801..=20900).chain([30001]).collect();
     assert_eq!(ids, expected, "rolled-back transaction and savepoint must not appear");
-    // Records of one transaction share its commit LSN and count up from 1.
+    // Records of one transaction share its commit LSN; the i-th change has ordinal 3i+1.
     let first_tx: Vec<&Event> = events.iter().take(2000).collect();
     assert!(first_tx.iter().all(|e| e.commit_lsn == first_tx[0].commit_lsn && e.xid == first_tx[0].xid));
-    assert_eq!(first_tx.iter().map(|e| e.ordinal).collect::<Vec<_>>(), (1..=2000).collect::<Vec<u32>>());
+    assert_eq!(
+        first_tx.iter().map(|e| e.ordinal).collect::<Vec<_>>(),
+        (1..=2000).map(|i| 3 * i + 1).collect::<Vec<u32>>()
+    );
     let v = json(events[0].value.as_deref().unwrap());
     assert_eq!(v["source"]["txId"].as_u64(), events[0].xid.map(u64::from));
     assert!(v["source"]["ts_ms"].as_i64().unwrap() > 1_700_000_000_000, "commit time from Stream Commit");
@@ -55,6 +58,60 @@ fn positions_are_unique_and_stable() {
     assert_eq!(a, b, "re-decoding the same WAL gives the same records");
     let positions: HashSet<(Lsn, u32)> = a.iter().map(|e| (e.commit_lsn, e.ordinal)).collect();
     assert_eq!(positions.len(), a.len(), "(commit_lsn, ordinal) identifies a record");
+}
+
+/// A feed whose options change must still recognise what it staged: the same change keeps
+/// its position whatever the options emit for it.
+#[test]
+fn positions_do_not_depend_on_options() {
+    use std::collections::HashMap;
+    let fixture = load_fixture("typematrix_proto1.json");
+    let variants: [&[(&str, &str)]; 4] = [
+        &[],
+        &[("tombstones.on.delete", "false")],
+        &[("provide.transaction.metadata", "true"), ("skipped.operations", "none")],
+        &[("skipped.operations", "c,u"), ("schemas.enable", "true")],
+    ];
+    let mut seen: HashMap<(Lsn, u32), (Op, Lsn)> = HashMap::new();
+    let mut total = 0;
+    for options in variants {
+        for e in encode_fixture(&fixture, options) {
+            total += 1;
+            let entry = seen.entry((e.commit_lsn, e.ordinal)).or_insert((e.op, e.lsn));
+            assert_eq!(*entry, (e.op, e.lsn), "position {} #{} names different records", e.commit_lsn, e.ordinal);
+        }
+    }
+    assert!(total > seen.len(), "the variants share records");
+    // A key change: d, tombstone, c at 3i+1, 3i+2, 3i+3.
+    let events = encode_fixture(&fixture, &[]);
+    let key_change: Vec<&Event> = events.iter().filter(|e| e.headers.iter().any(|(k, _)| k.ends_with("key"))).collect();
+    assert_eq!(key_change.iter().map(|e| e.op).collect::<Vec<_>>(), [Op::Delete, Op::Tombstone, Op::Create]);
+    let base = key_change[0].ordinal;
+    assert_eq!(base % 3, 1);
+    assert_eq!(key_change.iter().map(|e| e.ordinal).collect::<Vec<_>>(), [base, base + 1, base + 2]);
+}
+
+#[test]
+fn excluded_schemas_produce_nothing_but_keep_positions() {
+    let fixture = load_fixture("typematrix_proto1.json");
+    let all = encode_fixture(&fixture, &[]);
+    let opts = EncoderOptions::from_pairs([("provide.transaction.metadata", "true")]).unwrap();
+    let mut encoder = Encoder::new(opts, &fixture.database);
+    encoder.exclude_schema("public");
+    let mut catalog = common::FixtureCatalog::new(&fixture);
+    let mut decoder = pgcdc_core::pgoutput::Decoder::new(1);
+    let mut out = Vec::new();
+    for change in &fixture.changes {
+        let bytes = common::unhex(&change.data);
+        let msg = decoder.decode(&bytes).unwrap();
+        encoder.handle(change.lsn.parse().unwrap(), &msg, &mut catalog, &mut out).unwrap();
+    }
+    // Only the logical message (not a table change) survives, with its BEGIN/END, and at
+    // the position it has without the exclusion.
+    let ops: Vec<Op> = out.iter().map(|e| e.op).collect();
+    assert_eq!(ops, [Op::TxBegin, Op::Message, Op::TxEnd]);
+    let message = all.iter().find(|e| e.op == Op::Message).unwrap();
+    assert_eq!((out[1].commit_lsn, out[1].ordinal), (message.commit_lsn, message.ordinal));
 }
 
 #[test]

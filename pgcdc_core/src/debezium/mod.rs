@@ -6,11 +6,21 @@
 //! would produce, byte for byte apart from run-dependent fields, except where Debezium loses
 //! data (see `values` and the README).
 //!
-//! Positions: every record of a transaction carries the transaction's commit LSN and a
-//! 1-based ordinal. A non-transactional logical message carries its own LSN and ordinal 0:
-//! its LSN can equal the commit LSN of the transaction decoded right after it, whose first
-//! record has ordinal 1. Re-decoding the same WAL with the same options yields the same
-//! `(commit_lsn, ordinal)` for the same record, so consumers and the extension can dedupe.
+//! Positions: every record of a transaction carries the transaction's commit LSN and an
+//! ordinal that depends on the WAL only, never on the options, so a feed whose options
+//! change still recognises what it already staged:
+//!
+//! ```text
+//!   BEGIN record                      1
+//!   i-th change of the transaction    3i+1  the record (or a key change's `d`)
+//!   (i = 1, 2, ...; every change      3i+2  its tombstone
+//!    counts, skipped or not; each     3i+3  a key change's `c`
+//!    relation of a TRUNCATE is one)
+//!   END record                        i32::MAX - 1
+//! ```
+//!
+//! Ordinals therefore have gaps. A non-transactional logical message carries its own LSN and
+//! ordinal 0: its LSN can equal the commit LSN of the transaction decoded right after it.
 //!
 //! Streamed (protocol >= 2) and prepared (two-phase) transactions are buffered until their
 //! commit and dropped on abort/rollback, so records only ever describe committed changes.
@@ -98,8 +108,8 @@ pub struct Event {
     pub op: Op,
     /// Commit LSN of the transaction (a non-transactional message: its own LSN).
     pub commit_lsn: Lsn,
-    /// 1-based position among the records of its transaction; 0 for a record outside any
-    /// transaction (a non-transactional message).
+    /// Position within its transaction (see the module docs: fixed by the WAL, with gaps);
+    /// 0 for a record outside any transaction (a non-transactional message).
     pub ordinal: u32,
     /// LSN of the change (for END records: the commit's end LSN).
     pub lsn: Lsn,
@@ -137,7 +147,18 @@ pub enum EncodeError {
     Catalog { relation: Oid, reason: String },
     #[error("{0}")]
     OutOfSequence(&'static str),
+    #[error("transaction {xid:?} has more than {max} changes; positions cannot number them")]
+    TransactionTooLarge { xid: Option<Xid>, max: u32 },
 }
+
+/// Ordinal of a transaction's BEGIN record.
+pub const BEGIN_ORDINAL: u32 = 1;
+/// Ordinal of a transaction's END record: after every change, within SQL's `int4`.
+pub const END_ORDINAL: u32 = i32::MAX as u32 - 1;
+/// Ordinals reserved per change: the record, its tombstone, a key change's create.
+const ORDINALS_PER_CHANGE: u32 = 3;
+/// Most changes a transaction can have: the last one's ordinals stay below END_ORDINAL.
+const MAX_CHANGES: u32 = (END_ORDINAL - 1) / ORDINALS_PER_CHANGE - 1;
 
 /// A change held until its streamed or prepared transaction commits, with its LSN and the
 /// (sub)transaction xid it was sent under.
@@ -204,6 +225,7 @@ impl OwnedTuple {
 /// One c/u/d/t record to write.
 struct Change<'t, 'a> {
     op: Op,
+    ordinal: u32,
     lsn: Lsn,
     relation_id: Oid,
     before: Option<&'t TupleData<'a>>,
@@ -214,8 +236,8 @@ struct Change<'t, 'a> {
 }
 
 impl<'t, 'a> Change<'t, 'a> {
-    fn new(op: Op, lsn: Lsn, relation_id: Oid) -> Self {
-        Change { op, lsn, relation_id, before: None, after: None, fallback: None, headers: Vec::new() }
+    fn new(op: Op, ordinal: u32, lsn: Lsn, relation_id: Oid) -> Self {
+        Change { op, ordinal, lsn, relation_id, before: None, after: None, fallback: None, headers: Vec::new() }
     }
 }
 
@@ -226,7 +248,8 @@ struct TxState {
     commit_lsn: Lsn,
     /// Commit time in microseconds since the Unix epoch.
     commit_micros: i64,
-    ordinal: u32,
+    /// Change messages seen so far (skipped and excluded ones too).
+    changes: u32,
     /// Records counted by transaction metadata (tombstones excluded).
     total_order: u64,
     /// Per data collection: name and count, in first-seen order.
@@ -252,6 +275,7 @@ pub struct Encoder {
     preparing: Option<(Xid, Vec<Held>)>,
     clock: fn() -> i64,
     schemas: schema::SchemaCache,
+    excluded_schemas: Vec<String>,
 }
 
 fn system_clock_nanos() -> i64 {
@@ -273,6 +297,7 @@ impl Encoder {
             preparing: None,
             clock: system_clock_nanos,
             schemas: schema::SchemaCache::default(),
+            excluded_schemas: Vec::new(),
         }
     }
 
@@ -284,6 +309,15 @@ impl Encoder {
     /// the Unix epoch). For reproducible tests.
     pub fn set_clock(&mut self, clock: fn() -> i64) {
         self.clock = clock;
+    }
+
+    /// Never produce records for tables in `schema` (their changes still take their
+    /// ordinals, so positions do not move). The extension excludes its own schema, which a
+    /// `FOR ALL TABLES` publication would otherwise feed back into the stream.
+    pub fn exclude_schema(&mut self, schema: &str) {
+        if !self.excluded_schemas.iter().any(|s| s == schema) {
+            self.excluded_schemas.push(schema.to_owned());
+        }
     }
 
     /// The catalog facts registered so far (built-ins need none).
@@ -488,7 +522,7 @@ impl Encoder {
             xid,
             commit_lsn,
             commit_micros: commit_time.saturating_add(PG_EPOCH_OFFSET_MICROS),
-            ordinal: 0,
+            changes: 0,
             total_order: 0,
             collections: Vec::new(),
             begin_emitted: false,
@@ -506,15 +540,24 @@ impl Encoder {
         self.last_commit_end = Some(end_lsn);
     }
 
-    /// The ordinal of the next record: 1, 2, ... in a transaction, 0 outside one.
-    fn next_ordinal(&mut self) -> u32 {
-        match self.tx.as_mut() {
-            Some(tx) => {
-                tx.ordinal += 1;
-                tx.ordinal
-            }
-            None => 0,
+    /// Counts a change message and returns the first ordinal reserved for its records
+    /// (0 outside a transaction).
+    fn begin_change(&mut self) -> Result<u32, EncodeError> {
+        let Some(tx) = self.tx.as_mut() else { return Ok(0) };
+        if tx.changes >= MAX_CHANGES {
+            return Err(EncodeError::TransactionTooLarge { xid: tx.xid, max: MAX_CHANGES });
         }
+        tx.changes += 1;
+        Ok(tx.changes * ORDINALS_PER_CHANGE + 1)
+    }
+
+    /// True when the relation's schema was excluded with [`Encoder::exclude_schema`].
+    fn is_excluded(&self, relation_id: Oid) -> Result<bool, EncodeError> {
+        if self.excluded_schemas.is_empty() {
+            return Ok(false);
+        }
+        let schema = &self.table(relation_id)?.schema;
+        Ok(self.excluded_schemas.iter().any(|s| **s == **schema))
     }
 
     /// Emits the transaction's BEGIN record before its first record, if asked for.
@@ -527,8 +570,7 @@ impl Encoder {
             return;
         }
         tx.begin_emitted = true;
-        tx.ordinal += 1;
-        let (xid, ordinal, commit_lsn, commit_micros) = (tx.xid, tx.ordinal, tx.commit_lsn, tx.commit_micros);
+        let (xid, ordinal, commit_lsn, commit_micros) = (tx.xid, BEGIN_ORDINAL, tx.commit_lsn, tx.commit_micros);
         let id = format!("{}:{}", xid.unwrap_or(0), lsn.0);
         let mut value = String::with_capacity(160);
         value.push_str("{\"status\":\"BEGIN\",\"id\":");
@@ -540,7 +582,6 @@ impl Encoder {
     }
 
     fn tx_end(&self, tx: &mut TxState, end_lsn: Lsn) -> Event {
-        tx.ordinal += 1;
         let id = format!("{}:{}", tx.xid.unwrap_or(0), end_lsn.0);
         let mut value = String::with_capacity(200);
         value.push_str("{\"status\":\"END\",\"id\":");
@@ -561,7 +602,7 @@ impl Encoder {
         value.push_str("],\"ts_ms\":");
         json::write_i64(&mut value, tx.commit_micros.div_euclid(1000));
         value.push('}');
-        self.tx_record(Op::TxEnd, tx.commit_lsn, tx.ordinal, end_lsn, tx.xid, &id, value)
+        self.tx_record(Op::TxEnd, tx.commit_lsn, END_ORDINAL, end_lsn, tx.xid, &id, value)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -641,11 +682,15 @@ impl Encoder {
         new: &TupleData<'_>,
         out: &mut Vec<Event>,
     ) -> Result<(), EncodeError> {
+        let ordinal = self.begin_change()?;
+        if self.is_excluded(relation_id)? {
+            return Ok(());
+        }
         self.ensure_tx_begin(lsn, out);
         if self.options.skipped.create {
             return Ok(());
         }
-        self.change(Change { after: Some(new), ..Change::new(Op::Create, lsn, relation_id) }, out)
+        self.change(Change { after: Some(new), ..Change::new(Op::Create, ordinal, lsn, relation_id) }, out)
     }
 
     fn update(
@@ -656,6 +701,10 @@ impl Encoder {
         new: &TupleData<'_>,
         out: &mut Vec<Event>,
     ) -> Result<(), EncodeError> {
+        let ordinal = self.begin_change()?;
+        if self.is_excluded(relation_id)? {
+            return Ok(());
+        }
         self.ensure_tx_begin(lsn, out);
         let table = self.table(relation_id)?;
         let old_tuple = old.map(|o| match o {
@@ -678,11 +727,11 @@ impl Encoder {
                     let delete = Change {
                         before: Some(old_tuple),
                         headers: headers_delete.clone(),
-                        ..Change::new(Op::Delete, lsn, relation_id)
+                        ..Change::new(Op::Delete, ordinal, lsn, relation_id)
                     };
                     self.change(delete, out)?;
                     if self.options.tombstones_on_delete {
-                        self.tombstone(lsn, relation_id, old_key, headers_delete, out)?;
+                        self.tombstone(ordinal + 1, lsn, relation_id, old_key, headers_delete, out)?;
                     }
                 }
                 if !self.options.skipped.create {
@@ -690,7 +739,7 @@ impl Encoder {
                         after: Some(new),
                         fallback: full_old,
                         headers: headers_create,
-                        ..Change::new(Op::Create, lsn, relation_id)
+                        ..Change::new(Op::Create, ordinal + 2, lsn, relation_id)
                     };
                     self.change(create, out)?;
                 }
@@ -704,7 +753,7 @@ impl Encoder {
             before: old_tuple,
             after: Some(new),
             fallback: full_old,
-            ..Change::new(Op::Update, lsn, relation_id)
+            ..Change::new(Op::Update, ordinal, lsn, relation_id)
         };
         self.change(update, out)
     }
@@ -716,6 +765,10 @@ impl Encoder {
         old: &OldTuple<'_>,
         out: &mut Vec<Event>,
     ) -> Result<(), EncodeError> {
+        let ordinal = self.begin_change()?;
+        if self.is_excluded(relation_id)? {
+            return Ok(());
+        }
         self.ensure_tx_begin(lsn, out);
         if self.options.skipped.delete {
             return Ok(());
@@ -723,23 +776,23 @@ impl Encoder {
         let old = match old {
             OldTuple::Key(t) | OldTuple::Full(t) => t,
         };
-        self.change(Change { before: Some(old), ..Change::new(Op::Delete, lsn, relation_id) }, out)?;
+        self.change(Change { before: Some(old), ..Change::new(Op::Delete, ordinal, lsn, relation_id) }, out)?;
         if self.options.tombstones_on_delete {
             let key = self.render_key(relation_id, old)?;
-            self.tombstone(lsn, relation_id, key, Vec::new(), out)?;
+            self.tombstone(ordinal + 1, lsn, relation_id, key, Vec::new(), out)?;
         }
         Ok(())
     }
 
     fn tombstone(
         &mut self,
+        ordinal: u32,
         lsn: Lsn,
         relation_id: Oid,
         key: Option<String>,
         headers: Vec<(String, String)>,
         out: &mut Vec<Event>,
     ) -> Result<(), EncodeError> {
-        let ordinal = self.next_ordinal();
         let table = self.table(relation_id)?;
         let key = key.map(|k| self.schemas.key(&self.options, table, k));
         out.push(Event {
@@ -758,13 +811,17 @@ impl Encoder {
         Ok(())
     }
 
+    /// One change per truncated relation.
     fn truncate(&mut self, lsn: Lsn, t: &Truncate, out: &mut Vec<Event>) -> Result<(), EncodeError> {
-        self.ensure_tx_begin(lsn, out);
-        if self.options.skipped.truncate {
-            return Ok(());
-        }
         for &relation_id in &t.relation_ids {
-            self.change(Change::new(Op::Truncate, lsn, relation_id), out)?;
+            let ordinal = self.begin_change()?;
+            if self.is_excluded(relation_id)? {
+                continue;
+            }
+            self.ensure_tx_begin(lsn, out);
+            if !self.options.skipped.truncate {
+                self.change(Change::new(Op::Truncate, ordinal, lsn, relation_id), out)?;
+            }
         }
         Ok(())
     }
@@ -937,14 +994,13 @@ impl Encoder {
 
     /// Emits one c/u/d/t record.
     fn change(&mut self, change: Change<'_, '_>, out: &mut Vec<Event>) -> Result<(), EncodeError> {
-        let Change { op, lsn, relation_id, before, after, fallback, headers } = change;
+        let Change { op, ordinal, lsn, relation_id, before, after, fallback, headers } = change;
         let tx_block = if self.options.provide_transaction_metadata {
             let collection = self.table(relation_id)?.data_collection.clone();
             self.count_in_tx(&collection, lsn)
         } else {
             None
         };
-        let ordinal = self.next_ordinal();
         let table = self.table(relation_id)?;
         let commit_micros = self.tx.as_ref().map_or(0, |t| t.commit_micros);
 
@@ -1015,11 +1071,11 @@ impl Encoder {
         out: &mut Vec<Event>,
     ) -> Result<(), EncodeError> {
         let in_tx = transactional && self.tx.is_some();
+        let ordinal = if in_tx { self.begin_change()? } else { 0 };
         if in_tx {
             self.ensure_tx_begin(lsn, out);
         }
         let tx_block = if in_tx { self.count_in_tx("message", lsn) } else { None };
-        let ordinal = if in_tx { self.next_ordinal() } else { 0 };
         let (commit_micros, xid, commit_lsn) = match (&self.tx, in_tx) {
             (Some(tx), true) => (tx.commit_micros, tx.xid, tx.commit_lsn),
             // A non-transactional message has no commit: it is stamped when it is decoded.
