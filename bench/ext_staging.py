@@ -12,6 +12,8 @@ Runs in a throwaway cluster (tests/pgcluster.py).
    pg_recvlogical drains its slot to /dev/null up to the workload's end LSN (the raw
    ceiling: walsender decoding + network), and the feed is resumed and timed until its last
    event is in the queue. Reported: rows/s for both and the ratio feed/pg_recvlogical.
+   Then pgcdc.read of the first 1000 events is timed at once (the queue has no statistics
+   yet: the read must not depend on them).
 2. Latency: the feed running live, single-row transactions committed at a fixed rate; for
    every event, (time the LISTENing client got the feed's wake-up NOTIFY for it) - (commit
    time in the event's source.ts_us). Reported: p50, p99, max.
@@ -179,6 +181,14 @@ def staging_round(c: Cluster, label: str, workload: str, rows: int, recv_first: 
     else:
         feed_s = run_feed()
         recv_s = run_recvlogical()
+    # pgcdc.read right after staging, before autovacuum analyzes the queue: the first page of
+    # 1000 events (it must not depend on statistics).
+    read_ms = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        got = c.execute(f"SELECT count(*) FROM pgcdc.read('{feed}', 1000)")[0][0]
+        read_ms.append((time.perf_counter() - t0) * 1000)
+        assert got == min(rows, 1000)
     staged = c.execute(
         "SELECT count(*) FROM pgcdc.event e JOIN pgcdc.feed f ON f.id = e.feed_id WHERE f.name = %s", params=[feed]
     )[0][0]
@@ -195,6 +205,7 @@ def staging_round(c: Cluster, label: str, workload: str, rows: int, recv_first: 
         "feed_rows_per_s": round(rows / feed_s),
         "ratio": round(recv_s / feed_s, 3),
         "first": "pg_recvlogical" if recv_first else "feed",
+        "read_1000_ms": round(statistics.median(read_ms), 1),
         **cpu,
     }
 
@@ -293,7 +304,10 @@ def main() -> None:
         )
         # Warm-up (not reported): a long-running server has its shared buffers mapped; a
         # fresh one pays a page fault the first time each buffer is used.
-        staging_round(c, "warmup", big, args.rows, recv_first=True)
+        warm = staging_round(c, "warmup", big, args.rows, recv_first=True)
+        # The warm-up's queue never had statistics: its read shows whether pgcdc.read
+        # depends on them (a plan that sorts the whole queue takes 10x longer).
+        results["read_1000_ms_never_analyzed"] = warm["read_1000_ms"]
         for i in range(args.repeat):
             for label, sql, n in (("one_tx", big, args.rows), ("single_row_txs", small, args.txs)):
                 r = staging_round(c, f"{label}", sql, n, recv_first=(i % 2 == 0))
@@ -311,6 +325,7 @@ def main() -> None:
                     "feed_rows_per_s": round(feedr),
                     "ratio": round(feedr / recv, 3),
                     "ratios": [r["ratio"] for r in runs],
+                    "read_1000_ms": statistics.median(r["read_1000_ms"] for r in runs),
                     "cpu_s_median": {
                         k: statistics.median(r[k] for r in runs)
                         for k in (
@@ -332,12 +347,17 @@ def main() -> None:
             f"{r['workload']:<16}{r['rows']:>9}{r['pg_recvlogical_rows_per_s']:>12} r/s"
             f"{r['feed_rows_per_s']:>10} r/s{r['ratio']:>8.2f}  {r['ratios']}"
         )
+        print(f"{'':<16}pgcdc.read of 1000 events right after staging (no ANALYZE yet): {r['read_1000_ms']} ms")
         cm = r["cpu_s_median"]
         print(
             f"{'':<16}CPU s: pg_recvlogical {cm['pg_recvlogical_client_cpu_s']} + its walsender "
             f"{cm['pg_recvlogical_walsender_cpu_s']}; feed worker {cm['feed_worker_cpu_s']} + its walsender "
             f"{cm['feed_walsender_cpu_s']}"
         )
+    print(
+        f"pgcdc.read of 1000 of {args.rows} events on a queue never analyzed (warm-up round): "
+        f"{results['read_1000_ms_never_analyzed']} ms"
+    )
     lat = results["latency"]
     print(
         f"\ncommit -> queue latency at {lat['achieved_tx_per_s']} tx/s ({lat['events']} events): "

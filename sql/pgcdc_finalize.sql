@@ -2,7 +2,7 @@
 -- functions generated from pgcdc_ext/src/feed.rs).
 
 -- Feeds the current role may use (owner, pgcdc_admin members, superusers).
-CREATE VIEW pgcdc.feeds AS
+CREATE VIEW pgcdc.feeds WITH (security_barrier) AS
 SELECT f.name,
        f.publication,
        f.sink,
@@ -18,18 +18,20 @@ COMMENT ON VIEW pgcdc.feeds IS
     'Feeds you may use: publication, sink, state, owner, replication slot, LISTEN channel and options.';
 
 -- Live state of each feed: worker, slot, queue, acknowledged position, lag, last error.
-CREATE VIEW pgcdc.feed_status AS
+-- staged_events/staged_bytes are the counters the worker and pgcdc.ack keep (no scan of the
+-- queue); lag_seconds reads one row of the queue through its primary key.
+CREATE VIEW pgcdc.feed_status WITH (security_barrier) AS
 SELECT f.name,
        f.state,
-       r.pid AS worker_pid,
+       a.pid AS worker_pid,
        CASE WHEN f.state <> 'running' THEN f.state
-            WHEN r.pid IS NULL THEN 'starting'
+            WHEN a.pid IS NULL THEN 'starting'
             ELSE r.phase END AS phase,
        f.slot_name,
        s.active AS slot_active,
        s.wal_status AS slot_wal_status,
-       q.staged_events,
-       q.staged_bytes,
+       coalesce(r.queued_events, 0) AS staged_events,
+       coalesce(r.queued_bytes, 0) AS staged_bytes,
        f.acked_lsn,
        f.acked_ordinal,
        f.acked_at,
@@ -40,35 +42,39 @@ SELECT f.name,
        pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), s.restart_lsn)::bigint
            AS retained_bytes,
        extract(epoch FROM pg_catalog.now() - q.oldest_staged_at)::float8 AS lag_seconds,
-       r.received_lsn,
-       r.staged_lsn,
-       r.staged_ordinal,
-       r.complete_lsn,
-       r.confirmed_lsn,
-       r.staged_total,
+       CASE WHEN a.pid IS NOT NULL THEN r.received_lsn END AS received_lsn,
+       CASE WHEN a.pid IS NOT NULL THEN r.staged_lsn END AS staged_lsn,
+       CASE WHEN a.pid IS NOT NULL THEN r.staged_ordinal END AS staged_ordinal,
+       CASE WHEN a.pid IS NOT NULL THEN r.complete_lsn END AS complete_lsn,
+       CASE WHEN a.pid IS NOT NULL THEN r.confirmed_lsn END AS confirmed_lsn,
+       CASE WHEN a.pid IS NOT NULL THEN r.staged_total END AS staged_total,
        coalesce(r.failures, 0) AS failures,
        f.last_error,
        f.last_error_at
 FROM pgcdc.feed f
 LEFT JOIN pg_catalog.pg_replication_slots s ON s.slot_name = f.slot_name
-LEFT JOIN (pgcdc.feed_runtime r
-           JOIN pg_catalog.pg_stat_activity a ON a.pid = r.pid AND a.backend_type = 'pgcdc feed')
-       ON r.feed_id = f.id
+LEFT JOIN pgcdc.feed_runtime r ON r.feed_id = f.id
+LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = r.pid AND a.backend_type = 'pgcdc feed'
 LEFT JOIN LATERAL (
-    SELECT count(*) AS staged_events,
-           coalesce(sum(coalesce(octet_length(e.value), 0) + coalesce(octet_length(e.key), 0)), 0)::bigint
-               AS staged_bytes,
-           min(e.staged_at) AS oldest_staged_at
+    SELECT e.staged_at AS oldest_staged_at
     FROM pgcdc.event e
-    WHERE e.feed_id = f.id) q ON true
+    WHERE e.feed_id = f.id
+    ORDER BY e.commit_lsn, e.ordinal
+    LIMIT 1) q ON true
 WHERE pg_catalog.pg_has_role(f.owner, 'USAGE') OR pg_catalog.pg_has_role('pgcdc_admin', 'USAGE');
 COMMENT ON VIEW pgcdc.feed_status IS
     'Per feed: state, worker pid and phase (starting, streaming, at_cap, backoff), slot, staged events/bytes, acknowledged position, confirmed_flush_lsn, lag_bytes (WAL not yet acknowledged), retained_bytes (WAL the slot pins), lag_seconds (age of the oldest unacknowledged staged event), last error.';
 
 GRANT SELECT ON pgcdc.feeds, pgcdc.feed_status TO PUBLIC;
 
+-- Only administrators create feeds (the function checks it too). The other functions check
+-- the caller's rights on the feed itself, so feed owners who are not admins can use them.
+-- Every pgcdc function runs with search_path = pg_catalog, pg_temp (see access.rs).
+REVOKE EXECUTE ON FUNCTION pgcdc.create_feed(text, text, text, jsonb, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION pgcdc.create_feed(text, text, text, jsonb, text) TO pgcdc_admin;
+
 COMMENT ON FUNCTION pgcdc.create_feed(text, text, text, jsonb, text) IS
-    'create_feed(name, publication, sink => ''table''|''notify'', options => jsonb, owner => role): creates the replication slot pgcdc_<name> now (every change committed after this call is captured) and starts a worker at commit. Returns the slot''s consistent LSN. Needs pgcdc_admin; the owner must be able to SELECT every published table. Options: Debezium encoder options (decimal.handling.mode, ...) and max_staged_rows, max_staged_bytes, batch_size.';
+    'create_feed(name, publication, sink => ''table''|''notify'', options => jsonb, owner => role): creates the replication slot pgcdc_<name> now (every change committed after this call is captured) and starts a worker at commit. Returns the slot''s consistent LSN. Needs pgcdc_admin (sink ''notify'': a superuser, because NOTIFY payloads reach every role that can LISTEN); the owner must be able to SELECT every published table; the database must be UTF8. Options: Debezium encoder options (decimal.handling.mode, ...) and max_staged_rows, max_staged_bytes, batch_size.';
 COMMENT ON FUNCTION pgcdc.drop_feed(text, boolean) IS
     'drop_feed(name, if_exists => false): deletes the feed and its staged events; at commit its worker stops and its replication slot is dropped.';
 COMMENT ON FUNCTION pgcdc.pause_feed(text) IS
@@ -78,6 +84,6 @@ COMMENT ON FUNCTION pgcdc.resume_feed(text) IS
 COMMENT ON FUNCTION pgcdc.alter_feed(text, jsonb) IS
     'alter_feed(name, options): merges options into the feed''s (a JSON null removes a key) and restarts its worker to apply them. Returns the resulting options.';
 COMMENT ON FUNCTION pgcdc.read(text, integer, pg_lsn, integer) IS
-    'read(feed, max_events => 100, after_lsn, after_ordinal): the next staged events after the acknowledged position (or after the given one), in position order (commit_lsn, ordinal). event is the Debezium value JSON, key the Debezium key. Does not consume: acknowledge with pgcdc.ack. LISTEN pgcdc_<feed> to be woken when events are staged.';
+    'read(feed, max_events => 100, after_lsn, after_ordinal): the next staged events after the acknowledged position (or after the given one), in position order (commit_lsn, ordinal). event is the Debezium value JSON, key the Debezium key. Does not consume: acknowledge with pgcdc.ack. LISTEN pgcdc_<feed> to be woken when events are staged. Returns no more rows once their JSON reaches 64 MB (at least one row): fewer rows than max_events do not mean the queue is drained. Needs SELECT on every table the publication publishes and every table of the returned events, without row-level security applying.';
 COMMENT ON FUNCTION pgcdc.ack(text, pg_lsn, integer) IS
     'ack(feed, lsn, ordinal => NULL): with ordinal, every event at position <= (lsn, ordinal) is consumed; without, every event of the transactions committed at or before lsn (they must be completely staged). Removes those events; the slot advances past fully acknowledged transactions. Returns the number of events removed. Idempotent.';

@@ -55,6 +55,12 @@ CREATE UNLOGGED TABLE pgcdc.event (
     headers     jsonb,
     staged_at   timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (feed_id, commit_lsn, ordinal)
+) WITH (
+    -- A queue: rows come and go by the hundred thousand. Keep statistics and the visibility
+    -- map current (pgcdc.read does not depend on statistics, but everything else does).
+    autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_threshold = 1000,
+    autovacuum_vacuum_insert_scale_factor = 0.02, autovacuum_vacuum_insert_threshold = 1000,
+    autovacuum_analyze_scale_factor = 0.02, autovacuum_analyze_threshold = 1000
 );
 COMMENT ON TABLE pgcdc.event IS
     'Staged Debezium events, one row per event, in position order (commit_lsn, ordinal). Read with pgcdc.read, remove with pgcdc.ack.';
@@ -71,11 +77,13 @@ CREATE UNLOGGED TABLE pgcdc.feed_runtime (
     complete_lsn   pg_lsn,
     confirmed_lsn  pg_lsn,
     staged_total   bigint      NOT NULL DEFAULT 0,
+    queued_events  bigint      NOT NULL DEFAULT 0,
+    queued_bytes   bigint      NOT NULL DEFAULT 0,
     failures       integer     NOT NULL DEFAULT 0,
     updated_at     timestamptz NOT NULL
 );
 COMMENT ON TABLE pgcdc.feed_runtime IS
-    'Written by feed workers: pid, phase (starting, streaming, at_cap, backoff), last received/staged/confirmed positions, events staged by this worker (staged_total).';
+    'Written by feed workers: pid, phase (starting, streaming, at_cap, backoff), last received/staged/confirmed positions, events staged by this worker (staged_total), and the feed''s events and bytes in pgcdc.event (queued_*: raised by the worker as it stages, lowered by pgcdc.ack; UNLOGGED like the queue, so a crash empties both).';
 
 REVOKE ALL ON pgcdc.feed, pgcdc.event, pgcdc.feed_runtime FROM PUBLIC;
 GRANT USAGE ON SCHEMA pgcdc TO PUBLIC;

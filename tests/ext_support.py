@@ -130,5 +130,64 @@ def event_json(ev: dict[str, Any]) -> Any:
     return json.loads(v) if isinstance(v, str) else v
 
 
+def install_trap(conn_execute, schema: str) -> None:
+    """Operators `schema.=` for text, integer, oid and name that record who evaluated them
+    (role and backend type) in `schema.fired`, then compare as the built-in would."""
+    conn_execute(f"CREATE SCHEMA {schema}")
+    conn_execute(f"CREATE TABLE {schema}.fired (who text, backend text)")
+    conn_execute(f"GRANT USAGE ON SCHEMA {schema} TO PUBLIC")
+    conn_execute(f"GRANT INSERT ON {schema}.fired TO PUBLIC")
+    for typ, builtin in (("text", "texteq"), ("integer", "int4eq"), ("oid", "oideq"), ("name", "nameeq")):
+        conn_execute(
+            f"""CREATE FUNCTION {schema}.eq(a {typ}, b {typ}) RETURNS boolean LANGUAGE plpgsql AS $$
+            BEGIN
+                INSERT INTO {schema}.fired SELECT current_user, coalesce((SELECT backend_type
+                    FROM pg_catalog.pg_stat_activity
+                    WHERE pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid()), '?');
+                RETURN pg_catalog.{builtin}(a, b);
+            END $$"""
+        )
+        conn_execute(f"CREATE OPERATOR {schema}.= (LEFTARG = {typ}, RIGHTARG = {typ}, FUNCTION = {schema}.eq)")
+
+
 def pg_tool(name: str) -> str:
     return str(pg_bindir() / name)
+
+
+class Standby(Cluster):
+    """A hot standby of `primary` (pg_basebackup -R, streaming) that preloads pgcdc too."""
+
+    def __init__(self, primary: Cluster, name: str, **settings: Any) -> None:
+        super().__init__({**EXT_SETTINGS, "hot_standby": True, **settings}, name=name)
+        self.primary = primary
+
+    def init(self) -> "Standby":
+        if self.base is not None:
+            return self
+        import tempfile
+
+        tmproot = os.environ.get("PGCDC_TMPDIR") or None
+        self.base = Path(tempfile.mkdtemp(prefix=f"{self.name}-", dir=tmproot))
+        import pgcluster
+
+        with pgcluster._live_lock:  # stopped at exit like any other cluster
+            pgcluster._live.add(self)
+        self.base.chmod(0o755)
+        for d in (self.sockdir, self.logfile.parent):
+            d.mkdir(mode=0o755)
+        self.logfile.touch()
+        self._chown(self.base, self.sockdir, self.logfile.parent, self.logfile)
+        assert self.primary.port is not None
+        self._run(
+            [
+                self.bin("pg_basebackup"),
+                "-D", str(self.datadir),
+                "-h", "127.0.0.1",
+                "-p", str(self.primary.port),
+                "-U", self.superuser,
+                "-R",
+                "-X", "stream",
+                "--no-sync",
+            ]
+        )
+        return self

@@ -14,7 +14,18 @@ import time
 import psycopg
 import pytest
 
-from ext_support import collect, event_json, lsn_int, read_events, requires_extension, start_cluster, status, wait_until
+from ext_support import (
+    Standby,
+    collect,
+    event_json,
+    install_trap,
+    lsn_int,
+    read_events,
+    requires_extension,
+    start_cluster,
+    status,
+    wait_until,
+)
 
 pytestmark = [requires_extension, pytest.mark.timeout(600)]
 
@@ -193,4 +204,131 @@ def test_drop_extension_stops_workers_and_drops_slots():
         insert(c, "dxf_t", 11, 12, per_tx=2)
         assert ids_of(collect(c, "dxf", 2)) == [11, 12]
     finally:
+        c.stop()
+
+
+def test_changed_options_and_a_crash_bring_back_exactly_the_unacked_events():
+    """Positions depend on the WAL only: after alter_feed (tombstones on <-> off) and a crash
+    that empties the queue, exactly the unacknowledged events are staged again."""
+    c = start_cluster("pgcdc-ordinals")
+    try:
+        make_feed(c, "ordf")
+        insert(c, "ordf_t", 1, 6, per_tx=6)
+        evs = collect(c, "ordf", 6)
+        c.execute("SELECT pgcdc.ack('ordf', %s)", params=[evs[-1]["commit_lsn"]])
+        c.execute("DELETE FROM ordf_t")  # one transaction: 6 deletes, each with its tombstone
+        evs = collect(c, "ordf", 12)
+        assert [e["op"] for e in evs] == ["d", "tombstone"] * 6
+        commit = evs[0]["commit_lsn"]
+        assert {e["commit_lsn"] for e in evs} == {commit}
+
+        def deleted(events):
+            return [(e["op"], event_json(e)["before"]["id"] if e["op"] == "d" else None, e["ordinal"]) for e in events]
+
+        # Acknowledge up to the third delete (not its tombstone).
+        third = evs[4]
+        assert third["op"] == "d"
+        c.execute("SELECT pgcdc.ack('ordf', %s, %s)", params=[commit, third["ordinal"]])
+        unacked = evs[5:]
+
+        def crash_and_collect(want: int):
+            c.kill9_postmaster()
+            c.restart()
+            got = collect(c, "ordf", want, timeout=90)
+            time.sleep(1.0)
+            return read_events(c, "ordf")
+
+        # Tombstones off, then the queue is lost: the three later deletes come back, nothing
+        # acknowledged, no tombstone.
+        c.execute("SELECT pgcdc.alter_feed('ordf', '{\"tombstones.on.delete\": false}')")
+        wait_until(lambda: status(c, "ordf")["worker_pid"], 20, "the worker to restart")
+        back = crash_and_collect(3)
+        want = [e for e in unacked if e["op"] == "d"]
+        assert deleted(back) == deleted(want)
+
+        # Acknowledge the fifth delete; tombstones on again; crash: its tombstone and the
+        # sixth delete with its tombstone come back.
+        fifth = back[1]
+        assert event_json(fifth)["before"]["id"] == 5
+        c.execute("SELECT pgcdc.ack('ordf', %s, %s)", params=[commit, fifth["ordinal"]])
+        c.execute("SELECT pgcdc.alter_feed('ordf', '{\"tombstones.on.delete\": null}')")
+        wait_until(lambda: status(c, "ordf")["worker_pid"], 20, "the worker to restart")
+        back = crash_and_collect(3)
+        assert [(e["op"], e["ordinal"]) for e in back] == [
+            ("tombstone", fifth["ordinal"] + 1),
+            ("d", fifth["ordinal"] + 3),
+            ("tombstone", fifth["ordinal"] + 4),
+        ]
+        assert [(e["op"], e["ordinal"]) for e in back] == [(e["op"], e["ordinal"]) for e in evs[9:]]
+    finally:
+        c.stop()
+
+
+def test_workers_ignore_a_database_search_path():
+    """ALTER DATABASE ... SET search_path reaches every new session, the launcher and feed
+    workers included; they pin their own, so a planted operator never runs in them."""
+    c = start_cluster("pgcdc-searchpath")
+    try:
+        c.execute("CREATE ROLE trapper LOGIN")
+        c.execute("GRANT CREATE ON DATABASE postgres TO trapper")
+        with psycopg.connect(c.dsn(user="trapper"), autocommit=True) as conn:
+            install_trap(conn.execute, "trap")
+        c.execute("ALTER DATABASE postgres SET search_path = trap, pg_catalog, public")
+        c.restart()  # the launcher starts again with the database's settings
+        c.execute("SELECT 1 WHERE 'a'::text = 'a'::text")  # the trap works in new sessions
+        assert c.execute("SELECT count(*) FROM trap.fired WHERE backend = 'client backend'")[0][0] > 0
+        make_feed(c, "spf")
+        insert(c, "spf_t", 1, 20, per_tx=10)
+        evs = collect(c, "spf", 20)
+        c.execute("SELECT pgcdc.ack('spf', %s)", params=[evs[-1]["commit_lsn"]])
+        insert(c, "spf_t", 21, 30, per_tx=10)
+        collect(c, "spf", 10)
+        fired = c.execute("SELECT backend, count(*) FROM trap.fired WHERE backend <> 'client backend' GROUP BY 1")
+        assert fired == [], fired
+    finally:
+        c.stop()
+
+
+def test_a_hot_standby_runs_no_pgcdc_process_and_feeds_resume_safely_after_promotion():
+    c = start_cluster("pgcdc-primary")
+    standby = Standby(c, "pgcdc-standby")
+    try:
+        make_feed(c, "hsf")
+        insert(c, "hsf_t", 1, 10, per_tx=10)
+        collect(c, "hsf", 10)
+        c.execute("CHECKPOINT")
+        standby.start()
+        wait_until(
+            lambda: standby.execute("SELECT count(*) FROM pgcdc.feed WHERE name = 'hsf'") == [(1,)],
+            30,
+            "the feed row on the standby",
+        )
+        time.sleep(3.0)
+        assert standby.execute("SELECT pg_is_in_recovery()") == [(True,)]
+        assert standby.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type IN ('pgcdc launcher', 'pgcdc feed')"
+        ) == [(0,)]
+        log = standby.log_tail(10000)
+        for bad in ("exited with exit code", "pgcdc launcher", "pgcdc feed", "terminated by signal"):
+            assert bad not in log, log
+        # Promotion: the launcher starts; the feed's slot does not exist on this server, so
+        # the feed stops with a clear error instead of crash-looping.
+        standby.execute("SELECT pg_promote()")
+        st = wait_until(
+            lambda: (lambda s: s if s["state"] == "error" else None)(status(standby, "hsf")), 30, "error state"
+        )
+        assert "does not exist" in st["last_error"], st
+        time.sleep(2.0)
+        assert status(standby, "hsf")["state"] == "error", "no restart loop"
+        # The slot record copied by the base backup is forgotten once the feed is dropped
+        # (there is no such slot on this server).
+        record = standby.datadir / "pgcdc" / "slots" / "pgcdc_hsf"
+        assert record.exists()
+        standby.execute("SELECT pgcdc.drop_feed('hsf')")
+        wait_until(lambda: not record.exists(), 15, "the record forgotten")
+        # The primary is unaffected.
+        insert(c, "hsf_t", 11, 12, per_tx=2)
+        assert ids_of(collect(c, "hsf", 12))[-2:] == [11, 12]
+    finally:
+        standby.stop()
         c.stop()

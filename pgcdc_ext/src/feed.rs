@@ -1,14 +1,27 @@
 //! Feeds: the `pgcdc.feed` catalog, feed options, and the SQL API.
 //!
 //! Every function validates everything before it changes anything, and reports problems as
-//! errors with a real SQLSTATE and a hint. The only non-transactional step is the creation of
-//! the replication slot in `create_feed` (it must exist when the function returns, so that
-//! every change committed afterwards is captured); if that transaction does not commit, the
-//! launcher drops the orphaned slot (see [`crate::launcher`]). `drop_feed` is transactional:
-//! it deletes the feed and its staged events, and at commit wakes the launcher, which stops
-//! the worker and drops the slot.
+//! errors with a real SQLSTATE and a hint (a NULL argument is 22004, never an internal
+//! error). The only non-transactional step is the creation of the replication slot in
+//! `create_feed` (it must exist when the function returns, so that every change committed
+//! afterwards is captured); if that transaction does not commit, the launcher drops the
+//! orphaned slot, which [`crate::slot`] recorded (see [`crate::launcher`]). `drop_feed` is
+//! transactional: it deletes the feed and its staged events, and at commit wakes the launcher,
+//! which stops the worker and drops the slot.
+//!
+//! Every function runs with `search_path = pg_catalog, pg_temp` (sql/pgcdc_finalize.sql) and
+//! finds the feed and checks the caller's rights on it before anything runs as the extension
+//! owner ([`authorize`], [`crate::access`]). A role that may not use a feed cannot tell it
+//! from a feed that does not exist.
+//!
+//! Locks on a feed row: `ack`, `alter_feed`, `pause_feed` and `resume_feed` take
+//! `FOR NO KEY UPDATE` (they serialise with each other), `drop_feed` takes `FOR UPDATE`, and
+//! the feed's worker takes `FOR KEY SHARE` in every transaction that stages events or writes
+//! `pgcdc.feed_runtime`: so `drop_feed` waits for a staging step to commit and then deletes
+//! what it staged, and the worker's next step finds the feed gone (no orphan rows).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::{CStr, CString};
 
 use pgcdc_core::debezium::{EncoderOptions, OptionError};
 use pgcdc_core::Lsn;
@@ -22,14 +35,21 @@ use crate::access;
 use crate::datum::{JsonText, PgLsn};
 use crate::gucs;
 use crate::position::{AckError, AckTarget, Delivered, Position};
+use crate::slot;
 
 /// Longest feed name: the slot name `pgcdc_<name>` must fit in NAMEDATALEN.
 pub const MAX_NAME_LEN: usize = 40;
 
-/// Advisory-lock class of feed-slot creation/GC (with hashtext(slot name)) and of a feed's
-/// worker (with the feed id): "pgcd".
+/// Advisory-lock class of feed-slot creation/GC (with hashtext(slot name)), of a feed's
+/// worker (with the feed id) and of `create_feed` itself (with 0: serialises the
+/// `pgcdc.max_feeds` count and the name check): "pgcd", "pgcw", "pgcf".
 pub const LOCK_CLASS_SLOT: i32 = 0x7067_6364;
 pub const LOCK_CLASS_WORKER: i32 = 0x7067_6377;
+pub const LOCK_CLASS_CREATE: i32 = 0x7067_6366;
+
+/// `pgcdc.read` stops adding rows once their key, event and headers JSON reach this many
+/// bytes (it always returns at least one row): a result is at most this plus one event.
+pub const READ_BYTE_BUDGET: usize = 64 << 20;
 
 /// Feed-level option keys (the rest are the Debezium encoder's, see [`EncoderOptions`]).
 pub const FEED_KEYS: &[&str] = &["max_staged_rows", "max_staged_bytes", "batch_size"];
@@ -196,16 +216,8 @@ fn feed_from_row(row: &pgrx::spi::SpiHeapTupleData<'_>) -> Result<Feed, pgrx::sp
     })
 }
 
-/// The feed row by name (no lock). Callers hold whatever identity can read `pgcdc.feed`.
-pub fn load_by_name(name: &str) -> Option<Feed> {
-    spi_ok(Spi::connect(|c| {
-        let args = [name.into()];
-        let table = c.select(&format!("SELECT {FEED_COLUMNS} FROM pgcdc.feed WHERE name = $1"), Some(1), &args)?;
-        table.into_iter().next().map(|row| feed_from_row(&row)).transpose()
-    }))
-}
-
-/// The feed row by id (no lock): the worker's view of its feed.
+/// The feed row by id (no lock): the worker's view of its feed. Callers hold whatever
+/// identity can read `pgcdc.feed`.
 pub fn load_by_id(id: i32) -> Option<Feed> {
     spi_ok(Spi::connect(|c| {
         let args = [id.into()];
@@ -214,14 +226,102 @@ pub fn load_by_id(id: i32) -> Option<Feed> {
     }))
 }
 
-/// Locks the feed row (FOR UPDATE) and returns it; serialises changes and acknowledgements.
-fn lock_by_name(name: &str) -> Option<Feed> {
+/// How a SQL function locks the feed row it changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RowLock {
+    /// `ack`, `alter_feed`, `pause_feed`, `resume_feed`: serialise with each other, not with
+    /// the worker's `FOR KEY SHARE`.
+    NoKeyUpdate,
+    /// `drop_feed`: waits for the worker's staging step to commit.
+    Update,
+}
+
+/// Locks the feed row and returns it (None: it was dropped meanwhile).
+fn lock_by_id(id: i32, lock: RowLock) -> Option<Feed> {
+    let clause = match lock {
+        RowLock::NoKeyUpdate => "FOR NO KEY UPDATE",
+        RowLock::Update => "FOR UPDATE",
+    };
     spi_ok(Spi::connect_mut(|c| {
-        let args = [name.into()];
+        let args = [id.into()];
         let table =
-            c.update(&format!("SELECT {FEED_COLUMNS} FROM pgcdc.feed WHERE name = $1 FOR UPDATE"), Some(1), &args)?;
+            c.update(&format!("SELECT {FEED_COLUMNS} FROM pgcdc.feed WHERE id = $1 {clause}"), Some(1), &args)?;
         table.into_iter().next().map(|row| feed_from_row(&row)).transpose()
     }))
+}
+
+/// The worker's lock for a transaction that stages events or writes its runtime row
+/// (`FOR KEY SHARE`); false when the feed was dropped (then nothing may be written for it).
+pub fn lock_for_worker(id: i32) -> bool {
+    spi_ok(Spi::connect_mut(|c| {
+        let args = [id.into()];
+        Ok(c.update("SELECT 1 FROM pgcdc.feed WHERE id = $1 FOR KEY SHARE", Some(1), &args)?.len() == 1)
+    }))
+}
+
+/// `(id, owner)` of the feed named `name`, found with a heap scan of `pgcdc.feed`: no SQL
+/// is parsed or run and the identity is the caller's, so nothing the caller controls
+/// (search_path, operators) takes part, and nothing runs as the owner before the caller's
+/// rights are known.
+fn find_feed(name: &str) -> Option<(i32, pg_sys::Oid)> {
+    // SAFETY: catalog lookups, then a heap scan of pgcdc.feed under AccessShareLock with a
+    // registered MVCC snapshot on the main thread in a transaction; the scan and the
+    // relation are closed before returning (or by transaction abort on ERROR). The datums
+    // read are by-value (int4, oid).
+    unsafe {
+        let nsp = pg_sys::get_namespace_oid(c"pgcdc".as_ptr(), true);
+        let relid = if nsp == pg_sys::InvalidOid {
+            pg_sys::InvalidOid
+        } else {
+            pg_sys::get_relname_relid(c"feed".as_ptr(), nsp)
+        };
+        if relid == pg_sys::InvalidOid {
+            raise(
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                "extension pgcdc is not installed in this database".into(),
+                Some("CREATE EXTENSION pgcdc;".into()),
+            );
+        }
+        let attnum = |column: &CStr| i32::from(pg_sys::get_attnum(relid, column.as_ptr()));
+        let (a_id, a_name, a_owner) = (attnum(c"id"), attnum(c"name"), attnum(c"owner"));
+        let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
+        let text = pg_sys::cstring_to_text_with_len(name.as_ptr().cast(), name.len() as i32);
+        pg_sys::ScanKeyInit(
+            &mut key,
+            a_name as pg_sys::AttrNumber,
+            pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
+            pg_sys::Oid::from(pg_sys::F_TEXTEQ),
+            pg_sys::Datum::from(text),
+        );
+        let snapshot =
+            if pg_sys::ActiveSnapshotSet() { pg_sys::GetActiveSnapshot() } else { pg_sys::GetTransactionSnapshot() };
+        let snapshot = pg_sys::RegisterSnapshot(snapshot);
+        let scan = pg_sys::systable_beginscan(rel, pg_sys::InvalidOid, false, snapshot, 1, &mut key);
+        let tuple = pg_sys::systable_getnext(scan);
+        let found = (!tuple.is_null()).then(|| {
+            let desc = (*rel).rd_att;
+            let mut null = false;
+            let id = pg_sys::heap_getattr(tuple, a_id, desc, &mut null).value() as i32;
+            let owner = pg_sys::Oid::from(pg_sys::heap_getattr(tuple, a_owner, desc, &mut null).value() as u32);
+            (id, owner)
+        });
+        pg_sys::systable_endscan(scan);
+        pg_sys::UnregisterSnapshot(snapshot);
+        pg_sys::table_close(rel, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        found
+    }
+}
+
+/// The id of the feed `name` if the caller may `action` it. A missing feed is 42704 for
+/// admins; for everyone else a missing feed and a feed they may not use are the same 42501.
+fn authorize(name: &str, action: &str) -> i32 {
+    let caller = access::current_role();
+    match find_feed(name) {
+        Some((id, owner)) if access::may_use_feed(caller, owner) => id,
+        None if access::is_admin(caller) => missing_feed(name),
+        _ => access::deny_feed_access(caller, name, action),
+    }
 }
 
 /// Unwraps a pgrx SPI result; SQL errors themselves already raised a PostgreSQL ERROR.
@@ -240,6 +340,13 @@ fn raise(code: PgSqlErrorCode, message: String, hint: Option<String>) -> ! {
     }
     report.report(PgLogLevel::ERROR);
     unreachable!()
+}
+
+/// The value of a required argument: NULL is 22004.
+fn required<T>(value: Option<T>, argument: &str) -> T {
+    value.unwrap_or_else(|| {
+        raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, format!("{argument} must not be null"), None)
+    })
 }
 
 fn validate_name(name: &str) {
@@ -283,6 +390,18 @@ fn parse_options(feed: &str, options: &Value) -> FeedOptions {
         };
         raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("invalid feed options: {msg}"), Some(hint))
     })
+}
+
+/// Runs `f` with a new snapshot (READ COMMITTED: it sees what committed since the statement
+/// started). Needed after waiting for a lock, in transactions that must stay read-only for
+/// PostgreSQL (pgrx runs read-only SPI with the statement's snapshot).
+fn with_fresh_snapshot<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: pushes a snapshot on the active-snapshot stack, popped below or by abort.
+    unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
+    let r = f();
+    // SAFETY: pops the snapshot pushed above.
+    unsafe { pg_sys::PopActiveSnapshot() };
+    r
 }
 
 /// Wakes processes at commit: the launcher and/or a feed worker (their latches).
@@ -333,14 +452,20 @@ fn wake_at_commit(launcher: bool, worker_of: Option<i32>) {
 // ------------------------------------------------------------------------------ SQL API
 
 /// `pgcdc.create_feed(name, publication, sink, options, owner)`: see sql/pgcdc_finalize.sql.
+/// EXECUTE is granted to `pgcdc_admin` only.
 #[pg_extern(volatile)]
+#[search_path(pg_catalog, pg_temp)]
 fn create_feed(
-    name: &str,
-    publication: &str,
-    sink: default!(&str, "'table'"),
-    options: default!(JsonB, "'{}'"),
+    name: Option<&str>,
+    publication: Option<&str>,
+    sink: default!(Option<&str>, "'table'"),
+    options: default!(Option<JsonB>, "'{}'"),
     owner: default!(Option<&str>, "NULL"),
 ) -> PgLsn {
+    let name = required(name, "name");
+    let publication = required(publication, "publication");
+    let sink = required(sink, "sink");
+    let options = required(options, "options");
     let caller = access::current_role();
     validate_name(name);
     let sink = Sink::parse(sink).unwrap_or_else(|| {
@@ -352,6 +477,9 @@ fn create_feed(
     });
     parse_options(name, &options.0);
     access::require_admin(caller, "create a feed");
+    if sink == Sink::Notify {
+        access::require_superuser_for_notify(caller);
+    }
 
     // The feed runs in pgcdc.database only.
     let here = current_database();
@@ -361,6 +489,18 @@ fn create_feed(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!("feeds run in database \"{home}\" (pgcdc.database), not in \"{here}\""),
             Some(format!("Create the feed in \"{home}\", or set pgcdc.database = '{here}' and restart the server.")),
+        );
+    }
+    // SAFETY: reads the database encoding (a backend-local constant).
+    if unsafe { pg_sys::GetDatabaseEncoding() } != pg_sys::pg_enc::PG_UTF8 as i32 {
+        raise(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("feeds need a UTF8 database; \"{here}\" is encoded in {}", database_encoding()),
+            Some(
+                "Debezium events are UTF-8 JSON and pgoutput sends text in the database encoding: \
+                 create the database with ENCODING 'UTF8' and point pgcdc.database at it."
+                    .into(),
+            ),
         );
     }
     if setting("wal_level").as_deref() != Some("logical") {
@@ -388,9 +528,9 @@ fn create_feed(
         let args = [publication.into(), owner_oid.into()];
         let mut unreadable = Vec::new();
         for row in c.select(
-            "SELECT format('%I.%I', schemaname, tablename) FROM pg_catalog.pg_publication_tables \
+            "SELECT pg_catalog.format('%I.%I', schemaname, tablename) FROM pg_catalog.pg_publication_tables \
              WHERE pubname = $1 AND NOT pg_catalog.has_table_privilege($2::oid, \
-             format('%I.%I', schemaname, tablename), 'SELECT') ORDER BY 1",
+             pg_catalog.format('%I.%I', schemaname, tablename), 'SELECT') ORDER BY 1",
             None,
             &args,
         )? {
@@ -415,24 +555,36 @@ fn create_feed(
 
     let slot = slot_name(name);
     let options_text = options.0.to_string();
+    // SAFETY: MyDatabaseId is set in any backend connected to a database.
+    let database = unsafe { pg_sys::MyDatabaseId };
     access::as_extension_owner(|| {
         let max_feeds = i64::from(gucs::MAX_FEEDS.get());
-        let (duplicate, count, slot_active): (bool, i64, Option<bool>) = spi_ok(Spi::connect(|c| {
-            // Serialises with the launcher's orphan-slot collection (see launcher.rs).
+        // One create_feed at a time (the count and the name check below must see every
+        // committed feed); the slot lock serialises with the launcher's orphan-slot
+        // collection (see launcher.rs). Neither assigns a transaction id.
+        spi_ok(Spi::connect(|c| {
+            let args = [LOCK_CLASS_CREATE.into(), 0i32.into()];
+            c.select("SELECT pg_catalog.pg_advisory_xact_lock($1, $2)", None, &args)?;
             let args = [LOCK_CLASS_SLOT.into(), slot.as_str().into()];
-            c.select("SELECT pg_catalog.pg_advisory_xact_lock($1, hashtext($2))", None, &args)?;
-            let args = [name.into()];
-            let duplicate = c.select("SELECT 1 FROM pgcdc.feed WHERE name = $1", Some(1), &args)?.len() == 1;
-            let count = c.select("SELECT count(*) FROM pgcdc.feed", None, &[])?.first().get_one::<i64>()?.unwrap_or(0);
-            let args = [slot.as_str().into()];
-            let slot_active = c
-                .select("SELECT active FROM pg_catalog.pg_replication_slots WHERE slot_name = $1", None, &args)?
-                .first()
-                .get_one::<bool>()
-                .ok()
-                .flatten();
-            Ok((duplicate, count, slot_active))
+            c.select("SELECT pg_catalog.pg_advisory_xact_lock($1, pg_catalog.hashtext($2))", None, &args)?;
+            Ok(())
         }));
+        let (duplicate, count, slot_active): (bool, i64, Option<bool>) = with_fresh_snapshot(|| {
+            spi_ok(Spi::connect(|c| {
+                let args = [name.into()];
+                let duplicate = c.select("SELECT 1 FROM pgcdc.feed WHERE name = $1", Some(1), &args)?.len() == 1;
+                let count =
+                    c.select("SELECT count(*) FROM pgcdc.feed", None, &[])?.first().get_one::<i64>()?.unwrap_or(0);
+                let args = [slot.as_str().into()];
+                let slot_active = c
+                    .select("SELECT active FROM pg_catalog.pg_replication_slots WHERE slot_name = $1", None, &args)?
+                    .first()
+                    .get_one::<bool>()
+                    .ok()
+                    .flatten();
+                Ok((duplicate, count, slot_active))
+            }))
+        });
         if duplicate {
             raise(
                 PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
@@ -456,9 +608,22 @@ fn create_feed(
             );
         }
         if slot_active.is_some() {
+            if !slot::is_recorded(&slot, database) {
+                raise(
+                    PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
+                    format!("replication slot \"{slot}\" already exists and was not created by pgcdc"),
+                    Some(format!(
+                        "pgcdc never drops slots it did not create. Choose another feed name, or drop the \
+                         slot yourself if it is unused: SELECT pg_drop_replication_slot('{slot}');"
+                    )),
+                );
+            }
             // No feed owns it (checked above under the lock): left over by a dropped feed or an
             // aborted create_feed. Wait for a stopping worker to let go, then drop it.
             drop_orphan_slot(&slot);
+        }
+        if let Err(e) = slot::record(&slot, database) {
+            raise(PgSqlErrorCode::ERRCODE_IO_ERROR, e, None);
         }
         let consistent: PgLsn = spi_ok(Spi::connect(|c| {
             let args = [slot.as_str().into()];
@@ -489,15 +654,18 @@ fn create_feed(
     })
 }
 
-/// Drops an inactive slot no feed owns, waiting up to 10 s for a stopping worker's WAL sender.
+/// Drops an inactive slot no feed owns (one pgcdc recorded), waiting up to 10 s for a
+/// stopping worker's WAL sender.
 fn drop_orphan_slot(slot: &str) {
     for _ in 0..100 {
-        let active: Option<bool> = spi_ok(Spi::connect(|c| {
-            let args = [slot.into()];
-            c.select("SELECT active FROM pg_catalog.pg_replication_slots WHERE slot_name = $1", None, &args)?
-                .first()
-                .get_one::<bool>()
-        }));
+        let active: Option<bool> = with_fresh_snapshot(|| {
+            spi_ok(Spi::connect(|c| {
+                let args = [slot.into()];
+                c.select("SELECT active FROM pg_catalog.pg_replication_slots WHERE slot_name = $1", None, &args)?
+                    .first()
+                    .get_one::<bool>()
+            }))
+        });
         match active {
             None => return,
             Some(false) => {
@@ -524,23 +692,39 @@ fn drop_orphan_slot(slot: &str) {
 /// `pgcdc.drop_feed(name, if_exists)`: deletes the feed and its staged events. At commit the
 /// launcher stops the worker and drops the replication slot (within a second).
 #[pg_extern(volatile)]
-fn drop_feed(name: &str, if_exists: default!(bool, false)) -> bool {
+#[search_path(pg_catalog, pg_temp)]
+fn drop_feed(name: Option<&str>, if_exists: default!(Option<bool>, false)) -> bool {
+    let name = required(name, "name");
+    let if_exists = required(if_exists, "if_exists");
     let caller = access::current_role();
-    let feed = access::as_extension_owner(|| lock_by_name(name));
-    let Some(feed) = feed else {
+    let usable = find_feed(name).filter(|(_, owner)| access::may_use_feed(caller, *owner));
+    let Some((id, _)) = usable else {
+        let admin = access::is_admin(caller);
         if if_exists {
-            ErrorReport::new(
-                PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
-                format!("feed {} does not exist, skipping", quote_for_message(name)),
-                "pgcdc",
-            )
-            .report(PgLogLevel::NOTICE);
+            // Roles that are not admins cannot tell a missing feed from one they may not use.
+            let message = if admin {
+                format!("feed {} does not exist, skipping", quote_for_message(name))
+            } else {
+                format!("feed {} does not exist or you may not use it, skipping", quote_for_message(name))
+            };
+            ErrorReport::new(PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION, message, "pgcdc")
+                .report(PgLogLevel::NOTICE);
             return false;
         }
-        missing_feed(name)
+        if admin {
+            missing_feed(name)
+        }
+        access::deny_feed_access(caller, name, "drop")
     };
-    access::require_feed_access(caller, feed.owner, &feed.name, "drop");
     access::as_extension_owner(|| {
+        // FOR UPDATE: waits for a staging step of the worker (FOR KEY SHARE) to commit, so
+        // the deletes below see everything it staged.
+        let Some(feed) = lock_by_id(id, RowLock::Update) else {
+            if if_exists {
+                return false;
+            }
+            missing_feed(name)
+        };
         wake_at_commit(true, Some(feed.id));
         spi_ok(Spi::connect_mut(|c| {
             let args = [feed.id.into()];
@@ -549,15 +733,15 @@ fn drop_feed(name: &str, if_exists: default!(bool, false)) -> bool {
             c.update("DELETE FROM pgcdc.feed WHERE id = $1", None, &args)?;
             Ok(())
         }));
-    });
-    true
+        true
+    })
 }
 
-fn set_state(name: &str, action: &str, to: &str) {
-    let caller = access::current_role();
-    let feed = access::as_extension_owner(|| lock_by_name(name)).unwrap_or_else(|| missing_feed(name));
-    access::require_feed_access(caller, feed.owner, &feed.name, action);
+fn set_state(name: Option<&str>, action: &str, to: &str) {
+    let name = required(name, "name");
+    let id = authorize(name, action);
     access::as_extension_owner(|| {
+        let feed = lock_by_id(id, RowLock::NoKeyUpdate).unwrap_or_else(|| missing_feed(name));
         spi_ok(Spi::connect_mut(|c| {
             let args = [feed.id.into(), to.into()];
             // Resuming clears the error that stopped the feed.
@@ -576,23 +760,26 @@ fn set_state(name: &str, action: &str, to: &str) {
 
 /// `pgcdc.pause_feed(name)`: the worker stops at commit; the slot keeps the changes.
 #[pg_extern(volatile)]
-fn pause_feed(name: &str) {
+#[search_path(pg_catalog, pg_temp)]
+fn pause_feed(name: Option<&str>) {
     set_state(name, "pause", "paused");
 }
 
 /// `pgcdc.resume_feed(name)`: restarts a paused feed, or one stopped by an error.
 #[pg_extern(volatile)]
-fn resume_feed(name: &str) {
+#[search_path(pg_catalog, pg_temp)]
+fn resume_feed(name: Option<&str>) {
     set_state(name, "resume", "running");
 }
 
 /// `pgcdc.alter_feed(name, options)`: merges `options` into the feed's options (a JSON null
 /// removes a key). The worker restarts to apply them; events already staged keep their form.
 #[pg_extern(volatile)]
-fn alter_feed(name: &str, options: JsonB) -> JsonB {
-    let caller = access::current_role();
-    let feed = access::as_extension_owner(|| lock_by_name(name)).unwrap_or_else(|| missing_feed(name));
-    access::require_feed_access(caller, feed.owner, &feed.name, "alter");
+#[search_path(pg_catalog, pg_temp)]
+fn alter_feed(name: Option<&str>, options: Option<JsonB>) -> JsonB {
+    let name = required(name, "name");
+    let options = required(options, "options");
+    let id = authorize(name, "alter");
     let Some(changes) = options.0.as_object() else {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -600,6 +787,8 @@ fn alter_feed(name: &str, options: JsonB) -> JsonB {
             Some(format!("Known options: {}.", all_option_keys())),
         )
     };
+    let feed =
+        access::as_extension_owner(|| lock_by_id(id, RowLock::NoKeyUpdate)).unwrap_or_else(|| missing_feed(name));
     let current: Value = serde_json::from_str(&feed.options_text).unwrap_or(Value::Null);
     let mut merged: BTreeMap<String, Value> =
         current.as_object().map(|m| m.clone().into_iter().collect()).unwrap_or_default();
@@ -624,14 +813,32 @@ fn alter_feed(name: &str, options: JsonB) -> JsonB {
     JsonB(merged)
 }
 
+/// One row of `pgcdc.read`.
+type ReadRow = (
+    PgLsn,
+    i32,
+    PgLsn,
+    Option<i64>,
+    String,
+    String,
+    String,
+    String,
+    Option<JsonText>,
+    Option<JsonText>,
+    Option<JsonText>,
+);
+
 /// `pgcdc.read(feed, max_events, after_lsn, after_ordinal)`: the next staged events after the
 /// acknowledged position (or after the given position), in position order. Reading does not
-/// consume; `pgcdc.ack` does.
+/// consume; `pgcdc.ack` does. At most `max_events` rows, and no more rows once their JSON
+/// reaches [`READ_BYTE_BUDGET`] (always at least one): fewer rows than asked for do not
+/// mean the queue is drained; read until a call returns none.
 #[allow(clippy::type_complexity)]
 #[pg_extern(volatile)]
+#[search_path(pg_catalog, pg_temp)]
 fn read(
-    feed: &str,
-    max_events: default!(i32, 100),
+    feed: Option<&str>,
+    max_events: default!(Option<i32>, 100),
     after_lsn: default!(Option<PgLsn>, "NULL"),
     after_ordinal: default!(Option<i32>, "NULL"),
 ) -> TableIterator<
@@ -650,7 +857,8 @@ fn read(
         name!(headers, Option<JsonText>),
     ),
 > {
-    let caller = access::current_role();
+    let feed = required(feed, "feed");
+    let max_events = required(max_events, "max_events");
     if !(1..=1_000_000).contains(&max_events) {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -658,78 +866,182 @@ fn read(
             None,
         );
     }
-    let f = access::as_extension_owner(|| load_by_name(feed)).unwrap_or_else(|| missing_feed(feed));
-    access::require_feed_access(caller, f.owner, &f.name, "read");
-    require_select_on_publication(caller, &f);
+    let caller = access::current_role();
+    let id = authorize(feed, "read");
+    let f = access::as_extension_owner(|| load_by_id(id)).unwrap_or_else(|| missing_feed(feed));
+    require_readable(caller, &f, publication_tables(&f.publication));
     let after = match (after_lsn, after_ordinal) {
         (None, _) => f.acked,
         (Some(l), o) => {
             Position::new(l.0, o.map_or(crate::position::WHOLE_TRANSACTION, |o| o.max(0) as u32)).max(f.acked)
         }
     };
-    let rows = access::as_extension_owner(|| {
-        spi_ok(Spi::connect(|c| {
-            let args = [
-                f.id.into(),
-                PgLsn(after.commit_lsn).into(),
-                (after.ordinal as i32).into(),
-                i64::from(max_events).into(),
-            ];
-            let mut rows = Vec::new();
-            for row in c.select(
-                "SELECT commit_lsn, ordinal, lsn, xid, op, schema_name, table_name, topic, key, value, \
-                 headers::text FROM pgcdc.event \
-                 WHERE feed_id = $1 AND (commit_lsn, ordinal) > ($2, $3) \
-                 ORDER BY commit_lsn, ordinal LIMIT $4",
-                None,
-                &args,
-            )? {
-                rows.push((
-                    row.get::<PgLsn>(1)?.unwrap_or_default(),
-                    row.get::<i32>(2)?.unwrap_or_default(),
-                    row.get::<PgLsn>(3)?.unwrap_or_default(),
-                    row.get::<i64>(4)?,
-                    row.get::<String>(5)?.unwrap_or_default(),
-                    row.get::<String>(6)?.unwrap_or_default(),
-                    row.get::<String>(7)?.unwrap_or_default(),
-                    row.get::<String>(8)?.unwrap_or_default(),
-                    row.get::<String>(9)?.map(JsonText),
-                    row.get::<String>(10)?.map(JsonText),
-                    row.get::<String>(11)?.map(JsonText),
-                ));
-            }
-            Ok(rows)
-        }))
+    let rows: Vec<ReadRow> = access::as_extension_owner(|| {
+        // The primary key (feed_id, commit_lsn, ordinal) answers this in order whatever the
+        // statistics say: without ANALYZE the planner may otherwise sort the whole queue.
+        access::with_settings(
+            &[(c"enable_seqscan", c"off"), (c"enable_bitmapscan", c"off"), (c"enable_sort", c"off")],
+            || {
+                spi_ok(Spi::connect(|c| {
+                    let args = [
+                        f.id.into(),
+                        PgLsn(after.commit_lsn).into(),
+                        (after.ordinal as i32).into(),
+                        i64::from(max_events).into(),
+                    ];
+                    let mut rows = Vec::new();
+                    let mut bytes = 0usize;
+                    let cursor_rows = c.select(
+                        "SELECT commit_lsn, ordinal, lsn, xid, op, schema_name, table_name, topic, key, value, \
+                     headers::text FROM pgcdc.event \
+                     WHERE feed_id = $1 AND (commit_lsn, ordinal) > ($2, $3) \
+                     ORDER BY commit_lsn, ordinal LIMIT $4",
+                        None,
+                        &args,
+                    )?;
+                    for row in cursor_rows {
+                        let key = row.get::<String>(9)?;
+                        let value = row.get::<String>(10)?;
+                        let headers = row.get::<String>(11)?;
+                        bytes += key.as_ref().map_or(0, String::len)
+                            + value.as_ref().map_or(0, String::len)
+                            + headers.as_ref().map_or(0, String::len);
+                        rows.push((
+                            row.get::<PgLsn>(1)?.unwrap_or_default(),
+                            row.get::<i32>(2)?.unwrap_or_default(),
+                            row.get::<PgLsn>(3)?.unwrap_or_default(),
+                            row.get::<i64>(4)?,
+                            row.get::<String>(5)?.unwrap_or_default(),
+                            row.get::<String>(6)?.unwrap_or_default(),
+                            row.get::<String>(7)?.unwrap_or_default(),
+                            row.get::<String>(8)?.unwrap_or_default(),
+                            key.map(JsonText),
+                            value.map(JsonText),
+                            headers.map(JsonText),
+                        ));
+                        if bytes >= READ_BYTE_BUDGET {
+                            break;
+                        }
+                    }
+                    Ok(rows)
+                }))
+            },
+        )
     });
+    // The tables the returned events come from (they may have left the publication since).
+    let tables: BTreeSet<(String, String)> =
+        rows.iter().filter(|r| !r.5.is_empty() && !r.6.is_empty()).map(|r| (r.5.clone(), r.6.clone())).collect();
+    let tables = tables
+        .into_iter()
+        .map(|(schema, table)| {
+            let display = format!("{}.{}", quote_ident(&schema), quote_ident(&table));
+            (relation_oid(&schema, &table), display)
+        })
+        .collect();
+    require_readable(caller, &f, tables);
     TableIterator::new(rows)
 }
 
-/// 42501 unless `role` can SELECT every table the feed's publication publishes now.
-fn require_select_on_publication(role: pg_sys::Oid, feed: &Feed) {
-    let unreadable: Vec<String> = spi_ok(Spi::connect(|c| {
-        let args = [feed.publication.as_str().into(), role.into()];
+/// The tables `publication` publishes now: (oid, display name).
+fn publication_tables(publication: &str) -> Vec<(Option<pg_sys::Oid>, String)> {
+    spi_ok(Spi::connect(|c| {
+        let args = [publication.into()];
         let mut out = Vec::new();
         for row in c.select(
-            "SELECT format('%I.%I', schemaname, tablename) FROM pg_catalog.pg_publication_tables \
-             WHERE pubname = $1 AND NOT pg_catalog.has_table_privilege($2::oid, \
-             format('%I.%I', schemaname, tablename), 'SELECT') ORDER BY 1",
+            "SELECT c.oid, pg_catalog.format('%I.%I', pt.schemaname, pt.tablename) \
+             FROM pg_catalog.pg_publication_tables pt \
+             JOIN pg_catalog.pg_namespace n ON n.nspname = pt.schemaname \
+             JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename \
+             WHERE pt.pubname = $1 ORDER BY 2",
             None,
             &args,
         )? {
-            out.push(row.get::<String>(1)?.unwrap_or_default());
+            out.push((row.get::<pg_sys::Oid>(1)?, row.get::<String>(2)?.unwrap_or_default()));
         }
         Ok(out)
-    }));
+    }))
+}
+
+/// The oid of `schema.table`, if it exists.
+fn relation_oid(schema: &str, table: &str) -> Option<pg_sys::Oid> {
+    let (schema, table) = (CString::new(schema).ok()?, CString::new(table).ok()?);
+    // SAFETY: syscache lookups with NUL-terminated names; missing_ok = true.
+    unsafe {
+        let nsp = pg_sys::get_namespace_oid(schema.as_ptr(), true);
+        if nsp == pg_sys::InvalidOid {
+            return None;
+        }
+        let rel = pg_sys::get_relname_relid(table.as_ptr(), nsp);
+        (rel != pg_sys::InvalidOid).then_some(rel)
+    }
+}
+
+fn quote_ident(s: &str) -> String {
+    let plain = s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if plain {
+        s.to_owned()
+    } else {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    }
+}
+
+/// 42501 unless `role` may see every row of every table in `tables` (oid, display name):
+/// SELECT on the table, and row-level security does not apply to it (pgcdc cannot apply
+/// policies to change events). A table that no longer exists can be read by superusers only.
+fn require_readable(role: pg_sys::Oid, feed: &Feed, tables: Vec<(Option<pg_sys::Oid>, String)>) {
+    if access::is_superuser(role) {
+        return;
+    }
+    let mut unreadable = Vec::new();
+    let mut row_security = Vec::new();
+    let mut gone = Vec::new();
+    for (oid, display) in tables {
+        let Some(oid) = oid else {
+            gone.push(display);
+            continue;
+        };
+        // SAFETY: ACL and RLS lookups in the syscache on the main thread; noError = true.
+        let (select, rls) = unsafe {
+            (
+                pg_sys::pg_class_aclcheck(oid, role, pg_sys::ACL_SELECT as pg_sys::AclMode),
+                pg_sys::check_enable_rls(oid, role, true),
+            )
+        };
+        if select != pg_sys::AclResult::ACLCHECK_OK {
+            unreadable.push(display);
+        } else if rls == pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32 {
+            row_security.push(display);
+        }
+    }
+    let who = access::role_name(role);
     if !unreadable.is_empty() {
         raise(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("permission denied to read feed \"{}\": role {who} cannot SELECT {}", feed.name, unreadable.join(", ")),
+            Some("Reading a feed requires SELECT on every table its publication publishes and on every table its events come from.".into()),
+        );
+    }
+    if !row_security.is_empty() {
+        raise(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             format!(
-                "permission denied to read feed \"{}\": role {} cannot SELECT {}",
+                "permission denied to read feed \"{}\": row-level security applies to role {who} on {}",
                 feed.name,
-                access::role_name(role),
-                unreadable.join(", ")
+                row_security.join(", ")
             ),
-            Some("Reading a feed requires SELECT on every table its publication publishes.".into()),
+            Some("pgcdc cannot apply row security policies to change events: reading needs a role that bypasses them (BYPASSRLS, the table owner without FORCE ROW LEVEL SECURITY, or a superuser).".into()),
+        );
+    }
+    if !gone.is_empty() {
+        raise(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!(
+                "permission denied to read feed \"{}\": its events come from {}, which no longer exist(s)",
+                feed.name,
+                gone.join(", ")
+            ),
+            Some("Only a superuser can read events of dropped or renamed tables; acknowledge past them with pgcdc.ack(feed, commit_lsn, ordinal) to skip them.".into()),
         );
     }
 }
@@ -737,8 +1049,10 @@ fn require_select_on_publication(role: pg_sys::Oid, feed: &Feed) {
 /// `pgcdc.ack(feed, lsn, ordinal)`: see [`crate::position`] for the exact meaning. Returns
 /// how many staged events it removed.
 #[pg_extern(volatile)]
-fn ack(feed: &str, lsn: PgLsn, ordinal: default!(Option<i32>, "NULL")) -> i64 {
-    let caller = access::current_role();
+#[search_path(pg_catalog, pg_temp)]
+fn ack(feed: Option<&str>, lsn: Option<PgLsn>, ordinal: default!(Option<i32>, "NULL")) -> i64 {
+    let feed = required(feed, "feed");
+    let lsn = required(lsn, "lsn");
     if let Some(o) = ordinal {
         if o < 0 {
             raise(
@@ -748,13 +1062,13 @@ fn ack(feed: &str, lsn: PgLsn, ordinal: default!(Option<i32>, "NULL")) -> i64 {
             );
         }
     }
-    let f = access::as_extension_owner(|| lock_by_name(feed)).unwrap_or_else(|| missing_feed(feed));
-    access::require_feed_access(caller, f.owner, &f.name, "acknowledge");
+    let id = authorize(feed, "acknowledge");
     let target = match ordinal {
         Some(o) => AckTarget::UpTo(Position::new(lsn.0, o as u32)),
         None => AckTarget::Transactions(lsn.0),
     };
     access::as_extension_owner(|| {
+        let f = lock_by_id(id, RowLock::NoKeyUpdate).unwrap_or_else(|| missing_feed(feed));
         let (last_staged, complete_lsn): (Option<Position>, Lsn) = spi_ok(Spi::connect(|c| {
             let args = [f.id.into()];
             let mut last = None;
@@ -796,22 +1110,42 @@ fn ack(feed: &str, lsn: PgLsn, ordinal: default!(Option<i32>, "NULL")) -> i64 {
             }
         };
         let removed = spi_ok(Spi::connect_mut(|c| {
-            let args = [f.id.into(), PgLsn(new_acked.commit_lsn).into(), (new_acked.ordinal as i32).into()];
-            let removed = c
+            let args = [
+                f.id.into(),
+                PgLsn(new_acked.commit_lsn).into(),
+                (new_acked.ordinal as i32).into(),
+                PgLsn(f.acked.commit_lsn).into(),
+                (f.acked.ordinal as i32).into(),
+            ];
+            // Everything at or below the previous acknowledged position is gone already: the
+            // lower bound keeps the index scan to the newly acknowledged range.
+            let row = c
                 .update(
                     "WITH gone AS (DELETE FROM pgcdc.event WHERE feed_id = $1 \
-                     AND (commit_lsn, ordinal) <= ($2, $3) RETURNING 1) SELECT count(*) FROM gone",
+                     AND (commit_lsn, ordinal) > ($4, $5) AND (commit_lsn, ordinal) <= ($2, $3) \
+                     RETURNING coalesce(octet_length(value), 0) + coalesce(octet_length(key), 0) AS bytes) \
+                     SELECT count(*), coalesce(sum(bytes), 0)::int8 FROM gone",
                     None,
                     &args,
                 )?
-                .first()
-                .get_one::<i64>()?
-                .unwrap_or(0);
+                .first();
+            let removed = row.get::<i64>(1)?.unwrap_or(0);
+            let bytes = row.get::<i64>(2)?.unwrap_or(0);
             c.update(
                 "UPDATE pgcdc.feed SET acked_lsn = $2, acked_ordinal = $3, acked_at = now() WHERE id = $1",
                 None,
-                &args,
+                &args[..3],
             )?;
+            if removed > 0 {
+                // The worker's queue counters (see pgcdc.feed_runtime).
+                let args = [f.id.into(), removed.into(), bytes.into()];
+                c.update(
+                    "UPDATE pgcdc.feed_runtime SET queued_events = greatest(queued_events - $2, 0), \
+                     queued_bytes = greatest(queued_bytes - $3, 0) WHERE feed_id = $1",
+                    None,
+                    &args,
+                )?;
+            }
             Ok(removed)
         }));
         wake_at_commit(false, Some(f.id));
@@ -826,7 +1160,12 @@ fn current_database() -> String {
         return String::new();
     }
     // SAFETY: NUL-terminated palloc'd string.
-    unsafe { std::ffi::CStr::from_ptr(p) }.to_string_lossy().into_owned()
+    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+fn database_encoding() -> String {
+    // SAFETY: returns a pointer to a static encoding name.
+    unsafe { CStr::from_ptr(pg_sys::GetDatabaseEncodingName()) }.to_string_lossy().into_owned()
 }
 
 fn setting(name: &str) -> Option<String> {

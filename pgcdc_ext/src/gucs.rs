@@ -9,6 +9,7 @@
 //! | `pgcdc.max_staged_bytes` | 1GB | sighup | queue cap in event bytes per feed (0 = none) |
 //! | `pgcdc.status_interval` | 1s | sighup | how often the walsender hears the acknowledged LSN |
 //! | `pgcdc.launcher_interval` | 5s | sighup | launcher reconcile period (it is also woken by SQL calls) |
+//! | `pgcdc.max_event_size` | 1GB - 1kB | sighup | an event whose JSON (key + value + headers) is larger stops its feed with an error instead of being staged (PostgreSQL cannot store a value of 1 GB or more) |
 //! | `pgcdc.replication_conninfo` | empty | sighup | `host=.. port=.. user=.. password=..` for the worker's replication connection; empty = this server's first unix socket as the bootstrap superuser |
 //!
 //! Per feed, `max_staged_rows`, `max_staged_bytes` and `batch_size` can be overridden in the
@@ -25,6 +26,9 @@ pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 pub static MAX_STAGED_ROWS: GucSetting<i32> = GucSetting::<i32>::new(1_000_000);
 /// In kB (GUC_UNIT_KB), so `1GB` in postgresql.conf works.
 pub static MAX_STAGED_BYTES_KB: GucSetting<i32> = GucSetting::<i32>::new(1024 * 1024);
+/// In kB; at most 1 GB - 1 kB, which keeps every staged value below PostgreSQL's 1 GB limit.
+pub static MAX_EVENT_SIZE_KB: GucSetting<i32> = GucSetting::<i32>::new(MAX_EVENT_SIZE_LIMIT_KB);
+pub const MAX_EVENT_SIZE_LIMIT_KB: i32 = 1024 * 1024 - 1;
 pub static STATUS_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
 pub static LAUNCHER_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(5000);
 pub static REPLICATION_CONNINFO: GucSetting<Option<std::ffi::CString>> =
@@ -80,6 +84,16 @@ pub fn init() {
         GucFlags::UNIT_KB,
     );
     GucRegistry::define_int_guc(
+        c"pgcdc.max_event_size",
+        c"Largest event (key + value + headers JSON) a feed stages; a larger one stops the feed with an error.",
+        c"At most 1GB - 1kB: PostgreSQL cannot store a value of 1 GB or more.",
+        &MAX_EVENT_SIZE_KB,
+        1,
+        MAX_EVENT_SIZE_LIMIT_KB,
+        GucContext::Sighup,
+        GucFlags::UNIT_KB,
+    );
+    GucRegistry::define_int_guc(
         c"pgcdc.status_interval",
         c"How often a feed worker reports its acknowledged position to the WAL sender.",
         c"",
@@ -107,6 +121,11 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::SUPERUSER_ONLY,
     );
+}
+
+/// `pgcdc.max_event_size` in bytes.
+pub fn max_event_size() -> usize {
+    MAX_EVENT_SIZE_KB.get().clamp(1, MAX_EVENT_SIZE_LIMIT_KB) as usize * 1024
 }
 
 /// `pgcdc.database` as a Rust string.

@@ -7,7 +7,7 @@
 //! ```text
 //!  _PG_init (postmaster)        registers GUCs and the static launcher
 //!  launcher (pgcdc.database)    reconciles pgcdc.feed with running feed workers,
-//!                               drops replication slots whose feed is gone
+//!                               drops replication slots (pgcdc's own) whose feed is gone
 //!  feed worker (one per feed)   slot --walsender--> stream thread --channel--> main thread:
 //!                               decode, encode Debezium JSON, stage one batch per transaction,
 //!                               NOTIFY, report flush = acknowledged position to the walsender
@@ -17,7 +17,8 @@
 //! Module map: [`gucs`] settings, [`datum`] the `pg_lsn` and `json` datums, [`access`] who may do what,
 //! [`feed`] the catalog and the SQL API, [`position`] the acknowledgement arithmetic (pure),
 //! [`launcher`] and [`worker`] the background workers, [`stream`] the replication thread,
-//! [`queue`] staging, [`catalog`] type/table lookups for the encoder.
+//! [`queue`] staging, [`slot`] the registry of replication slots pgcdc created, [`catalog`]
+//! type/table lookups for the encoder.
 
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
@@ -30,6 +31,7 @@ pub mod gucs;
 pub mod launcher;
 pub mod position;
 pub mod queue;
+pub mod slot;
 pub mod stream;
 pub mod worker;
 

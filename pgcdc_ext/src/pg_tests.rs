@@ -227,6 +227,111 @@ mod tests {
     }
 
     #[pg_test]
+    fn direct_staging_rechecks_the_table_every_batch() {
+        let id = fake_feed("shape");
+        let mut stager = Stager::default();
+        stager.stage(id, &[event(0x100, 1, "{\"a\":1}")]).unwrap();
+        assert!(stager.is_direct());
+
+        // A plain non-unique index: still the fast path, and it must not enforce uniqueness.
+        Spi::run("CREATE INDEX event_feed_only ON pgcdc.event (feed_id)").unwrap();
+        stager.stage(id, &[event(0x100, 4, "{\"a\":4}"), event(0x100, 7, "{\"a\":7}")]).unwrap();
+        assert!(stager.is_direct(), "a plain index keeps the fast path");
+
+        // An expression index needs the executor: the batch goes through SQL.
+        Spi::run("CREATE INDEX event_expr ON pgcdc.event ((length(value)))").unwrap();
+        stager.stage(id, &[event(0x100, 10, "{\"a\":10}")]).unwrap();
+        assert!(!stager.is_direct(), "an expression index: SQL path");
+        Spi::run("DROP INDEX pgcdc.event_expr").unwrap();
+        stager.stage(id, &[event(0x100, 13, "{\"a\":13}")]).unwrap();
+        assert!(stager.is_direct(), "back to the fast path");
+
+        // A column whose type changed: writing int8 datums into it would crash the server.
+        Spi::run("ALTER TABLE pgcdc.event ALTER COLUMN xid TYPE text").unwrap();
+        stager.stage(id, &[event(0x200, 4, "{\"b\":4}")]).unwrap();
+        assert!(!stager.is_direct(), "changed column type: SQL path");
+
+        // Every index saw every row (forced index scans).
+        Spi::run("SET LOCAL enable_seqscan = off").unwrap();
+        Spi::run("SET LOCAL enable_bitmapscan = off").unwrap();
+        let n = Spi::get_one_with_args::<i64>("SELECT count(*) FROM pgcdc.event WHERE feed_id = $1", &[id.into()])
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 6);
+        let rows = Spi::get_one_with_args::<String>(
+            "SELECT string_agg(commit_lsn || '#' || ordinal || '=' || value || ':' || xid, ' ' ORDER BY commit_lsn, ordinal) \
+             FROM pgcdc.event WHERE feed_id = $1",
+            &[id.into()],
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            rows,
+            "0/100#1={\"a\":1}:700 0/100#4={\"a\":4}:700 0/100#7={\"a\":7}:700 0/100#10={\"a\":10}:700 \
+             0/100#13={\"a\":13}:700 0/200#4={\"b\":4}:700"
+        );
+    }
+
+    #[pg_test]
+    fn null_arguments_are_22004() {
+        install_try();
+        let _ = fake_feed("nul");
+        for sql in [
+            "SELECT pgcdc.create_feed(NULL, 'p')",
+            "SELECT pgcdc.create_feed('x', NULL)",
+            "SELECT pgcdc.create_feed('x', 'p', sink => NULL)",
+            "SELECT pgcdc.create_feed('x', 'p', options => NULL)",
+            "SELECT pgcdc.drop_feed(NULL)",
+            "SELECT pgcdc.drop_feed('nul', if_exists => NULL)",
+            "SELECT pgcdc.pause_feed(NULL)",
+            "SELECT pgcdc.resume_feed(NULL)",
+            "SELECT pgcdc.alter_feed(NULL, '{}')",
+            "SELECT pgcdc.alter_feed('nul', NULL)",
+            "SELECT * FROM pgcdc.read(NULL)",
+            "SELECT * FROM pgcdc.read('nul', NULL)",
+            "SELECT pgcdc.ack(NULL, '0/1')",
+            "SELECT pgcdc.ack('nul', NULL)",
+        ] {
+            let got = sqlstate_of(sql);
+            assert!(got.starts_with("22004"), "{sql}: {got}");
+        }
+    }
+
+    #[pg_test]
+    fn a_shadowing_operator_in_the_callers_search_path_is_never_used() {
+        install_try();
+        let _ = fake_feed("shadow");
+        // An operator that would run with the privileges of whoever evaluates it.
+        Spi::run("CREATE SCHEMA evil").unwrap();
+        for (typ, cmp) in [("text", "texteq"), ("integer", "int4eq"), ("oid", "oideq"), ("name", "nameeq")] {
+            Spi::run(&format!(
+                "CREATE FUNCTION evil.eq(a {typ}, b {typ}) RETURNS boolean LANGUAGE plpgsql AS $$ \
+                 BEGIN RAISE EXCEPTION 'shadow operator ran as %', current_user; RETURN pg_catalog.{cmp}(a, b); END $$; \
+                 CREATE OPERATOR evil.= (LEFTARG = {typ}, RIGHTARG = {typ}, FUNCTION = evil.eq)"
+            ))
+            .unwrap();
+        }
+        Spi::run("SET LOCAL search_path = evil, pg_catalog").unwrap();
+        assert!(sqlstate_of("SELECT 'a'::text = 'a'::text").contains("shadow operator ran"), "the trap works");
+        for sql in [
+            "SELECT * FROM pgcdc.read('shadow')",
+            "SELECT pgcdc.ack('shadow', '0/0')",
+            "SELECT pgcdc.alter_feed('shadow', '{\"batch_size\": 10}')",
+            "SELECT pgcdc.pause_feed('shadow')",
+            "SELECT pgcdc.resume_feed('shadow')",
+            "SELECT count(*) FROM pgcdc.feed_status",
+            "SELECT count(*) FROM pgcdc.feeds",
+            "SELECT pgcdc.drop_feed('shadow')",
+            "SELECT pgcdc.drop_feed('shadow', if_exists => true)",
+        ] {
+            let got = sqlstate_of(sql);
+            assert!(!got.contains("shadow operator"), "{sql}: {got}");
+            assert_eq!(got, "ok", "{sql}");
+        }
+        Spi::run("RESET search_path").unwrap();
+    }
+
+    #[pg_test]
     fn other_roles_cannot_use_a_feed_but_its_owner_and_admins_can() {
         install_try();
         let _ = fake_feed("priv");
@@ -241,10 +346,20 @@ mod tests {
             "SELECT pgcdc.create_feed('mine', 'p')",
             "SELECT count(*) FROM pgcdc.event",
             "SELECT count(*) FROM pgcdc.feed",
+            // A feed that does not exist looks the same as one the role may not use.
+            "SELECT * FROM pgcdc.read('no_such_feed')",
+            "SELECT pgcdc.ack('no_such_feed', '0/1')",
+            "SELECT pgcdc.drop_feed('no_such_feed')",
         ] {
             let got = sqlstate_of(sql);
             assert!(got.starts_with("42501"), "{sql}: {got}");
         }
+        assert_eq!(
+            sqlstate_of("SELECT * FROM pgcdc.read('priv')").replace("priv", "X"),
+            sqlstate_of("SELECT * FROM pgcdc.read('no_such_feed')").replace("no_such_feed", "X"),
+            "same message for a foreign and a missing feed"
+        );
+        assert_eq!(Spi::get_one::<bool>("SELECT pgcdc.drop_feed('priv', if_exists => true)").unwrap(), Some(false));
         assert_eq!(
             Spi::get_one::<i64>("SELECT count(*) FROM pgcdc.feeds").unwrap(),
             Some(0),

@@ -1,10 +1,13 @@
 //! Event positions, acknowledgements, and which LSN the walsender may hear. Pure Rust.
 //!
 //! Every staged event has a **position** `(commit_lsn, ordinal)`: the commit LSN of its
-//! transaction and its 1-based ordinal among the records of that transaction; a
-//! non-transactional logical message has its own LSN and ordinal 0 ([`STANDALONE_ORDINAL`]). Positions grow strictly in stream order, and re-decoding the
-//! same WAL with the same options gives the same positions (pgcdc_core guarantees it), so they
-//! identify events across worker restarts and crashes.
+//! transaction and its ordinal within that transaction; a non-transactional logical message
+//! has its own LSN and ordinal 0 ([`STANDALONE_ORDINAL`]). Ordinals are fixed by the WAL
+//! alone, never by the feed's options (pgcdc_core: BEGIN = 1, the i-th change owns 3i+1,
+//! 3i+2 (its tombstone) and 3i+3 (a key change's create), END = i32::MAX - 1), so they have
+//! gaps, and a feed whose options changed (tombstones, transaction metadata, skipped
+//! operations) still recognises what it staged or was acknowledged. Positions grow strictly
+//! in stream order and identify events across worker restarts and crashes.
 //!
 //! ## What `pgcdc.ack` means
 //!
@@ -193,6 +196,12 @@ struct Seen {
 }
 
 /// Computes the flush LSN reported to the walsender: see the module docs.
+///
+/// `pending` holds the transactions not yet fully acknowledged, in stream order. A
+/// transaction with no event (all its changes skipped, or in pgcdc's own tables) never waits
+/// for anything: it is released as soon as everything before it is, and consecutive ones are
+/// merged into one entry, so `pending` is at most about twice the number of transactions
+/// with unacknowledged events (bounded by the queue cap), however many empty ones stream by.
 #[derive(Debug, Default)]
 pub struct Confirmer {
     pending: VecDeque<Seen>,
@@ -228,15 +237,25 @@ impl Confirmer {
     pub fn commit(&mut self, commit_lsn: Lsn, end_lsn: Lsn, last_ordinal: u32, acked: Position) {
         self.in_transaction = false;
         let last = (last_ordinal > 0).then(|| Position::new(commit_lsn, last_ordinal));
-        self.pending.push_back(Seen { end_lsn, last });
+        self.push(Seen { end_lsn, last });
         self.acknowledged(acked);
+    }
+
+    fn push(&mut self, seen: Seen) {
+        if seen.last.is_none() {
+            if let Some(back) = self.pending.back_mut().filter(|b| b.last.is_none()) {
+                back.end_lsn = back.end_lsn.max(seen.end_lsn);
+                return;
+            }
+        }
+        self.pending.push_back(seen);
     }
 
     /// A non-transactional logical message at `lsn` (the end of its WAL record), staged at
     /// `last` (None: it produced no event). Confirming `lsn` skips it after a restart only
     /// once it is acknowledged.
     pub fn standalone(&mut self, lsn: Lsn, last: Option<Position>, acked: Position) {
-        self.pending.push_back(Seen { end_lsn: lsn, last });
+        self.push(Seen { end_lsn: lsn, last });
         self.acknowledged(acked);
     }
 
@@ -322,6 +341,46 @@ mod tests {
         assert_eq!(c.confirmable(), Lsn::ZERO);
         c.acknowledged(Position::whole(l(100)));
         assert_eq!(c.confirmable(), l(158));
+    }
+
+    #[test]
+    fn empty_transactions_never_block_and_are_merged() {
+        let mut c = Confirmer::new();
+        // T1 has an unacknowledged event; a million empty transactions follow (e.g. acks
+        // seen through a FOR ALL TABLES publication, or changes all skipped).
+        c.commit(l(100), l(108), 4, Position::ZERO);
+        for i in 0..1_000_000u64 {
+            c.begin();
+            c.commit(l(200 + 10 * i), l(208 + 10 * i), 0, Position::ZERO);
+        }
+        assert_eq!(c.pending.len(), 2, "the empty transactions are one entry");
+        c.acknowledged(Position::new(l(100), 4));
+        assert_eq!(c.confirmable(), l(208 + 10 * 999_999), "T1 done: everything after it too");
+        assert_eq!(c.unconfirmed(), 0);
+        // With nothing pending, an empty transaction is confirmed at once.
+        c.commit(l(20_000_000), l(20_000_008), 0, Position::new(l(100), 4));
+        assert_eq!(c.confirmable(), l(20_000_008));
+        // Empty transactions between two with events stay between them.
+        c.commit(l(30_000_000), l(30_000_008), 1, Position::ZERO);
+        c.commit(l(30_000_100), l(30_000_108), 0, Position::ZERO);
+        c.commit(l(30_000_200), l(30_000_208), 4, Position::ZERO);
+        c.commit(l(30_000_300), l(30_000_308), 0, Position::ZERO);
+        c.acknowledged(Position::new(l(30_000_000), 1));
+        assert_eq!(c.confirmable(), l(30_000_108));
+        c.acknowledged(Position::new(l(30_000_200), 4));
+        assert_eq!(c.confirmable(), l(30_000_308));
+    }
+
+    #[test]
+    fn ordinals_with_gaps_release_a_transaction_at_its_last_record() {
+        // A transaction of two deletes without tombstones: records at 4 and 7 (pgcdc_core).
+        let mut c = Confirmer::new();
+        c.begin();
+        c.commit(l(100), l(108), 7, Position::ZERO);
+        c.acknowledged(Position::new(l(100), 4));
+        assert_eq!(c.confirmable(), Lsn::ZERO);
+        c.acknowledged(Position::new(l(100), 7));
+        assert_eq!(c.confirmable(), l(108));
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! Staging: events into the UNLOGGED queue `pgcdc.event`, wake-ups and NOTIFY payloads.
 //!
-//! One batch = one `INSERT .. SELECT FROM unnest(arrays)` through a plan prepared once per
-//! worker, inside the batch's transaction. Events are stored as JSON **text** (not jsonb:
-//! about 3x cheaper to stage); `pgcdc.read` returns them as `json` without re-parsing.
+//! One batch = one pass of the table AM's `multi_insert` plus index insertion (the fast path,
+//! re-validated against the table under the batch's lock every time, see [`Stager`]), or one
+//! `INSERT .. SELECT FROM unnest(arrays)` through a plan prepared once per worker, inside the
+//! batch's transaction. Events are stored as JSON **text** (not jsonb: about 3x cheaper to
+//! stage); `pgcdc.read` returns them as `json` without re-parsing.
 
 use std::sync::Arc;
 
@@ -74,9 +76,24 @@ impl Row {
         }
     }
 
-    /// Bytes this row adds to the queue (for the byte cap).
+    /// Bytes this row adds to the queue (for the byte cap): key and value JSON.
     pub fn size(&self) -> i64 {
         (self.value.as_ref().map_or(0, String::len) + self.key.as_ref().map_or(0, String::len)) as i64
+    }
+
+    /// Whether the row can be staged: its JSON (key + value + headers) is at most
+    /// `max_bytes` and its headers are valid JSON (they are stored as jsonb). Err: why not.
+    pub fn check(&self, max_bytes: usize) -> Result<(), String> {
+        let total = self.size() as usize + self.headers.as_ref().map_or(0, String::len);
+        if total > max_bytes {
+            return Err(format!("its JSON is {total} bytes, more than pgcdc.max_event_size ({max_bytes} bytes)"));
+        }
+        if let Some(h) = &self.headers {
+            if let Err(e) = serde_json::from_str::<&serde_json::value::RawValue>(h) {
+                return Err(format!("its headers are not valid JSON ({e})"));
+            }
+        }
+        Ok(())
     }
 
     /// The NOTIFY payload of this event (notify sink): position, topic, key and value, or a
@@ -113,43 +130,43 @@ const INSERT_SQL: &str = "INSERT INTO pgcdc.event \
             unnest($6::text[]), unnest($7::text[]), unnest($8::text[]), unnest($9::text[]), \
             unnest($10::text[]), unnest($11::text[]), unnest($12::text[])::jsonb";
 
-/// The columns of `pgcdc.event`, in order, that the direct path fills.
-const EVENT_COLUMNS: &[&str] = &[
-    "feed_id",
-    "commit_lsn",
-    "ordinal",
-    "lsn",
-    "xid",
-    "op",
-    "schema_name",
-    "table_name",
-    "topic",
-    "key",
-    "value",
-    "headers",
-    "staged_at",
+/// The columns of `pgcdc.event`, in order, that the direct path fills, with their types
+/// and whether they may be NULL.
+const EVENT_COLUMNS: &[(&str, pg_sys::Oid, bool)] = &[
+    ("feed_id", pg_sys::INT4OID, false),
+    ("commit_lsn", pg_sys::PG_LSNOID, false),
+    ("ordinal", pg_sys::INT4OID, false),
+    ("lsn", pg_sys::PG_LSNOID, false),
+    ("xid", pg_sys::INT8OID, true),
+    ("op", pg_sys::TEXTOID, false),
+    ("schema_name", pg_sys::TEXTOID, false),
+    ("table_name", pg_sys::TEXTOID, false),
+    ("topic", pg_sys::TEXTOID, false),
+    ("key", pg_sys::TEXTOID, true),
+    ("value", pg_sys::TEXTOID, true),
+    ("headers", pg_sys::JSONBOID, true),
+    ("staged_at", pg_sys::TIMESTAMPTZOID, false),
 ];
 
 /// Rows per `multi_insert` call.
 const CHUNK: usize = 1000;
 
 /// Stages batches of events. The fast path writes heap tuples straight through the table
-/// access method's `multi_insert` (as COPY does) and inserts their index entries; it is
-/// used when `pgcdc.event` has exactly the columns above and only plain column indexes.
-/// Otherwise (someone altered the table) it falls back to an SPI `INSERT .. SELECT
-/// unnest(..)` through a plan prepared once per worker. Either way the rows are in the
-/// current transaction and visible at its commit.
+/// access method's `multi_insert` (as COPY does) and inserts their index entries. It trusts
+/// nothing it saw earlier: **every batch**, under the batch's RowExclusiveLock (taking the
+/// lock processes pending invalidations, so the relcache entry is current and no ALTER
+/// TABLE can run until commit), it re-checks from the relcache that `pgcdc.event` has
+/// exactly the columns above (names, types, no dropped or generated ones, no NOT NULL or
+/// CHECK constraint the rows could violate, no triggers or rules) and that every index is a
+/// plain, immediate column index ([`open_direct`]). Otherwise (someone altered the table,
+/// added an expression or partial index, ...) that batch goes through an SPI `INSERT ..
+/// SELECT unnest(..)` (plan prepared once per worker), which PostgreSQL checks fully.
+/// Either way the rows are in the current transaction and visible at its commit.
 #[derive(Default)]
 pub struct Stager {
-    probed: bool,
-    direct: Option<Direct>,
     insert: Option<OwnedPreparedStatement>,
-}
-
-/// What the fast path needs: the table and its indexes.
-struct Direct {
-    relid: pg_sys::Oid,
-    indexes: Vec<pg_sys::Oid>,
+    /// Whether the last batch took the fast path (for tests).
+    last_direct: bool,
 }
 
 impl Stager {
@@ -158,24 +175,22 @@ impl Stager {
         if rows.is_empty() {
             return Ok(());
         }
-        if !self.probed {
-            self.direct = probe_direct()?;
-            self.probed = true;
-        }
-        match &self.direct {
-            // SAFETY: probe_direct checked the table's shape; we are in a transaction on the
-            // main thread.
-            Some(d) => {
-                unsafe { d.insert(feed_id, rows) };
+        // SAFETY: in a transaction on the main thread; open_direct validates the table.
+        let target = unsafe { open_direct() };
+        self.last_direct = target.is_some();
+        match target {
+            Some(t) => {
+                // SAFETY: `t` was validated under the lock it holds.
+                unsafe { t.insert(feed_id, rows) };
                 Ok(())
             }
             None => self.stage_spi(feed_id, rows),
         }
     }
 
-    /// Whether the fast path is in use (for tests).
+    /// Whether the last batch took the fast path (for tests).
     pub fn is_direct(&self) -> bool {
-        self.direct.is_some()
+        self.last_direct
     }
 
     fn stage_spi(&mut self, feed_id: i32, rows: &[Row]) -> Result<(), pgrx::spi::Error> {
@@ -244,31 +259,112 @@ impl Stager {
     }
 }
 
-/// The fast path applies if `pgcdc.event` has exactly [`EVENT_COLUMNS`] (no dropped ones)
-/// and its indexes are plain column indexes.
-fn probe_direct() -> Result<Option<Direct>, pgrx::spi::Error> {
-    Spi::connect(|c| {
-        let row = c
-            .select(
-                "SELECT 'pgcdc.event'::regclass::oid, \
-                 (SELECT array_agg(CASE WHEN attisdropped THEN '' ELSE attname::text END ORDER BY attnum) \
-                  FROM pg_catalog.pg_attribute WHERE attrelid = 'pgcdc.event'::regclass AND attnum > 0), \
-                 (SELECT array_agg(indexrelid) FROM pg_catalog.pg_index \
-                  WHERE indrelid = 'pgcdc.event'::regclass AND indexprs IS NULL AND indpred IS NULL), \
-                 (SELECT count(*) FROM pg_catalog.pg_index WHERE indrelid = 'pgcdc.event'::regclass), \
-                 (SELECT count(*) FROM pg_catalog.pg_trigger WHERE tgrelid = 'pgcdc.event'::regclass)",
-                None,
-                &[],
-            )?
-            .first();
-        let relid = row.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid);
-        let columns = row.get::<Vec<String>>(2)?.unwrap_or_default();
-        let indexes = row.get::<Vec<pg_sys::Oid>>(3)?.unwrap_or_default();
-        let all_indexes = row.get::<i64>(4)?.unwrap_or(0);
-        let triggers = row.get::<i64>(5)?.unwrap_or(0);
-        let shape_ok = columns.iter().map(String::as_str).eq(EVENT_COLUMNS.iter().copied());
-        Ok((shape_ok && indexes.len() as i64 == all_indexes && triggers == 0).then_some(Direct { relid, indexes }))
-    })
+/// `pgcdc.event` opened for the fast path, with its indexes (all locked until commit).
+struct Direct {
+    rel: pg_sys::Relation,
+    /// Index, its IndexInfo, and whether it enforces uniqueness.
+    indexes: Vec<(pg_sys::Relation, *mut pg_sys::IndexInfo, bool)>,
+}
+
+/// The oid of `pgcdc.event` now (InvalidOid if it does not exist).
+fn event_relid() -> pg_sys::Oid {
+    // SAFETY: syscache lookups with NUL-terminated names; missing_ok = true.
+    unsafe {
+        let nsp = pg_sys::get_namespace_oid(c"pgcdc".as_ptr(), true);
+        if nsp == pg_sys::InvalidOid {
+            return pg_sys::InvalidOid;
+        }
+        pg_sys::get_relname_relid(c"event".as_ptr(), nsp)
+    }
+}
+
+/// Whether the (locked) relation has exactly the shape the fast path writes.
+///
+/// # Safety
+/// `rel` is open and locked, on the main thread.
+unsafe fn shape_ok(rel: pg_sys::Relation) -> bool {
+    // SAFETY: reads of the open relation's relcache entry.
+    unsafe {
+        let form = &*(*rel).rd_rel;
+        if form.relkind != pg_sys::RELKIND_RELATION as std::ffi::c_char
+            || form.relhastriggers
+            || form.relhasrules
+            || !(*rel).trigdesc.is_null()
+            || !(*rel).rd_rules.is_null()
+        {
+            return false;
+        }
+        let desc = (*rel).rd_att;
+        if (*desc).natts as usize != EVENT_COLUMNS.len() {
+            return false;
+        }
+        let constr = (*desc).constr;
+        if !constr.is_null() && ((*constr).num_check > 0 || (*constr).has_generated_stored) {
+            return false;
+        }
+        let attrs = (*desc).attrs.as_slice(EVENT_COLUMNS.len());
+        attrs.iter().zip(EVENT_COLUMNS).all(|(a, &(name, typ, nullable))| {
+            let attname = std::ffi::CStr::from_ptr(a.attname.data.as_ptr());
+            !a.attisdropped
+                && a.attgenerated == 0
+                && a.atttypid == typ
+                && attname.to_bytes() == name.as_bytes()
+                // The fast path writes NULLs only where the table allows them.
+                && !(nullable && a.attnotnull)
+        })
+    }
+}
+
+/// Opens `pgcdc.event` and its indexes for the fast path, or None when the fast path does
+/// not apply to the table as it is now (the caller then uses SQL).
+///
+/// # Safety
+/// In a transaction, on the main thread.
+unsafe fn open_direct() -> Option<Direct> {
+    let relid = event_relid();
+    if relid == pg_sys::InvalidOid {
+        return None;
+    }
+    let lock = pg_sys::RowExclusiveLock as pg_sys::LOCKMODE;
+    // SAFETY: standard relation opening; the lock is kept until commit (NoLock closes), so
+    // nothing validated below can change before the batch is written.
+    unsafe {
+        let rel = pg_sys::table_open(relid, lock);
+        if !shape_ok(rel) {
+            pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+            return None;
+        }
+        let list = pg_sys::RelationGetIndexList(rel);
+        let mut indexes = Vec::new();
+        let mut ok = true;
+        for i in 0..pg_sys::list_length(list) {
+            let irel = pg_sys::index_open(pg_sys::list_nth_oid(list, i), lock);
+            let info = pg_sys::BuildIndexInfo(irel);
+            let index = &*(*irel).rd_index;
+            let plain = (*info).ii_Expressions.is_null()
+                && (*info).ii_Predicate.is_null()
+                && (*info).ii_ExclusionOps.is_null()
+                && (!index.indisunique || index.indimmediate);
+            if !plain {
+                ok = false;
+            }
+            // An index being built concurrently takes no entries yet (as in the executor).
+            if (*info).ii_ReadyForInserts {
+                indexes.push((irel, info, index.indisunique));
+            } else {
+                pg_sys::index_close(irel, pg_sys::NoLock as pg_sys::LOCKMODE);
+            }
+        }
+        pg_sys::list_free(list);
+        if !ok {
+            for (irel, _, _) in indexes {
+                pg_sys::index_close(irel, pg_sys::NoLock as pg_sys::LOCKMODE);
+            }
+            pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+            return None;
+        }
+        Some(Direct { rel, indexes })
+    }
 }
 
 /// A palloc'd `text` datum.
@@ -289,22 +385,15 @@ unsafe fn jsonb_datum(s: &str) -> pg_sys::Datum {
 
 impl Direct {
     /// # Safety
-    /// In a transaction, on the main thread, with `self` from [`probe_direct`].
-    unsafe fn insert<'r>(&self, feed_id: i32, rows: &'r [Row]) {
-        // SAFETY: (whole body) standard table-AM insertion as COPY FROM does it: open with
-        // RowExclusiveLock, multi_insert virtual slots, then one index entry per tuple and
-        // index; everything is released below or by transaction abort on ERROR.
+    /// In a transaction, on the main thread, with `self` from [`open_direct`] (this
+    /// transaction, lock held).
+    unsafe fn insert<'r>(self, feed_id: i32, rows: &'r [Row]) {
+        // SAFETY: (whole body) standard table-AM insertion as COPY FROM does it:
+        // multi_insert virtual slots, then one index entry per tuple and index; everything
+        // is released below or by transaction abort on ERROR. The locks stay until commit.
         unsafe {
-            let lock = pg_sys::RowExclusiveLock as pg_sys::LOCKMODE;
-            let rel = pg_sys::table_open(self.relid, lock);
-            let indexes: Vec<(pg_sys::Relation, *mut pg_sys::IndexInfo)> = self
-                .indexes
-                .iter()
-                .map(|&oid| {
-                    let irel = pg_sys::index_open(oid, lock);
-                    (irel, pg_sys::BuildIndexInfo(irel))
-                })
-                .collect();
+            let rel = self.rel;
+            let natts = EVENT_COLUMNS.len();
             let multi_insert = (*(*rel).rd_tableam).multi_insert.expect("table AM without multi_insert");
             let bistate = pg_sys::GetBulkInsertState();
             let cid = pg_sys::GetCurrentCommandId(true);
@@ -331,8 +420,8 @@ impl Direct {
                     };
                     for (&slot, r) in slots.iter().zip(chunk) {
                         pg_sys::ExecClearTuple(slot);
-                        let values = std::slice::from_raw_parts_mut((*slot).tts_values, EVENT_COLUMNS.len());
-                        let nulls = std::slice::from_raw_parts_mut((*slot).tts_isnull, EVENT_COLUMNS.len());
+                        let values = std::slice::from_raw_parts_mut((*slot).tts_values, natts);
+                        let nulls = std::slice::from_raw_parts_mut((*slot).tts_isnull, natts);
                         let opt = |s: Option<&str>, f: unsafe fn(&str) -> pg_sys::Datum| match s {
                             Some(s) => (f(s), false),
                             None => (pg_sys::Datum::from(0usize), true),
@@ -365,7 +454,7 @@ impl Direct {
                     let mut ivalues = [pg_sys::Datum::from(0usize); pg_sys::INDEX_MAX_KEYS as usize];
                     let mut inulls = [false; pg_sys::INDEX_MAX_KEYS as usize];
                     for &slot in &slots[..chunk.len()] {
-                        for &(irel, info) in &indexes {
+                        for &(irel, info, unique) in &self.indexes {
                             pg_sys::FormIndexDatum(
                                 info,
                                 slot,
@@ -373,13 +462,19 @@ impl Direct {
                                 ivalues.as_mut_ptr(),
                                 inulls.as_mut_ptr(),
                             );
+                            // As the executor does: only unique indexes check uniqueness.
+                            let check = if unique {
+                                pg_sys::IndexUniqueCheck::UNIQUE_CHECK_YES
+                            } else {
+                                pg_sys::IndexUniqueCheck::UNIQUE_CHECK_NO
+                            };
                             pg_sys::index_insert(
                                 irel,
                                 ivalues.as_mut_ptr(),
                                 inulls.as_mut_ptr(),
                                 &mut (*slot).tts_tid,
                                 rel,
-                                pg_sys::IndexUniqueCheck::UNIQUE_CHECK_YES,
+                                check,
                                 false,
                                 info,
                             );
@@ -392,7 +487,7 @@ impl Direct {
                 pg_sys::ExecDropSingleTupleTableSlot(slot);
             }
             pg_sys::FreeBulkInsertState(bistate);
-            for (irel, _) in indexes {
+            for (irel, _, _) in self.indexes {
                 pg_sys::index_close(irel, pg_sys::NoLock as pg_sys::LOCKMODE);
             }
             pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
@@ -436,7 +531,21 @@ pub fn last_staged(feed_id: i32) -> Result<Option<Position>, pgrx::spi::Error> {
     })
 }
 
-/// Staged events and their bytes (key + value) for a feed.
+/// The feed's queue counters (`pgcdc.feed_runtime.queued_*`): events and bytes.
+pub fn queued_counters(feed_id: i32) -> (i64, i64) {
+    crate::feed::spi_ok(Spi::connect(|c| {
+        let args = [feed_id.into()];
+        let mut out = (0, 0);
+        for row in
+            c.select("SELECT queued_events, queued_bytes FROM pgcdc.feed_runtime WHERE feed_id = $1", None, &args)?
+        {
+            out = (row.get::<i64>(1)?.unwrap_or(0), row.get::<i64>(2)?.unwrap_or(0));
+        }
+        Ok(out)
+    }))
+}
+
+/// Staged events and their bytes (key + value) for a feed, counted in the queue.
 pub fn staged_totals(feed_id: i32) -> Result<(i64, i64), pgrx::spi::Error> {
     Spi::connect(|c| {
         let args = [feed_id.into()];

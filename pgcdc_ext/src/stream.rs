@@ -14,9 +14,14 @@
 //! is full (the worker is at its queue cap, or slower than the walsender) the thread stops
 //! reading the stream and pgwire-replication keeps sending status updates, so the walsender
 //! waits instead of timing out; WAL is retained.
+//!
+//! Memory: the channel is bounded by items ([`CHANNEL_CAPACITY`]) **and by bytes**
+//! ([`CHANNEL_BYTES`] of pgoutput payload; one item is always let through, however big), and
+//! pgwire-replication's own buffer holds at most [`PGWIRE_BUFFER_EVENTS`] messages. A stream
+//! of huge (TOASTed) rows therefore holds a few of them in memory, not gigabytes.
 
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -28,6 +33,18 @@ use pgwire_replication::{PgWireError, ReplicationClient, ReplicationConfig, Repl
 
 /// How many items may wait between the threads.
 const CHANNEL_CAPACITY: usize = 16 * 1024;
+
+/// How many payload bytes may wait between the threads (one item always passes).
+pub const CHANNEL_BYTES: usize = 64 << 20;
+
+/// pgwire-replication's buffer between its socket reader and our thread, in messages.
+const PGWIRE_BUFFER_EVENTS: usize = 64;
+
+/// Settings of the walsender session that change how pgoutput renders values as text:
+/// pinned to PostgreSQL's defaults (what the decoder expects), whatever `ALTER DATABASE`
+/// or `ALTER ROLE ... SET` says.
+const WALSENDER_OPTIONS: &str =
+    "-c datestyle=ISO,MDY -c intervalstyle=postgres -c extra_float_digits=1 -c bytea_output=hex";
 
 /// What the stream thread passes to the main thread, in stream order.
 #[derive(Debug)]
@@ -56,6 +73,17 @@ pub enum Item {
     KeepAlive {
         wal_end: Lsn,
     },
+}
+
+impl Item {
+    /// Bytes this item holds (for the channel's byte bound).
+    fn size(&self) -> usize {
+        match self {
+            Item::Data { data, .. } => data.len(),
+            Item::Message { prefix, content, .. } => prefix.len() + content.len(),
+            _ => 0,
+        }
+    }
 }
 
 /// Why the stream ended.
@@ -147,6 +175,13 @@ impl Connection {
         Ok(())
     }
 
+    /// The publication as an identifier for `publication_names` (which the walsender
+    /// splits like an identifier list): always double-quoted, so case, commas and spaces
+    /// survive. pgwire-replication escapes the single quotes of the option's string literal.
+    fn quoted_publication(&self) -> String {
+        format!("\"{}\"", self.publication.replace('"', "\"\""))
+    }
+
     fn config(&self) -> ReplicationConfig {
         let cfg = if self.host.starts_with('/') {
             ReplicationConfig::unix(
@@ -156,7 +191,7 @@ impl Connection {
                 self.password.clone(),
                 self.database.clone(),
                 self.slot.clone(),
-                self.publication.clone(),
+                self.quoted_publication(),
             )
         } else {
             ReplicationConfig::new(
@@ -165,13 +200,15 @@ impl Connection {
                 self.password.clone(),
                 self.database.clone(),
                 self.slot.clone(),
-                self.publication.clone(),
+                self.quoted_publication(),
             )
             .with_port(self.port)
         };
         cfg.with_status_interval(self.status_interval)
             .with_wakeup_interval(self.status_interval)
             .with_application_name(self.application_name.clone())
+            .with_buffer_size(PGWIRE_BUFFER_EVENTS)
+            .with_options(WALSENDER_OPTIONS)
     }
 }
 
@@ -181,6 +218,8 @@ struct Shared {
     confirm: AtomicU64,
     /// The main thread is (about to be) waiting: write to the pipe to wake it.
     sleeping: AtomicBool,
+    /// Payload bytes of the items in the channel.
+    queued_bytes: AtomicUsize,
     wake_wr: RawFd,
     end: Mutex<Option<StreamError>>,
 }
@@ -221,6 +260,7 @@ impl Stream {
             stop: AtomicBool::new(false),
             confirm: AtomicU64::new(0),
             sleeping: AtomicBool::new(false),
+            queued_bytes: AtomicUsize::new(0),
             wake_wr,
             end: Mutex::new(None),
         });
@@ -274,7 +314,9 @@ impl Stream {
     }
 
     pub fn try_recv(&self) -> Option<Item> {
-        self.rx.try_recv().ok()
+        let item = self.rx.try_recv().ok()?;
+        self.shared.queued_bytes.fetch_sub(item.size(), Ordering::SeqCst);
+        Some(item)
     }
 
     pub fn pending(&self) -> usize {
@@ -362,10 +404,23 @@ async fn stream_loop(conn: Connection, shared: &Shared, tx: Sender<Item>) -> Opt
             Ok(Err(e)) => return Some(StreamError::from_pgwire(e)),
         };
         let Some(mut item) = convert(event) else { continue };
-        // Forward, waiting (while pgwire keeps the session alive) when the channel is full.
+        let size = item.size();
+        // Forward, waiting (while pgwire keeps the session alive) when the channel is full:
+        // CHANNEL_CAPACITY items, or CHANNEL_BYTES unless it is empty.
         let mut backoff = Duration::from_millis(1);
         loop {
-            match tx.try_send(item) {
+            let over_bytes =
+                !tx.is_empty() && shared.queued_bytes.load(Ordering::SeqCst).saturating_add(size) > CHANNEL_BYTES;
+            let sent = if over_bytes {
+                Err(TrySendError::Full(item))
+            } else {
+                // Counted before the send, so the receiver never subtracts first.
+                shared.queued_bytes.fetch_add(size, Ordering::SeqCst);
+                tx.try_send(item).inspect_err(|_| {
+                    shared.queued_bytes.fetch_sub(size, Ordering::SeqCst);
+                })
+            };
+            match sent {
                 Ok(()) => {
                     shared.wake();
                     break;
@@ -440,5 +495,33 @@ mod tests {
         c.apply_conninfo("host=127.0.0.1 port=5433 user=repl password='pw'").unwrap();
         assert_eq!((c.host.as_str(), c.port, c.user.as_str(), c.password.as_str()), ("127.0.0.1", 5433, "repl", "pw"));
         assert!(c.apply_conninfo("sslmode=require").is_err());
+    }
+
+    #[test]
+    fn publication_names_are_quoted_identifiers() {
+        let mut c = Connection {
+            host: "/tmp".into(),
+            port: 5432,
+            user: "postgres".into(),
+            password: String::new(),
+            database: "db".into(),
+            slot: "s".into(),
+            publication: "Shop".into(),
+            application_name: "a".into(),
+            status_interval: Duration::from_secs(1),
+        };
+        assert_eq!(c.quoted_publication(), "\"Shop\"");
+        c.publication = "we\"ird, 'name'".into();
+        assert_eq!(c.quoted_publication(), "\"we\"\"ird, 'name'\"");
+    }
+
+    #[test]
+    fn item_sizes_count_payload_bytes() {
+        let data = Item::Data { wal_start: Lsn(1), data: Bytes::from(vec![0u8; 1000]) };
+        assert_eq!(data.size(), 1000);
+        let msg =
+            Item::Message { transactional: true, lsn: Lsn(1), prefix: "p".into(), content: Bytes::from_static(b"abc") };
+        assert_eq!(msg.size(), 4);
+        assert_eq!(Item::KeepAlive { wal_end: Lsn(1) }.size(), 0);
     }
 }

@@ -2,16 +2,29 @@
 //! (`pgcdc feed <name>` in `pg_stat_activity.backend_type`/`application_name`).
 //!
 //! ```text
-//!  start:  feed row (exit 0 unless running) -> advisory lock (one worker per feed)
+//!  start:  search_path pinned; in recovery (hot standby): exit 0
+//!          feed row (exit 0 unless running) -> advisory lock (one worker per feed)
 //!          -> slot/publication checks (missing or invalidated: error state, exit 0)
 //!          -> dedupe floor = max(acked, last staged) -> stream thread
 //!  loop:   wait (latch | pipe | 1 s) -> one transaction:
 //!            re-read the feed row (paused/dropped: exit 0; options changed: exit 1 = restart)
 //!            queue at its cap? stop draining (WAL is retained) until acks make room
-//!            drain <= batch_size items: decode, encode, skip positions <= floor
-//!            INSERT the batch, NOTIFY, update pgcdc.feed_runtime
-//!          commit -> confirm to the walsender what is fully acknowledged (position.rs)
+//!            drain <= batch_size items and <= BATCH_BYTES of JSON: decode, encode,
+//!              skip positions <= floor
+//!            lock the feed row FOR KEY SHARE (dropped meanwhile: stage nothing, exit 0)
+//!            INSERT the batch, NOTIFY, update pgcdc.feed_runtime (+ queue counters)
+//!          commit -> acks moved? XLogFlush (the ack is durable before the slot moves)
+//!                 -> confirm to the walsender what is fully acknowledged (position.rs)
 //! ```
+//!
+//! The worker's records never include pgcdc's own tables (`Encoder::exclude_schema`): a
+//! `FOR ALL TABLES` publication would otherwise feed every acknowledgement (an UPDATE of
+//! `pgcdc.feed`) back into the stream.
+//!
+//! Poison events: an event whose JSON (key + value + headers) exceeds
+//! `pgcdc.max_event_size` (at most 1 GB, PostgreSQL's limit for one value), or whose headers
+//! are not valid JSON, cannot be staged: the feed goes to the `error` state with a
+//! `last_error` naming the event and how to go on, instead of a restart loop.
 //!
 //! Exit codes: 0 = done for good (feed paused, dropped or in error, or another worker owns
 //! the feed); 1 = restart me (the postmaster restarts dynamic workers after 1 s): a lost
@@ -29,6 +42,7 @@ use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
+use crate::access;
 use crate::catalog::SpiCatalog;
 use crate::datum::PgLsn;
 use crate::feed::{self, Feed, FeedOptions, FeedState, Sink};
@@ -45,6 +59,14 @@ pub fn in_transaction<R>(f: impl FnOnce() -> R) -> R {
 
 /// The extension's schema (pgcdc.control): its tables are never staged.
 const EXTENSION_SCHEMA: &str = "pgcdc";
+
+/// A batch stops growing once its events' JSON reaches this many bytes (memory bound of one
+/// staging transaction; one event is always taken).
+pub const BATCH_BYTES: i64 = 64 << 20;
+
+/// While at the queue cap, the tracked queue counters are checked against the queue itself
+/// this often (they drift only if someone deletes from pgcdc.event by hand).
+const CAP_RECOUNT: Duration = Duration::from_secs(60);
 
 /// `bgw_type` of feed workers.
 pub const WORKER_TYPE: &str = "pgcdc feed";
@@ -63,6 +85,17 @@ pub extern "C-unwind" fn pgcdc_feed_worker_main(arg: pg_sys::Datum) {
     let feed_id = arg.value() as i32;
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     BackgroundWorker::connect_worker_to_spi(Some(&gucs::database()), None);
+    // Database/role settings (ALTER DATABASE ... SET search_path) applied at connection
+    // must not change what this superuser process's SQL means.
+    access::pin_search_path_for_process();
+    // SAFETY: a read of shared recovery state.
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        // A hot standby (or a server still recovering): feeds run on the primary only.
+        // Exit 0: no restart loop; the launcher starts feeds again after promotion.
+        log!("pgcdc feed {feed_id}: the server is in recovery; not starting");
+        // SAFETY: ends this worker process without restart.
+        unsafe { pg_sys::proc_exit(0) }
+    }
 
     let code = PgTryBuilder::new(|| run(feed_id))
         .catch_others(|err| {
@@ -126,12 +159,25 @@ struct Worker {
     /// Events at or below this position are downstream already (dedupe after restarts).
     floor: Position,
     last_staged: Option<Position>,
-    /// Highest ordinal of the open transaction (counting skipped duplicates).
+    /// Highest ordinal of the open transaction's records (counting skipped duplicates:
+    /// they are downstream already). Ordinals have gaps (pgcdc_core): this is a position,
+    /// not a count.
     tx_last_ordinal: u32,
     complete_lsn: Lsn,
     received_lsn: Lsn,
+    /// The feed's events and their bytes in the queue: pgcdc.feed_runtime.queued_* as last
+    /// read, plus what this worker put in the queue since (acks since then not subtracted:
+    /// an over-estimate, refreshed when it reaches the cap).
     staged_rows: i64,
     staged_bytes: i64,
+    /// Staged but not yet added to pgcdc.feed_runtime.queued_* (written with the batch).
+    unwritten_rows: i64,
+    unwritten_bytes: i64,
+    /// When the counters were last checked against the queue.
+    counted_at: Instant,
+    /// The WAL insert position when a new acknowledged position was read: flushed before
+    /// the walsender hears of it.
+    ack_seen_at: Option<pg_sys::XLogRecPtr>,
     /// Events this worker process has staged.
     staged_total: i64,
     at_cap: bool,
@@ -240,6 +286,8 @@ impl Worker {
         }
 
         let last_staged = feed::spi_ok(queue::last_staged(feed_id));
+        // One count at start (the queue may hold events of an earlier worker); from then on
+        // the counters in pgcdc.feed_runtime are kept up to date incrementally.
         let (staged_rows, staged_bytes) = feed::spi_ok(queue::staged_totals(feed_id));
         let failures: i32 = feed::spi_ok(Spi::connect(|c| {
             let args = [feed_id.into()];
@@ -254,7 +302,8 @@ impl Worker {
             set_error(feed_id, &e);
             0
         })?;
-        let encoder = Encoder::new(options.encoder.clone(), &dbname);
+        let mut encoder = Encoder::new(options.encoder.clone(), &dbname);
+        encoder.exclude_schema(EXTENSION_SCHEMA);
         let worker = Worker {
             acked: feed.acked,
             floor: dedupe_floor(feed.acked, last_staged),
@@ -272,6 +321,10 @@ impl Worker {
             received_lsn: Lsn::ZERO,
             staged_rows,
             staged_bytes,
+            unwritten_rows: 0,
+            unwritten_bytes: 0,
+            counted_at: Instant::now(),
+            ack_seen_at: None,
             staged_total: 0,
             at_cap: false,
             failures,
@@ -280,7 +333,20 @@ impl Worker {
             notified: Position::ZERO,
         };
         let mut worker = worker;
-        worker.write_runtime("starting");
+        if !worker.write_runtime("starting") {
+            return Err(0); // dropped meanwhile
+        }
+        // Absolute counters once (an ack committed since our count is lost from them; the
+        // cap's periodic recount repairs that).
+        feed::spi_ok(Spi::connect_mut(|c| {
+            let args = [feed_id.into(), staged_rows.into(), staged_bytes.into()];
+            c.update(
+                "UPDATE pgcdc.feed_runtime SET queued_events = $2, queued_bytes = $3 WHERE feed_id = $1",
+                None,
+                &args,
+            )?;
+            Ok(())
+        }));
         Ok(worker)
     }
 
@@ -365,7 +431,13 @@ impl Worker {
                 return code;
             }
             // Only now is the batch durable (as durable as the queue is): tell the walsender
-            // what is fully acknowledged.
+            // what is fully acknowledged. An acknowledgement committed asynchronously
+            // (synchronous_commit = off) may not be on disk yet: flush the WAL up to where it
+            // was read first, or a crash could lose the ack after the slot moved past it.
+            if let Some(upto) = self.ack_seen_at.take() {
+                // SAFETY: flushes WAL written so far (a no-op when already flushed).
+                unsafe { pg_sys::XLogFlush(upto) };
+            }
             let confirm = self.confirmer.confirmable();
             let stream = self.stream.as_mut().expect("connected");
             stream.confirm(confirm);
@@ -437,13 +509,33 @@ impl Worker {
             self.acked = current.acked;
             self.floor = self.floor.max(self.acked);
             self.confirmer.acknowledged(self.effective_acked());
+            // SAFETY: reads the WAL insert position (the ack's commit record is before it).
+            self.ack_seen_at = Some(unsafe { pg_sys::GetXLogInsertRecPtr() });
         }
 
         // The queue cap: stop reading the stream (the walsender waits; WAL is retained).
         if self.over_cap() {
-            let (rows, bytes) = feed::spi_ok(queue::staged_totals(self.feed.id));
-            self.staged_rows = rows;
-            self.staged_bytes = bytes;
+            let (rows, bytes) = if self.counted_at.elapsed() >= CAP_RECOUNT {
+                // Rarely: the counters against the queue itself.
+                self.counted_at = Instant::now();
+                let counted = feed::spi_ok(queue::staged_totals(self.feed.id));
+                if counted != queue::queued_counters(self.feed.id) && feed::lock_for_worker(self.feed.id) {
+                    feed::spi_ok(Spi::connect_mut(|c| {
+                        let args = [self.feed.id.into(), counted.0.into(), counted.1.into()];
+                        c.update(
+                            "UPDATE pgcdc.feed_runtime SET queued_events = $2, queued_bytes = $3 WHERE feed_id = $1",
+                            None,
+                            &args,
+                        )?;
+                        Ok(())
+                    }));
+                }
+                counted
+            } else {
+                queue::queued_counters(self.feed.id)
+            };
+            self.staged_rows = rows + self.unwritten_rows;
+            self.staged_bytes = bytes + self.unwritten_bytes;
             if self.over_cap() {
                 if !self.at_cap {
                     log!(
@@ -462,34 +554,49 @@ impl Worker {
         let mut rows: Vec<Row> = Vec::new();
         let mut events: Vec<Event> = Vec::new();
         let mut taken = 0usize;
-        while taken < batch && rows.len() < batch {
+        let mut batch_bytes = 0i64;
+        while taken < batch && rows.len() < batch && batch_bytes < BATCH_BYTES {
             let Some(item) = self.stream.as_ref().expect("connected").try_recv() else { break };
             taken += 1;
+            let before = rows.len();
             if let Err(message) = self.handle(item, &mut events, &mut rows) {
                 log!("pgcdc feed \"{}\": {message}; the feed is stopped (state error)", self.feed.name);
                 // The batch so far is kept (it is consistent); the feed stops here.
-                self.flush(rows);
+                if !self.flush(rows) {
+                    return Next::Exit(0);
+                }
                 set_error(self.feed.id, &message);
                 return Next::Exit(0);
             }
-            if self.over_cap() {
+            batch_bytes += rows[before..].iter().map(Row::size).sum::<i64>();
+            if self.over_cap_with(rows.len() as i64, batch_bytes) {
                 break;
             }
         }
         if taken > 0 && self.healthy_since.is_none() {
             self.healthy_since = Some(Instant::now());
         }
-        self.flush(rows);
+        if !self.flush(rows) {
+            log!("pgcdc feed \"{}\": dropped; exiting", self.feed.name);
+            return Next::Exit(0);
+        }
         Next::Continue
     }
 
     /// Stages `rows`, wakes listeners and records progress, in the current transaction.
-    fn flush(&mut self, rows: Vec<Row>) {
+    /// False when the feed was dropped meanwhile (nothing was written).
+    fn flush(&mut self, rows: Vec<Row>) -> bool {
         let channel = self.feed.channel();
+        // FOR KEY SHARE: a concurrent drop_feed waits for this transaction, then deletes
+        // what it staged; after a drop_feed committed, nothing is staged.
+        if !rows.is_empty() && !feed::lock_for_worker(self.feed.id) {
+            return false;
+        }
         if !rows.is_empty() {
             match self.feed.sink {
                 Sink::Table => {
                     feed::spi_ok(self.stager.stage(self.feed.id, &rows));
+                    self.queued(&rows);
                     let last = rows.last().expect("not empty").position;
                     let payload = format!("{{\"commit_lsn\":\"{}\",\"ordinal\":{}}}", last.commit_lsn, last.ordinal);
                     feed::spi_ok(queue::notify(&channel, vec![payload]));
@@ -508,6 +615,7 @@ impl Worker {
                     }
                     let notified = self.last_staged.unwrap_or_default();
                     feed::spi_ok(self.stager.stage(self.feed.id, &big));
+                    self.queued(&big);
                     feed::spi_ok(queue::notify(&channel, payloads));
                     // At-most-once: a notified event is done once this transaction commits
                     // (the confirmed LSN reaches the walsender only after the commit).
@@ -517,7 +625,16 @@ impl Worker {
             }
         }
         let phase = if self.at_cap { "at_cap" } else { "streaming" };
-        self.write_runtime(phase);
+        self.write_runtime(phase)
+    }
+
+    /// Counts `rows` as added to the queue (written to pgcdc.feed_runtime with the batch).
+    fn queued(&mut self, rows: &[Row]) {
+        let bytes: i64 = rows.iter().map(Row::size).sum();
+        self.staged_rows += rows.len() as i64;
+        self.staged_bytes += bytes;
+        self.unwritten_rows += rows.len() as i64;
+        self.unwritten_bytes += bytes;
     }
 
     /// What the walsender may be confirmed up to: acknowledged events, and for the notify
@@ -531,8 +648,14 @@ impl Worker {
     }
 
     fn over_cap(&self) -> bool {
+        self.over_cap_with(0, 0)
+    }
+
+    /// Would the queue be at its cap with `rows` more events of `bytes`?
+    fn over_cap_with(&self, rows: i64, bytes: i64) -> bool {
         let (max_rows, max_bytes) = (self.options.max_rows(), self.options.max_bytes());
-        (max_rows > 0 && self.staged_rows >= max_rows) || (max_bytes > 0 && self.staged_bytes >= max_bytes)
+        (max_rows > 0 && self.staged_rows + rows >= max_rows)
+            || (max_bytes > 0 && self.staged_bytes + bytes >= max_bytes)
     }
 
     /// Handles one item from the stream; Err = a permanent problem (the feed stops).
@@ -554,7 +677,7 @@ impl Worker {
                 self.received_lsn = self.received_lsn.max(end_lsn);
                 let msg = Message::Commit(Commit { flags: 0, commit_lsn, end_lsn, commit_time });
                 self.encode(commit_lsn, &msg, events)?;
-                self.take(events, rows);
+                self.take(events, rows)?;
                 self.confirmer.commit(commit_lsn, end_lsn, self.tx_last_ordinal, self.effective_acked());
                 self.complete_lsn = commit_lsn;
                 return Ok(());
@@ -574,7 +697,7 @@ impl Worker {
                     let last = events.last().map(|ev| Position::new(ev.commit_lsn, ev.ordinal));
                     debug_assert!(events.iter().all(|ev| ev.ordinal == STANDALONE_ORDINAL));
                     let saved = self.tx_last_ordinal;
-                    self.take(events, rows);
+                    self.take(events, rows)?;
                     self.tx_last_ordinal = saved;
                     self.confirmer.standalone(lsn, last, self.effective_acked());
                     return Ok(());
@@ -587,8 +710,7 @@ impl Worker {
                 self.encode(wal_start, &msg, events)?;
             }
         }
-        self.take(events, rows);
-        Ok(())
+        self.take(events, rows)
     }
 
     fn encode(&mut self, wal_start: Lsn, msg: &Message<'_>, events: &mut Vec<Event>) -> Result<(), String> {
@@ -597,34 +719,35 @@ impl Worker {
             .map_err(|e| format!("cannot encode the change at {wal_start}: {e}"))
     }
 
-    /// Moves new events into `rows`, skipping those already downstream.
-    fn take(&mut self, events: &mut Vec<Event>, rows: &mut Vec<Row>) {
+    /// Moves new events into `rows`, skipping those already downstream. Err: an event that
+    /// can never be staged (too big, invalid headers): the feed must stop.
+    fn take(&mut self, events: &mut Vec<Event>, rows: &mut Vec<Row>) -> Result<(), String> {
+        let max_event = gucs::max_event_size();
         for ev in events.drain(..) {
             let pos = Position::new(ev.commit_lsn, ev.ordinal);
             self.tx_last_ordinal = self.tx_last_ordinal.max(ev.ordinal);
             if pos <= self.floor {
                 continue;
             }
-            // pgcdc's own catalog (published by FOR ALL TABLES publications) would feed
-            // acknowledgements back into the feeds: never stage it.
-            if &*ev.schema == EXTENSION_SCHEMA {
-                continue;
+            let row = Row::from_event(ev);
+            if let Err(problem) = row.check(max_event) {
+                return Err(poison_message(&self.feed, &row, &problem));
             }
             self.floor = pos;
             self.last_staged = Some(pos);
-            let row = Row::from_event(ev);
-            self.staged_rows += 1;
             self.staged_total += 1;
-            self.staged_bytes += row.size();
             rows.push(row);
         }
+        Ok(())
     }
 
     /// Updates `pgcdc.feed_runtime` when something a reader cares about changed. Received and
     /// confirmed positions alone move with every keepalive, also because of this very update's
     /// commit record: they are written only after moving 1 MB and 5 s, so an idle feed writes
     /// no WAL of its own (pgcdc.feed_status also shows the slot's own confirmed_flush_lsn).
-    fn write_runtime(&mut self, phase: &'static str) {
+    ///
+    /// Returns false when the feed was dropped meanwhile (nothing written).
+    fn write_runtime(&mut self, phase: &'static str) -> bool {
         let staged = self.last_staged.unwrap_or_default();
         let key = RuntimeKey {
             phase,
@@ -637,12 +760,18 @@ impl Worker {
         match &self.runtime_written {
             Some((k, m, at))
                 if *k == key
+                    && self.unwritten_rows == 0
+                    && self.unwritten_bytes == 0
                     && (moved.0 .0.saturating_sub(m.0 .0) < 1 << 20 && moved.1 .0.saturating_sub(m.1 .0) < 1 << 20
                         || at.elapsed() < Duration::from_secs(5)) =>
             {
-                return
+                return true
             }
             _ => {}
+        }
+        // FOR KEY SHARE on the feed row: never write a runtime row for a dropped feed.
+        if !feed::lock_for_worker(self.feed.id) {
+            return false;
         }
         self.runtime_written = Some((key, moved, Instant::now()));
         feed::spi_ok(Spi::connect_mut(|c| {
@@ -658,21 +787,41 @@ impl Worker {
                 PgLsn(self.confirmer.confirmable()).into(),
                 self.failures.into(),
                 self.staged_total.into(),
+                self.unwritten_rows.into(),
+                self.unwritten_bytes.into(),
             ];
+            // queued_*: this worker adds what it staged; pgcdc.ack subtracts what it removes.
             c.update(
                 "INSERT INTO pgcdc.feed_runtime AS r (feed_id, pid, phase, started_at, received_lsn, \
-                 staged_lsn, staged_ordinal, complete_lsn, confirmed_lsn, failures, staged_total, updated_at) \
-                 VALUES ($1, $2, $3, now(), $4, $5, $6, $7, $8, $9, $10, now()) \
+                 staged_lsn, staged_ordinal, complete_lsn, confirmed_lsn, failures, staged_total, \
+                 queued_events, queued_bytes, updated_at) \
+                 VALUES ($1, $2, $3, now(), $4, $5, $6, $7, $8, $9, $10, $11, $12, now()) \
                  ON CONFLICT (feed_id) DO UPDATE SET pid = $2, phase = $3, \
                  started_at = CASE WHEN r.pid = $2 THEN r.started_at ELSE now() END, \
                  received_lsn = $4, staged_lsn = $5, staged_ordinal = $6, complete_lsn = $7, \
-                 confirmed_lsn = $8, failures = $9, staged_total = $10, updated_at = now()",
+                 confirmed_lsn = $8, failures = $9, staged_total = $10, \
+                 queued_events = r.queued_events + $11, queued_bytes = r.queued_bytes + $12, updated_at = now()",
                 None,
                 &args,
             )?;
             Ok(())
         }));
+        self.unwritten_rows = 0;
+        self.unwritten_bytes = 0;
+        true
     }
+}
+
+/// `last_error` for an event that cannot be staged: which one, why, and how to go on.
+fn poison_message(feed: &Feed, row: &Row, problem: &str) -> String {
+    let skip_to = Lsn(row.position.commit_lsn.0 + 1);
+    format!(
+        "cannot stage the event at position {} ({} on {}.{}, change LSN {}): {problem}; \
+         raise pgcdc.max_event_size (at most 1GB) and SELECT pgcdc.resume_feed('{}'), or skip its \
+         whole transaction: SELECT pg_replication_slot_advance('{}', '{skip_to}'); then \
+         SELECT pgcdc.resume_feed('{}')",
+        row.position, row.op, row.schema, row.table, row.lsn, feed.name, feed.slot_name, feed.name
+    )
 }
 
 /// Puts a feed in the error state with its reason (the launcher will not restart it).

@@ -95,8 +95,31 @@ SELECT pg_temp.try($$SELECT * FROM pgcdc.feed$$);
 SELECT pg_temp.try($$SELECT * FROM pgcdc.event$$);
 SELECT count(*) AS visible_feeds FROM pgcdc.feeds;
 SELECT count(*) AS visible_status FROM pgcdc.feed_status;
+-- A feed that does not exist looks exactly like one the role may not use.
+SELECT pg_temp.try($$SELECT * FROM pgcdc.read('nope')$$);
+SELECT pg_temp.try($$SELECT pgcdc.drop_feed('nope')$$);
+SELECT pgcdc.drop_feed('shop', if_exists => true);
+SELECT pgcdc.drop_feed('nope', if_exists => true);
 RESET ROLE;
 DROP ROLE regress_stranger;
+
+-- Administrators who are not superusers cannot create notify feeds (payloads reach every
+-- role that can LISTEN).
+CREATE ROLE regress_admin IN ROLE pgcdc_admin;
+GRANT SELECT ON orders, customers TO regress_admin;
+SET ROLE regress_admin;
+SELECT pg_temp.try($$SELECT pgcdc.create_feed('adm_live', 'shop', sink => 'notify')$$);
+RESET ROLE;
+DROP OWNED BY regress_admin;
+DROP ROLE regress_admin;
+
+-- NULL arguments are 22004, never internal errors.
+SELECT pg_temp.try($$SELECT pgcdc.create_feed(NULL, 'shop')$$);
+SELECT pg_temp.try($$SELECT * FROM pgcdc.read(NULL)$$);
+SELECT pg_temp.try($$SELECT * FROM pgcdc.read('shop', NULL)$$);
+SELECT pg_temp.try($$SELECT pgcdc.ack('shop', NULL)$$);
+SELECT pg_temp.try($$SELECT pgcdc.drop_feed(NULL)$$);
+SELECT pg_temp.try($$SELECT pgcdc.alter_feed('shop', NULL)$$);
 
 -- Every public object is documented.
 SELECT p.proname AS undocumented_function FROM pg_proc p
@@ -105,7 +128,15 @@ SELECT c.relname AS undocumented_relation FROM pg_class c
 WHERE c.relnamespace = 'pgcdc'::regnamespace AND c.relkind IN ('r', 'v', 'u')
   AND obj_description(c.oid, 'pg_class') IS NULL;
 SELECT p.oid::regprocedure AS function FROM pg_proc p
-WHERE p.pronamespace = 'pgcdc'::regnamespace ORDER BY 1::text;
+WHERE p.pronamespace = 'pgcdc'::regnamespace ORDER BY p.oid::regprocedure::text;
+-- Every function pins its search_path; only pgcdc_admin may create feeds.
+SELECT p.proname, p.proconfig FROM pg_proc p
+WHERE p.pronamespace = 'pgcdc'::regnamespace ORDER BY 1;
+SELECT p.proname, has_function_privilege('public', p.oid, 'EXECUTE') AS public_execute,
+       has_function_privilege('pgcdc_admin', p.oid, 'EXECUTE') AS admin_execute
+FROM pg_proc p WHERE p.pronamespace = 'pgcdc'::regnamespace ORDER BY 1;
+SELECT c.relname, c.reloptions FROM pg_class c
+WHERE c.relnamespace = 'pgcdc'::regnamespace AND c.relkind = 'v' ORDER BY 1;
 SELECT attname AS feed_status_column FROM pg_attribute
 WHERE attrelid = 'pgcdc.feed_status'::regclass AND attnum > 0 ORDER BY attnum;
 
