@@ -46,7 +46,7 @@ def main() -> int:
     rows: list[tuple[str, str, str, str, str]] = []
 
     measure = ["--warm-up-time", "1", "--measurement-time", "2" if args.quick else "5"]
-    run(["cargo", "bench", "-p", "pgcdc_core", "--bench", "encode", "--", *measure, "decode+encode"])
+    run(["cargo", "bench", "-p", "pgcdc_core", "--bench", "encode", "--", *measure, r"decode\+encode"])
     for bench, target in (("w1_row", 1_000_000), ("wide_row_2kb_text_jsonb", None)):
         rate = criterion_rate("decode+encode", bench)
         goal = f">= {target:,}/s" if target else "-"
