@@ -93,23 +93,36 @@ async def stream(cluster: Cluster, follow: bool) -> Counter:
         loop.add_signal_handler(sig, stop.set)
     expected = 10  # events the scripted changes produce
     t0 = time.monotonic()
+    # One waiter for Ctrl-C for the whole loop (not one per event), cancelled at the end.
+    stopped = asyncio.ensure_future(stop.wait())
     async with await pgcdc.connect(dsn, feed="shop") as events:
         writer = asyncio.create_task(make_changes(cluster))
         it = events.__aiter__()
-        while not stop.is_set():
-            nxt = asyncio.ensure_future(it.__anext__())
-            done, _ = await asyncio.wait({nxt, asyncio.ensure_future(stop.wait())}, timeout=None if follow else 20,
-                                         return_when=asyncio.FIRST_COMPLETED)
-            if nxt not in done:
-                nxt.cancel()
-                break
-            event = nxt.result()
-            counts[event.op] += 1
-            print(show(event), flush=True)
-            await events.ack(event)
-            if not follow and sum(counts.values()) >= expected:
-                break
-        await writer
+        try:
+            while not stop.is_set():
+                nxt = asyncio.ensure_future(it.__anext__())
+                done, _ = await asyncio.wait({nxt, stopped}, timeout=None if follow else 20,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if nxt not in done:
+                    nxt.cancel()
+                    break
+                try:
+                    event = nxt.result()
+                except StopAsyncIteration:  # the stream ended
+                    break
+                counts[event.op] += 1
+                print(show(event), flush=True)
+                await events.ack(event)
+                if not follow and sum(counts.values()) >= expected:
+                    break
+        finally:
+            stopped.cancel()
+            if stop.is_set():
+                writer.cancel()
+        try:
+            await writer
+        except asyncio.CancelledError:
+            pass
         elapsed = time.monotonic() - t0
     summary = ", ".join(f"{pgcdc.format_operation(k).lower()} {v}" for k, v in sorted(counts.items()))
     acked = events.acknowledged

@@ -167,3 +167,132 @@ def make_server_cert(cluster: Cluster) -> Path:
         for p in (crt, key):
             shutil.chown(p, "postgres", "postgres")
     return ca_crt
+
+
+def log_lines(cluster: Cluster, pid: int, needle: str) -> int:
+    """How many server log lines of backend `pid` contain `needle` (log_line_prefix has [%p])."""
+    tag = f"[{pid}]"
+    return sum(1 for ln in cluster.logfile.read_text(errors="replace").splitlines() if tag in ln and needle in ln)
+
+
+class FreezableProxy:
+    """A TCP proxy to 127.0.0.1:`port` whose existing connections can be frozen: bytes stop
+    flowing both ways while the sockets stay open (a half-open connection, as when a host
+    vanishes). Connections opened after `freeze()` flow normally."""
+
+    def __init__(self, port: int) -> None:
+        import socket
+        import threading
+
+        self._target = port
+        self._frozen: list[threading.Event] = []
+        self._socks: list[socket.socket] = []
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(16)
+        self.port = self._listener.getsockname()[1]
+        self._closed = False
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self._target))
+            frozen = threading.Event()
+            self._frozen.append(frozen)
+            self._socks += [client, upstream]
+            self.connections += 1
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b, frozen), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: Any, dst: Any, frozen: Any) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if frozen.is_set():
+                    continue  # swallowed: the other side hears nothing, and no FIN either
+                dst.sendall(data)
+        except OSError:
+            return
+        if not frozen.is_set():
+            try:
+                dst.shutdown(1)
+            except OSError:
+                pass
+
+    def freeze(self) -> None:
+        for f in self._frozen:
+            f.set()
+
+    def close(self) -> None:
+        self._closed = True
+        for s in [self._listener, *self._socks]:
+            try:
+                s.close()
+            except OSError:
+                pass
+
+
+class FakeServer:
+    """A fake PostgreSQL server on 127.0.0.1 for protocol-level tests: `script(server,
+    reader, writer)` plays the server's side after the startup packet (an SSLRequest is
+    answered with `ssl_answer`); `server.read_message` reads one client message and records
+    its tag in `server.seen`."""
+
+    def __init__(self, script: Callable[..., Awaitable[None]], ssl_answer: bytes = b"N") -> None:
+        self.script = script
+        self.ssl_answer = ssl_answer
+        self.seen: list[bytes] = []
+        self.port = 0
+        self._server: Any = None
+
+    async def __aenter__(self) -> "FakeServer":
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._server.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                n = int.from_bytes(await reader.readexactly(4), "big")
+                body = await reader.readexactly(n - 4)
+                if body[:4] == (80877103).to_bytes(4, "big"):  # SSLRequest
+                    writer.write(self.ssl_answer)
+                    await writer.drain()
+                    if self.ssl_answer != b"N":
+                        return
+                    continue
+                break
+            await self.script(self, reader, writer)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def read_message(self, reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+        tag = await reader.readexactly(1)
+        n = int.from_bytes(await reader.readexactly(4), "big")
+        body = await reader.readexactly(n - 4)
+        self.seen.append(tag)
+        return tag, body
+
+
+def pg_message(tag: bytes, body: bytes) -> bytes:
+    return tag + (len(body) + 4).to_bytes(4, "big") + body
+
+
+def auth_request(code: int, extra: bytes = b"") -> bytes:
+    return pg_message(b"R", code.to_bytes(4, "big") + extra)

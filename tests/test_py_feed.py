@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
 import os
 import socket
 import subprocess
@@ -19,7 +20,7 @@ try:
 except ImportError as e:  # make test builds it first; never skip
     raise ImportError("the Python package pgcdc is not built (run: make py-develop)") from e
 from ext_support import requires_extension, start_cluster
-from pyhelpers import TYPEMATRIX_ROW1, await_for, nothing_within, prepend_hba, run, take, wait_for
+from pyhelpers import TYPEMATRIX_ROW1, await_for, log_lines, nothing_within, prepend_hba, run, take, wait_for
 
 pytestmark = [requires_extension, pytest.mark.timeout(300)]
 
@@ -78,7 +79,7 @@ def test_stream_acknowledge_and_resume(pg) -> None:
         return e1
 
     e1 = run(first())
-    assert acked(pg, f) == (e1.commit_lsn, 1)  # flushed on close
+    assert acked(pg, f) == e1.position  # flushed on close
 
     async def second() -> None:
         async with await pgcdc.connect(pg.dsn(), feed=f, auto_acknowledge=True) as s:
@@ -153,15 +154,16 @@ def test_reconnects_after_server_restart() -> None:
             async with await pgcdc.connect(c.dsn(), feed="r") as s:
                 (e1,) = await take(s, 1)
                 await s.ack(e1)
-                await asyncio.sleep(0.2)
+                await await_for(lambda: acked(c, "r") == e1.position, what="the acknowledgement to be flushed")
                 await asyncio.get_running_loop().run_in_executor(None, c.restart)
                 c.execute("INSERT INTO r VALUES (2)")
                 (e2,) = await take(s, 1, timeout=60)
                 assert e2.after == {"id": 2} and s.sessions >= 2
                 await s.ack(e2)
+                return e2
 
-        run(main(), timeout=120)
-        assert c.execute("SELECT acked_ordinal FROM pgcdc.feed WHERE name = 'r'") == [(1,)]
+        e2 = run(main(), timeout=120)
+        assert acked(c, "r") == e2.position
     finally:
         c.stop()
 
@@ -264,17 +266,298 @@ def test_cli(pg) -> None:
     r = cli("list", "--json")
     assert any(f["name"] == "clif" and f["options"] == {"decimal.handling.mode": "string"} for f in json.loads(r.stdout))
     pg.execute("INSERT INTO cli_t VALUES (1, 'a'), (2, 'b'), (3, 'c')")
+    # stdout is a pipe here: nothing is acknowledged unless --ack
     r = cli("tail", "clif", "--limit", "2", "--progress")
     lines = r.stdout.splitlines()
     assert r.returncode == 0 and [json.loads(x)["after"]["id"] for x in lines] == [1, 2], r.stderr
-    assert "2 events" in r.stderr
-    # pipeable: the consumer closing the pipe early is not an error
-    p = subprocess.run(f"{sys.executable} -m pgcdc tail clif --idle-exit 2 | head -n 1", shell=True, capture_output=True,
-                       text=True, env=env, timeout=60)
-    assert json.loads(p.stdout)["after"]["id"] == 3 and "Traceback" not in p.stderr
+    assert "2 events" in r.stderr and "not acknowledged" in r.stderr
+    r = cli("tail", "clif", "--limit", "2", "--ack")
+    assert r.returncode == 0 and [json.loads(x)["after"]["id"] for x in r.stdout.splitlines()] == [1, 2], r.stderr
+    r = cli("tail", "clif", "--limit", "1", "--no-ack")
+    assert [json.loads(x)["after"]["id"] for x in r.stdout.splitlines()] == [3]
     r = cli("status", "clif")
     assert json.loads(r.stdout)["name"] == "clif"
+    r = cli("status", "missing_feed")
+    assert r.returncode == 1 and 'feed "missing_feed" does not exist' in r.stderr and "Traceback" not in r.stderr
     r = cli("tail", "nope", "--idle-exit", "1")
     assert r.returncode == 1 and "ProgrammingError" in r.stderr and "nope" in r.stderr
+    # a reader that goes away at once: no traceback, the SIGPIPE status
+    for cmd in ("list", "list --json", "status"):
+        p = subprocess.run(["bash", "-c", f'{sys.executable} -m pgcdc {cmd} | true; echo "rc=${{PIPESTATUS[0]}}" >&2'],
+                           capture_output=True, text=True, env=env, timeout=60)
+        assert "rc=141" in p.stderr and "Traceback" not in p.stderr and "Exception" not in p.stderr, (cmd, p.stderr)
     r = cli("drop", "clif")
     assert r.returncode == 0 and "dropped" in r.stdout
+
+
+def test_cli_tail_into_a_pipe_loses_nothing(pg, tmp_path) -> None:
+    """`tail | head -n1` reads one event of many: the rest must not be acknowledged (they were
+    written into a pipe nobody read), and the broken pipe is a quiet exit 141."""
+    f = new_feed(pg)
+    pg.execute(f"INSERT INTO {f} SELECT g, repeat('x', 2000), g FROM generate_series(1, 100) g")
+    env = {**os.environ, "PGCDC_DSN": pg.dsn()}
+    before = acked(pg, f)
+    p = subprocess.run(["bash", "-c", f'{sys.executable} -m pgcdc tail {f} --idle-exit 3 | head -n 1; '
+                                      'echo "rc=${PIPESTATUS[0]}" >&2'],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert json.loads(p.stdout)["after"]["id"] == 1
+    assert "rc=141" in p.stderr and "Traceback" not in p.stderr and "Exception" not in p.stderr, p.stderr
+    assert acked(pg, f) == before
+    staged = "SELECT count(*) FROM pgcdc.event e JOIN pgcdc.feed f ON f.id = e.feed_id WHERE f.name = %s"
+    assert pg.execute(staged, params=[f]) == [(100,)]
+    # with --ack into a file everything written is acknowledged
+    out = tmp_path / "events.jsonl"
+    p = subprocess.run(["bash", "-c", f"{sys.executable} -m pgcdc tail {f} --ack --limit 100 > {out}"],
+                       capture_output=True, text=True, env=env, timeout=60)
+    ids = [json.loads(x)["after"]["id"] for x in out.read_text().splitlines()]
+    assert p.returncode == 0 and ids == list(range(1, 101)), p.stderr
+    wait_for(lambda: pg.execute(staged, params=[f]) == [(0,)], what="the acknowledged events to be removed")
+
+
+# ----------------------------------------------------------------------------- faults
+
+
+def feed_worker_pid(c, feed: str):
+    return c.execute("SELECT worker_pid FROM pgcdc.feed_status WHERE name = %s", params=[feed])[0][0]
+
+
+def test_acknowledgements_survive_a_server_crash() -> None:
+    """kill -9 of the postmaster while a consumer streams: an acknowledgement sent before
+    the worker staged the events again is refused (22023) and retried, not fatal; events
+    acknowledged before the crash never return, unacknowledged ones do."""
+    c = start_cluster("pgcdc-pyfeed-crash", log_min_messages="warning")  # ERRORs in the log
+    try:
+        c.execute("CREATE TABLE k (id int PRIMARY KEY)")
+        c.execute("CREATE PUBLICATION k FOR TABLE k")
+        run(pgcdc.create_feed(c.dsn(), "k", "k"))
+        for i in range(1, 11):
+            c.execute("INSERT INTO k VALUES (%s)", params=[i])
+
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            async with await pgcdc.connect(c.dsn(), feed="k") as s:
+                evs = await take(s, 10)
+                await s.ack(evs[3])  # 1..4 acknowledged before the crash
+                await await_for(lambda: acked(c, "k") == evs[3].position, what="the first acknowledgement")
+                # Paused, the worker does not stage the queue again after the crash, so the
+                # acknowledgement below certainly reaches an empty queue first.
+                c.execute("SELECT pgcdc.pause_feed('k')")
+                await await_for(lambda: feed_worker_pid(c, "k") is None, what="the worker to stop")
+                c.kill9_postmaster()
+                await s.ack(evs[6])  # 5..7: pending while the server is down
+                await loop.run_in_executor(None, c.restart)
+                await await_for(lambda: s.sessions >= 2, timeout=60, what="the stream to reconnect")
+                await await_for(lambda: log_lines(c, s.backend_pid or 0, "cannot acknowledge") > 0, timeout=30,
+                                what="the acknowledgement to be refused (queue not staged yet)")
+                assert acked(c, "k") == evs[3].position
+                c.execute("SELECT pgcdc.resume_feed('k')")
+                await await_for(lambda: acked(c, "k") == evs[6].position, timeout=60,
+                                what="the refused acknowledgement to go through once staged again")
+                c.execute("INSERT INTO k VALUES (11)")
+                (e11,) = await take(s, 1, timeout=30)  # the stream survived, no duplicates
+                assert e11.after == {"id": 11}
+                # close() reports what it could not flush; ack() after close is an error
+                c.kill9_postmaster()
+                await s.ack(e11)
+                t0 = time.monotonic()
+                with pytest.raises(pgcdc.OperationalError, match="could not be flushed"):
+                    await s.close(timeout=1)
+                assert time.monotonic() - t0 < 5
+                with pytest.raises(pgcdc.InterfaceError, match="closed"):
+                    await s.ack(e11)
+            await loop.run_in_executor(None, c.restart)
+
+        run(main(), timeout=240)
+
+        async def again() -> list:
+            async with await pgcdc.connect(c.dsn(), feed="k") as s:
+                return await take(s, 4, timeout=60)
+
+        assert [e.after["id"] for e in run(again(), timeout=90)] == [8, 9, 10, 11]
+    finally:
+        c.stop()
+
+
+def test_acknowledgements_do_not_cause_reads(pg) -> None:
+    f = new_feed(pg)
+    insert(pg, f, *range(1, 21))  # one transaction, 20 events
+    # A role whose statements are all logged: the server's log counts the client's reads.
+    pg.execute("DROP ROLE IF EXISTS reads_probe")
+    pg.execute("CREATE ROLE reads_probe LOGIN SUPERUSER")
+    pg.execute("ALTER ROLE reads_probe SET log_statement = 'all'")
+    dsn = pg.dsn(user="reads_probe")
+
+    async def main() -> None:
+        async with await pgcdc.connect(dsn, feed=f) as s:
+            evs = await take(s, 20)
+            pid = s.backend_pid
+
+            def reads() -> int:
+                return log_lines(pg, pid, "pgcdc.read(")
+
+            await await_for(lambda: reads() >= 1, what="the read to be logged")
+            before = reads()
+            for e in evs:
+                await s.ack(e)
+                await await_for(lambda: s.acknowledged == e.position, what="each acknowledgement")
+            assert acked(pg, f) == evs[-1].position
+            assert log_lines(pg, pid, "pgcdc.ack(") >= 20
+            assert reads() == before, "acknowledging made the client read"
+
+    run(main())
+
+
+def test_cancelling_connect_is_prompt() -> None:
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)
+
+    async def main() -> None:
+        dsn = f"host=127.0.0.1 port={silent.getsockname()[1]} user=x dbname=x connect_timeout=30"
+        t0 = time.monotonic()
+        task = asyncio.ensure_future(pgcdc.connect(dsn, feed="x"))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert time.monotonic() - t0 < 2
+
+    try:
+        run(main(), timeout=20)
+    finally:
+        silent.close()
+
+
+# ----------------------------------------------------------------------------- values
+
+
+def test_varbit_and_big_json_numbers(pg) -> None:
+    global _n
+    _n += 1
+    name = f"vals{os.getpid() % 1000}_{_n}"
+    pg.execute(f"CREATE TABLE {name} (id int PRIMARY KEY, b varbit, j jsonb)")
+    pg.execute(f"CREATE PUBLICATION {name} FOR TABLE {name}")
+    run(pgcdc.create_feed(pg.dsn(), name, name))
+    pg.execute(f"""INSERT INTO {name} VALUES (1, B'', NULL), (2, B'000', NULL), (3, B'0001', NULL), (4, B'110', NULL),
+                   (5, NULL, '{{"n": 123456789012345678901234567890, "neg": -98765432109876543210,
+                               "f": 12345.678901234567, "e": 1e3, "small": 7}}')""")
+
+    async def main() -> list:
+        async with await pgcdc.connect(pg.dsn(), feed=name) as s:
+            return await take(s, 5)
+
+    evs = run(main())
+    # Debezium's BitSet drops leading zeros: B'0001' is "1", B'000' and B'' are ""
+    assert [e.after["b"] for e in evs[:4]] == ["", "", "1", "110"]
+    j = evs[4].after["j"]
+    assert j == {"n": 123456789012345678901234567890, "neg": -98765432109876543210, "f": 12345.678901234567,
+                 "e": 1000, "small": 7}  # jsonb stores 1e3 as 1000
+    assert [type(j[k]) for k in ("n", "neg", "f", "small")] == [int, int, float, int]
+    (text,) = pg.execute(f"SELECT j::text FROM {name} WHERE id = 5")[0]
+    assert repr(j) == repr(json.loads(text))  # exactly what json.loads makes of it
+
+
+def test_json_loads_matches_python() -> None:
+    import pgcdc._pgcdc as native
+
+    for text in ['{"a": [1, 2.5, -0.0, 1e400, -1E-5, 123456789012345678901234567890]}', '"\\u00e9\\ud83d\\ude00\\n\\/"',
+                 "[true, false, null, {}, []]", '{"dup": 1, "dup": 2}', " 42 ", "-9223372036854775809"]:
+        got, want = native._json_loads(text), json.loads(text)
+        assert got == want and repr(got) == repr(want), text
+    for bad in ["{", "[1,]", "01", '"\\ud800"', "1.", '{"a" 1}', "tru", "1 2", '"a\nb"']:
+        with pytest.raises(pgcdc.DataError):
+            native._json_loads(bad)
+
+
+# ----------------------------------------------------------------------------- process and API
+
+
+def _child_streams(dsn: str, feed: str, parent_stream: "pgcdc.FeedStream", q) -> None:
+    try:
+        try:
+            parent_stream._core.next_ready()
+            q.put(("parent stream usable in the child", None))
+            return
+        except pgcdc.InterfaceError:
+            pass
+
+        async def go() -> int:
+            async with await pgcdc.connect(dsn, feed=feed) as s:
+                (e,) = await take(s, 1, timeout=20)
+                return e.after["id"]
+
+        q.put(("ok", run(go(), timeout=30)))
+    except BaseException as e:  # noqa: BLE001 - reported to the parent
+        q.put(("error", repr(e)))
+
+
+def test_fork_safety(pg) -> None:
+    """A forked child (multiprocessing's "fork") gets its own runtime: streams work there;
+    the parent's stream refuses to be used in the child."""
+    f = new_feed(pg)
+    insert(pg, f, 1)
+
+    async def main() -> None:
+        async with await pgcdc.connect(pg.dsn(), feed=f) as s:  # the runtime runs in the parent
+            (e,) = await take(s, 1)
+            ctx = multiprocessing.get_context("fork")
+            q = ctx.Queue()
+            p = ctx.Process(target=_child_streams, args=(pg.dsn(), f, s, q))
+            p.start()
+            await asyncio.get_running_loop().run_in_executor(None, p.join, 60)
+            if p.is_alive():
+                p.kill()
+                raise AssertionError("the forked child hung")
+            assert q.get(timeout=5) == ("ok", 1)
+            assert e.after["id"] == 1
+
+    run(main(), timeout=90)
+
+
+def test_bad_arguments_are_value_errors_not_panics() -> None:
+    async def main() -> None:
+        for kw in ({"connect_timeout": float("inf")}, {"reconnect_timeout": float("nan")}, {"connect_timeout": -1.0}):
+            with pytest.raises(ValueError):
+                await pgcdc.connect("host=127.0.0.1 port=1", feed="x", **kw)
+        with pytest.raises(ValueError):
+            pgcdc.LogicalReplicationReader("p", "s", "h", "d", connect_timeout=1e300)
+
+    run(main())
+
+
+def test_a_panic_in_a_task_is_an_internal_error() -> None:
+    import pgcdc._pgcdc as native
+    from pgcdc._aio import run_op
+
+    with pytest.raises(pgcdc.InternalError, match="deliberate panic"):
+        run(run_op(native._selftest_panic()), timeout=10)
+
+
+def test_connection_strings(pg, tmp_path) -> None:
+    f = new_feed(pg)
+
+    async def main() -> None:
+        with pytest.raises(pgcdc.InterfaceError, match="hostaddr.*sslcert|sslcert.*hostaddr") as ei:
+            await pgcdc.connect(pg.dsn(hostaddr="127.0.0.1", sslcert="/x"), feed="x")
+        assert "target_session_attrs" not in str(ei.value)
+        with pytest.raises(pgcdc.InterfaceError, match="several hosts"):
+            await pgcdc.connect("host=a,b dbname=x", feed="x")
+        with pytest.raises(pgcdc.InterfaceError, match="target_session_attrs=read-write"):
+            await pgcdc.connect(pg.dsn(target_session_attrs="read-write"), feed="x")
+        # options reach the server (test_acknowledgements_do_not_cause_reads relies on them too)
+        async with await pgcdc.connect(pg.dsn(options="-c statement_timeout=4321"), feed=f) as s:
+            assert await nothing_within(s, 0.1)
+            assert s.sessions == 1
+        with pytest.raises(pgcdc.DataError, match="statement_timeout"):
+            await pgcdc.connect(pg.dsn(options="-c statement_timeout=nonsense"), feed=f)
+        # the password file (libpq's format and rules)
+        passfile = tmp_path / "pgpass"
+        passfile.write_text(f"127.0.0.1:{pg.port}:postgres:feed_scram:right-password\n")
+        passfile.chmod(0o600)
+        with pytest.raises(pgcdc.ProgrammingError, match="no_such_feed"):  # authenticated, then the feed is missing
+            await pgcdc.connect(pg.dsn(user="feed_scram", passfile=str(passfile)), feed="no_such_feed")
+        passfile.chmod(0o644)  # readable by others: ignored, as libpq does
+        with pytest.raises(pgcdc.AuthenticationError):
+            await pgcdc.connect(pg.dsn(user="feed_scram", passfile=str(passfile)), feed="no_such_feed")
+
+    run(main())

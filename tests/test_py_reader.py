@@ -21,11 +21,15 @@ except ImportError as e:  # make test builds it first; never skip
 from pgcluster import Cluster
 from pyhelpers import (
     TYPEMATRIX_ROW1,
+    FakeServer,
+    FreezableProxy,
+    auth_request,
     await_for,
     confirmed_flush,
     lsn_int,
     make_server_cert,
     nothing_within,
+    pg_message,
     prepend_hba,
     run,
     take,
@@ -113,14 +117,16 @@ def test_every_event_kind(cluster: Cluster, fresh_db: str) -> None:
         assert pgcdc.format_operation(ins.op) == "INSERT"
         d = pgcdc.message_to_dict(upd)
         assert d["op"] == "u" and d["after"]["qty"] == 10 and d["source"]["table"] == "items"
+        # exactly the keys pgoutput-decoder's message_to_dict had
+        assert list(d) == ["op", "before", "after", "source", "ts_ms", "ts_us", "ts_ns"]
         import json
 
         j = json.loads(pgcdc.message_to_debezium_json(ins))
         assert j["after"] == {"id": 1, "name": "a", "qty": 1} and j["op"] == "c"
         assert pgcdc.message_to_debezium_json(ins, indent=None) == ins.json()
         assert json.loads(ins.json(indent=4)) == json.loads(ins.json())
-        # positions
-        assert ins.commit_lsn == evs[1].commit_lsn and (ins.ordinal, evs[1].ordinal) == (1, 2)
+        # positions: ordered within a transaction, not necessarily consecutive
+        assert ins.commit_lsn == evs[1].commit_lsn and 0 < ins.ordinal < evs[1].ordinal
         assert lsn_int(last.commit_lsn) > lsn_int(ins.commit_lsn)
         await r.stop()
 
@@ -163,7 +169,7 @@ def test_replica_identity_full_and_unchanged_toast(cluster: Cluster, fresh_db: s
         assert upd.after == {"id": 1, "n": 2}
         assert upd.unchanged_columns == ("doc",)
         assert '"unchanged_columns":["doc"]' in upd.json()
-        assert pgcdc.message_to_dict(upd)["unchanged_columns"] == ("doc",)
+        assert upd.to_dict()["unchanged_columns"] == ("doc",)
         # REPLICA IDENTITY FULL: the old row supplies the value
         assert updfull.after["doc"] == updfull.before["doc"] and len(updfull.after["doc"]) == 128000
         assert updfull.unchanged_columns == ()
@@ -268,12 +274,35 @@ def test_auto_ack_confirms_processed_transactions(cluster: Cluster, fresh_db: st
         assert [e.after["id"] for e in evs] == [1, 2]
         with pytest.raises(pgcdc.InterfaceError, match="No pending LSN"):
             await r.acknowledge()
+        with pytest.raises(RuntimeError, match="No pending LSN"):  # what pgoutput-decoder raised
+            await r.acknowledge()
         assert await nothing_within(r, 0.5)
         await r.stop()
+        with pytest.raises(pgcdc.InterfaceError, match="stopped"):
+            await r.acknowledge("0/1")
 
     run(again())
-    # everything processed and the stream idle: confirmed up to the server's WAL end
     assert lsn_int(confirmed_flush(cluster, "slot", fresh_db)) >= lsn_int(evs[1].commit_lsn)
+
+
+def test_idle_stream_confirms_the_wal_end_of_unpublished_churn(cluster: Cluster, fresh_db: str) -> None:
+    """Nothing published happens while another table is busy: the keepalives' WAL end is
+    confirmed, so the slot does not pin WAL (this cannot come from a commit confirmation)."""
+    setup_simple(cluster, fresh_db)
+    cluster.execute("CREATE TABLE other (id int, pad text)", fresh_db)
+
+    async def main() -> None:
+        r = reader(cluster, fresh_db)
+        assert await nothing_within(r, 0.3)
+        for _ in range(5):
+            cluster.execute("INSERT INTO other SELECT g, repeat('x', 100) FROM generate_series(1, 2000) g", fresh_db)
+        (end,) = cluster.execute("SELECT pg_current_wal_lsn()::text", fresh_db)[0]
+        await await_for(lambda: lsn_int(confirmed_flush(cluster, "slot", fresh_db)) >= lsn_int(end), timeout=30,
+                        what="the slot to confirm the WAL end of unpublished changes")
+        assert r.sessions == 1
+        await r.stop()
+
+    run(main())
 
 
 def test_manual_ack(cluster: Cluster, fresh_db: str) -> None:
@@ -425,6 +454,162 @@ def test_reconnects_after_server_restart_and_fast_shutdown_does_not_hang() -> No
         run(idle(), timeout=60)
 
 
+def test_reconnect_false_raises_when_the_server_ends_the_stream() -> None:
+    """A server that ends the stream (CopyDone) while the next connection would work:
+    reconnect=False raises instead of reconnecting."""
+    connections = []
+
+    def row(*values: str) -> bytes:
+        body = len(values).to_bytes(2, "big")
+        for v in values:
+            body += len(v.encode()).to_bytes(4, "big") + v.encode()
+        return pg_message(b"D", body)
+
+    async def script(server: FakeServer, reader, writer) -> None:
+        connections.append(1)
+        writer.write(auth_request(0) + pg_message(b"S", b"server_version\x0015.4\x00") + pg_message(b"Z", b"I"))
+        await writer.drain()
+        while True:
+            tag, body = await server.read_message(reader)
+            if tag != b"Q":
+                continue
+            sql = body.rstrip(b"\0").decode()
+            if sql.startswith("START_REPLICATION"):
+                writer.write(pg_message(b"W", b"\x00\x00\x00") + pg_message(b"c", b""))  # CopyBoth, then CopyDone
+            elif "pg_replication_slots" in sql:
+                writer.write(row("pgoutput", "db") + pg_message(b"C", b"SELECT 1\0") + pg_message(b"Z", b"I"))
+            elif "pg_publication" in sql:
+                writer.write(row("1") + pg_message(b"C", b"SELECT 1\0") + pg_message(b"Z", b"I"))
+            elif sql.startswith("SHOW"):
+                writer.write(row("60s") + pg_message(b"C", b"SHOW\0") + pg_message(b"Z", b"I"))
+            await writer.drain()
+
+    async def main() -> None:
+        async with FakeServer(script) as srv:
+            r = pgcdc.LogicalReplicationReader("p", "s", "127.0.0.1", "db", port=srv.port, connect_timeout=5,
+                                               sslmode="disable", reconnect=False)
+            with pytest.raises(pgcdc.ConnectionError, match="reconnect=False"):
+                await take(r, 1, timeout=10)
+            assert len(connections) == 1 and r.sessions == 1
+            await r.stop()
+
+    run(main(), timeout=30)
+
+
+def test_a_silent_connection_is_given_up_and_reopened() -> None:
+    """Half-open TCP (the server's host vanished): nothing arrives, nothing fails. The reader
+    asks for a reply after wal_sender_timeout/2 and reconnects after 2 x wal_sender_timeout."""
+    c = Cluster(name="pgcdc-silent", settings={"wal_sender_timeout": "2s"})
+    with c:
+        setup_simple(c, "postgres")
+        proxy = FreezableProxy(c.port)
+        try:
+
+            async def main() -> None:
+                r = pgcdc.LogicalReplicationReader("pub", "slot", host="127.0.0.1", database="postgres",
+                                                   port=proxy.port, connect_timeout=5)
+                _open.append(r)
+                c.execute("INSERT INTO items VALUES (1, 'a', 1)")
+                (e1,) = await take(r, 1)
+                proxy.freeze()
+                t0 = time.monotonic()
+                c.execute("INSERT INTO items VALUES (2, 'b', 1)")
+                (e2,) = await take(r, 1, timeout=30)  # through a new connection
+                assert e2.after["id"] == 2 and r.sessions == 2
+                assert 3 < time.monotonic() - t0 < 20
+                await r.stop()
+
+            run(main(), timeout=60)
+        finally:
+            proxy.close()
+
+
+def test_stop_while_connecting_is_prompt() -> None:
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)
+
+    async def main() -> None:
+        r = pgcdc.LogicalReplicationReader("p", "s", "127.0.0.1", "db", port=silent.getsockname()[1], connect_timeout=30)
+        waiting = asyncio.ensure_future(take(r, 1, timeout=60))
+        await asyncio.sleep(0.3)
+        t0 = time.monotonic()
+        await r.stop()
+        assert time.monotonic() - t0 < 2
+        assert await waiting == []  # the iteration ended, without an event
+
+    try:
+        run(main(), timeout=20)
+    finally:
+        silent.close()
+
+
+# ----------------------------------------------------------------- protocol-level checks (a fake server)
+
+
+def _fake_reader(port: int, **kw) -> pgcdc.LogicalReplicationReader:
+    kw.setdefault("sslmode", "disable")
+    return pgcdc.LogicalReplicationReader("p", "s", "127.0.0.1", "db", port=port, user="u", password="secret",
+                                          connect_timeout=5, **kw)
+
+
+def test_scram_cannot_be_cut_short() -> None:
+    """A server (or a man in the middle) that says AuthenticationOk right after the client's
+    first SCRAM message has not proved it knows the password: refused."""
+
+    async def script(server: FakeServer, reader, writer) -> None:
+        writer.write(auth_request(10, b"SCRAM-SHA-256\0\0"))
+        await writer.drain()
+        await server.read_message(reader)  # SASLInitialResponse
+        writer.write(auth_request(0) + pg_message(b"Z", b"I"))
+        await writer.drain()
+        await reader.read()  # until the client hangs up
+
+    async def main() -> None:
+        async with FakeServer(script) as srv:
+            t0 = time.monotonic()
+            with pytest.raises(pgcdc.ConnectionError, match="SCRAM"):
+                await take(_fake_reader(srv.port), 1)
+            assert time.monotonic() - t0 < 5
+
+    run(main(), timeout=30)
+
+
+def test_cleartext_password_only_over_tls_or_when_allowed() -> None:
+    async def script(server: FakeServer, reader, writer) -> None:
+        writer.write(auth_request(3))
+        await writer.drain()
+        try:
+            await server.read_message(reader)  # the password, if the client sends it
+        except asyncio.IncompleteReadError:
+            return
+        writer.write(pg_message(b"E", b"SFATAL\0C28P01\0Mpassword authentication failed\0\0"))
+        await writer.drain()
+
+    async def main() -> None:
+        async with FakeServer(script) as srv:
+            with pytest.raises(pgcdc.ConnectionError, match="cleartext"):
+                await take(_fake_reader(srv.port), 1)
+            assert b"p" not in srv.seen, "the password was sent in the clear"
+            with pytest.raises(pgcdc.AuthenticationError):
+                await take(_fake_reader(srv.port, allow_cleartext_password=True), 1)
+            assert b"p" in srv.seen
+
+    run(main(), timeout=30)
+
+
+def test_a_protocol_violation_is_an_internal_error() -> None:
+    async def script(server: FakeServer, reader, writer) -> None:
+        pass
+
+    async def main() -> None:
+        async with FakeServer(script, ssl_answer=b"X") as srv:
+            with pytest.raises(pgcdc.InternalError, match="SSLRequest"):
+                await take(_fake_reader(srv.port, sslmode="prefer"), 1)
+
+    run(main(), timeout=30)
+
+
 def test_missing_slot_publication_and_wrong_plugin(cluster: Cluster, fresh_db: str) -> None:
     cluster.execute("CREATE TABLE items (id int PRIMARY KEY)", fresh_db)
     cluster.execute("CREATE PUBLICATION pub FOR TABLE items", fresh_db)
@@ -494,7 +679,12 @@ def secure_cluster():
         c.execute("CREATE ROLE scram_user LOGIN REPLICATION PASSWORD 'scram-secret'")
         c.execute("SET password_encryption = 'md5'; CREATE ROLE md5_user LOGIN REPLICATION PASSWORD 'md5-secret'")
         prepend_hba(c, [
+            # tls_only gets in over TLS only (the default trust lines below would let a
+            # plaintext connection in, and a test could not tell)
+            "hostnossl all tls_only 127.0.0.1/32 reject",
+            "hostnossl replication tls_only 127.0.0.1/32 reject",
             "hostssl all tls_only 127.0.0.1/32 trust",
+            "hostssl replication tls_only 127.0.0.1/32 trust",
             "host all scram_user 127.0.0.1/32 scram-sha-256",
             "host replication scram_user 127.0.0.1/32 scram-sha-256",
             "host all md5_user 127.0.0.1/32 md5",
@@ -543,10 +733,65 @@ def test_tls(secure_cluster: Cluster, sslmode: str) -> None:
         c.execute("INSERT INTO items VALUES (%s, 'tls', 1)", params=[100 + len(sslmode)])
         (e,) = await take(r, 1)
         assert e.after["name"] == "tls"
+        # seen from the server, while connected: the replication session is encrypted
+        assert c.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = %s", params=[r.backend_pid]) == [(True,)]
         await r.stop()
-        ssl_used = c.execute("SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.usename = 'tls_only' AND s.ssl")
-        assert ssl_used is not None
         c.execute(f"SELECT pg_drop_replication_slot('{slot}')")
+
+    run(main())
+
+
+def test_tls_verify_full_checks_the_host_name(secure_cluster: Cluster) -> None:
+    """The certificate names 127.0.0.1 only: through "localhost" verify-ca passes (the chain
+    is good) and verify-full refuses."""
+    c = secure_cluster
+    c.execute("SELECT pg_create_logical_replication_slot('slot_name_check', 'pgoutput')")
+
+    def by_name(sslmode: str) -> pgcdc.LogicalReplicationReader:
+        r = pgcdc.LogicalReplicationReader("pub", "slot_name_check", host="localhost", database="postgres",
+                                           port=c.port, user="tls_only", sslmode=sslmode, sslrootcert=c.root_cert,
+                                           connect_timeout=5)
+        _open.append(r)
+        return r
+
+    async def main() -> None:
+        with pytest.raises(pgcdc.ConnectionError, match="TLS"):
+            await take(by_name("verify-full"), 1)
+        r = by_name("verify-ca")
+        c.execute("INSERT INTO items VALUES (300, 'by name', 1)")
+        (e,) = await take(r, 1)
+        assert e.after["name"] == "by name"
+        await r.stop()
+        c.execute("SELECT pg_drop_replication_slot('slot_name_check')")
+
+    run(main())
+
+
+def test_tls_verification_needs_a_root_certificate(secure_cluster: Cluster, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """verify-ca/verify-full never fall back to the web's authorities: without sslrootcert
+    (or ~/.postgresql/root.crt) they refuse; sslrootcert=system means the web's roots, which
+    did not sign this server's certificate."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("PGSSLROOTCERT", raising=False)
+
+    async def main() -> None:
+        for mode in ("verify-ca", "verify-full"):
+            with pytest.raises(pgcdc.InterfaceError, match="sslrootcert"):
+                await take(reader(secure_cluster, "postgres", user="tls_only", sslmode=mode), 1)
+        with pytest.raises(pgcdc.ConnectionError, match="TLS"):
+            await take(reader(secure_cluster, "postgres", user="tls_only", sslrootcert="system"), 1)
+        with pytest.raises(pgcdc.InterfaceError, match="weak sslmode"):
+            reader(secure_cluster, "postgres", user="tls_only", sslmode="verify-ca", sslrootcert="system")
+        # libpq's default root certificate file
+        (tmp_path / ".postgresql").mkdir()
+        (tmp_path / ".postgresql" / "root.crt").write_bytes(Path(secure_cluster.root_cert).read_bytes())
+        secure_cluster.execute("SELECT pg_create_logical_replication_slot('slot_default_root', 'pgoutput')")
+        r = reader(secure_cluster, "postgres", slot="slot_default_root", user="tls_only", sslmode="verify-full")
+        assert await nothing_within(r, 0.5)
+        assert r.sessions == 1
+        await r.stop()
+        secure_cluster.execute("SELECT pg_drop_replication_slot('slot_default_root')")
 
     run(main())
 

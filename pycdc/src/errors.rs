@@ -3,9 +3,14 @@
 //!
 //! ```text
 //!  PgError::Interface   -> InterfaceError       misuse, bad arguments, closed stream
+//!  PgError::NoPendingLsn-> NoPendingLSNError    acknowledge() in auto mode (also a RuntimeError,
+//!                                               as the seed library raised)
 //!  PgError::Connect     -> ConnectionError      cannot reach/handshake with the server
 //!  PgError::Io          -> ConnectionError      connection lost while streaming
-//!  PgError::Protocol    -> InterfaceError       the server said something we do not understand
+//!  PgError::Protocol    -> InternalError        the server said something we do not understand
+//!                                               (not the caller's misuse, so not InterfaceError)
+//!  PgError::Internal    -> InternalError        a bug: a panic in a stream task
+//!  PgError::Operational -> OperationalError     e.g. acknowledgements that could not be flushed
 //!  PgError::Data        -> DataError            a value or pgoutput message we cannot decode
 //!  PgError::Server      -> by SQLSTATE class    28 AuthenticationError, 08 ConnectionError,
 //!                                               42 ProgrammingError, 22 DataError, 23
@@ -61,9 +66,12 @@ impl ServerError {
 #[derive(Debug, Clone)]
 pub enum PgError {
     Interface(String),
+    NoPendingLsn(String),
     Connect(String),
     Io(String),
     Protocol(String),
+    Internal(String),
+    Operational(String),
     Data(String),
     Server(ServerError),
 }
@@ -71,9 +79,14 @@ pub enum PgError {
 impl fmt::Display for PgError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            PgError::Interface(m) | PgError::Connect(m) | PgError::Io(m) | PgError::Protocol(m) | PgError::Data(m) => {
-                f.write_str(m)
-            }
+            PgError::Interface(m)
+            | PgError::NoPendingLsn(m)
+            | PgError::Connect(m)
+            | PgError::Io(m)
+            | PgError::Protocol(m)
+            | PgError::Internal(m)
+            | PgError::Operational(m)
+            | PgError::Data(m) => f.write_str(m),
             PgError::Server(e) => f.write_str(&e.message),
         }
     }
@@ -88,6 +101,13 @@ impl PgError {
             detail: None,
             hint,
         })
+    }
+
+    /// The server refused an acknowledgement because the position is beyond what the feed
+    /// has staged (22023 "cannot acknowledge ..."). After a server crash the queue is rebuilt
+    /// from the slot, so an event this process saw may not be staged again yet: worth retrying.
+    pub fn is_ack_not_staged_yet(&self) -> bool {
+        matches!(self, PgError::Server(e) if e.code == "22023" && e.message.starts_with("cannot acknowledge"))
     }
 
     pub fn sqlstate(&self) -> Option<&str> {
@@ -123,6 +143,19 @@ impl PgError {
                 hint: db.hint().map(str::to_owned),
             });
         }
+        let chain = std::iter::successors(Some(&e as &dyn std::error::Error), |s| s.source());
+        if chain.map(|s| s.to_string()).any(|m| m.contains("password missing")) {
+            // The server asked for a password and none was given: the same error as the
+            // replication connection's (and libpq's) — an authentication failure.
+            return PgError::server(
+                "28P01",
+                format!("the server asks for a password for user \"{}\" and none was given", params.user),
+                Some(
+                    "pass password=... (or set PGPASSWORD, or use a password file: ~/.pgpass or PGPASSFILE, mode 0600)"
+                        .into(),
+                ),
+            );
+        }
         let mut msg = e.to_string();
         let mut source = std::error::Error::source(&e);
         while let Some(s) = source {
@@ -139,7 +172,10 @@ impl PgError {
 
     fn class_name(&self) -> &'static str {
         match self {
-            PgError::Interface(_) | PgError::Protocol(_) => "InterfaceError",
+            PgError::Interface(_) => "InterfaceError",
+            PgError::NoPendingLsn(_) => "NoPendingLSNError",
+            PgError::Protocol(_) | PgError::Internal(_) => "InternalError",
+            PgError::Operational(_) => "OperationalError",
             PgError::Connect(_) | PgError::Io(_) => "ConnectionError",
             PgError::Data(_) => "DataError",
             PgError::Server(e) => match e.code.get(..2).unwrap_or("") {

@@ -4,9 +4,10 @@
 //! ```text
 //!  [session task, tokio]  LISTEN pgcdc_<feed>
 //!      table sink:  loop { SELECT ... FROM pgcdc.read(feed, batch, after = last fetched) ;
-//!                          nothing? wait for a NOTIFY (or 30 s, or an ack/stop) }
-//!      notify sink: each NOTIFY payload is an event (or a reference to a staged big one)
-//!      acks:        SELECT pgcdc.ack(feed, lsn, ordinal), batched (<= 50 ms) and on stop
+//!                          nothing? wait for a NOTIFY (or 30 s) }
+//!      notify sink: each NOTIFY payload is an event (or a reference to a staged one)
+//!      acks:        SELECT pgcdc.ack(feed, lsn, ordinal), batched (<= 50 ms) and on stop;
+//!                   an acknowledgement never causes a read (only NOTIFYs and the 30 s poll do)
 //!         | events (JSON text + column types), bounded queue, no GIL
 //!         v
 //!  [Python] next_ready() / wait(), exactly like LogicalReplicationReader
@@ -17,13 +18,28 @@
 //! process delivered, and a new process resumes after the last acknowledged one. A NOTIFY
 //! feed delivers what is sent while connected (PostgreSQL does not queue notifications for
 //! absent listeners); acknowledging one only removes events staged because they were too big
-//! for a payload.
+//! for a payload. Positions are compared, never counted: ordinals increase within a
+//! transaction but need not be consecutive.
+//!
+//! Acknowledgements after a server crash: the queue is UNLOGGED, so after a crash it is empty
+//! until the feed's worker has staged the unacknowledged events again from the slot. Until
+//! then `pgcdc.ack` refuses a position this process saw before the crash (22023, "cannot
+//! acknowledge ..."). That refusal is not an error of the stream: the acknowledgement stays
+//! pending and is retried (every second, and as soon as a read returns rows) until the
+//! worker has caught up.
+//!
+//! Closing: `close()` flushes pending acknowledgements within its timeout (5 s by default;
+//! a connection attempt is abandoned at once when there is nothing to flush) and raises
+//! `OperationalError` when some could not be flushed; `ack()` after `close()` raises
+//! `InterfaceError`. Liveness: TCP keepalives are on, and every query has a deadline
+//! ([`QUERY_TIMEOUT`]), so a half-open connection ends in a reconnect, not a hang.
 //!
 //! Values: the event JSON is turned into Python with the column types from the catalog and
 //! the feed's Debezium options (see [`typed`]), so numeric is a `Decimal`, bytea `bytes`,
 //! timestamps `datetime`... Where Debezium's format itself loses information the result says
 //! what the JSON says: `interval` in numeric mode is microseconds with 30.4375-day months,
-//! `timetz` is in UTC, a `varbit`'s leading zeros are gone.
+//! `timetz` is in UTC, a `varbit`'s leading zeros are gone (`B'0001'` is `"1"`; `B'000'` and
+//! `B''` are both `""`). Malformed binary values (invalid base64 or hex) are a `DataError`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -33,7 +49,7 @@ use base64::Engine;
 use futures_util::StreamExt;
 use pgcdc_core::catalog::{Catalog, TypeKind, TypeRow};
 use pgcdc_core::debezium::{BinaryMode, DecimalMode, EncoderOptions, HstoreMode, IntervalMode, TimePrecisionMode};
-use pgcdc_core::value::{civil_from_days, Infinite, Value};
+use pgcdc_core::value::{Infinite, Value};
 use pgcdc_core::Lsn;
 use pyo3::exceptions::PyStopAsyncIteration;
 use pyo3::prelude::*;
@@ -44,10 +60,19 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::conninfo::ConnParams;
 use crate::errors::PgError;
-use crate::signal::{Op, Signal};
+use crate::signal::{Op, Signal, Stop};
 use crate::values;
 
 type Pos = (Lsn, u32);
+
+/// Acknowledgements are sent at most this often (the newest one wins).
+const ACK_INTERVAL: Duration = Duration::from_millis(50);
+/// A refused acknowledgement (not staged again yet after a crash) is retried this often.
+const ACK_RETRY: Duration = Duration::from_secs(1);
+/// Bound on any one query: beyond it the connection counts as lost (and is reopened).
+pub const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `close()` may spend flushing acknowledgements unless told otherwise.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct FeedConfig {
@@ -115,20 +140,80 @@ struct State {
     sink_notify: bool,
     armed: bool,
     /// NOTIFY feeds: positions of queued/delivered events that were staged (too big for a
-    /// payload); only those need `pgcdc.ack`.
+    /// payload); only those need `pgcdc.ack`. Removed once an acknowledgement covering them
+    /// succeeded.
     staged_notify: VecDeque<Pos>,
+    /// Why the last acknowledgement (or connection) attempt failed, for the close report.
+    ack_failure: Option<PgError>,
+    /// Set when the task ended with acknowledgements it could not flush; raised by close().
+    unflushed: Option<PgError>,
+}
+
+/// What flushing acknowledgements has to do.
+enum AckTarget {
+    /// Nothing new.
+    Nothing,
+    /// Send `pgcdc.ack` up to this position.
+    Send(Pos),
+}
+
+impl State {
+    /// The position to read after: the newest delivered or queued event.
+    fn last_fetched(&self) -> Option<Pos> {
+        self.queue.back().map(|r| r.position()).max(self.last_delivered)
+    }
+
+    /// What to acknowledge on the server now. NOTIFY feeds only acknowledge staged events,
+    /// so an acknowledgement covering none of them is complete without a query.
+    fn ack_target(&mut self) -> AckTarget {
+        let Some(wanted) = self.ack_wanted else { return AckTarget::Nothing };
+        if Some(wanted) <= self.ack_sent {
+            return AckTarget::Nothing;
+        }
+        if !self.sink_notify {
+            return AckTarget::Send(wanted);
+        }
+        match self.staged_notify.iter().take_while(|p| **p <= wanted).last() {
+            Some(p) => AckTarget::Send(*p),
+            None => {
+                self.ack_sent = Some(wanted);
+                AckTarget::Nothing
+            }
+        }
+    }
+
+    /// `pgcdc.ack` up to `pos` succeeded.
+    fn acked(&mut self, pos: Pos) {
+        while self.staged_notify.front().is_some_and(|p| *p <= pos) {
+            self.staged_notify.pop_front();
+        }
+        let complete = self.sink_notify && self.staged_notify.front().is_none_or(|p| Some(*p) > self.ack_wanted);
+        self.ack_sent = if complete { self.ack_wanted.max(Some(pos)) } else { Some(pos).max(self.ack_sent) };
+        self.ack_failure = None;
+    }
+
+    fn acks_pending(&self) -> bool {
+        self.ack_wanted > self.ack_sent
+    }
 }
 
 pub struct Shared {
     state: Mutex<State>,
     signal: Signal,
+    /// The queue has room again.
     space: Notify,
-    wake: Notify,
+    /// The consumer acknowledged something: flush it (never a reason to read).
+    ack_wake: Notify,
+    stop: Stop,
 }
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn acks_pending(&self) -> bool {
+        self.lock().acks_pending()
     }
 }
 
@@ -139,11 +224,13 @@ impl Shared {
 pub struct PyFeed {
     config: FeedConfig,
     shared: Arc<Shared>,
+    /// The process that opened it (see `crate::check_process`).
+    pid: u32,
 }
 
 impl Drop for PyFeed {
     fn drop(&mut self) {
-        self.request_stop();
+        self.request_stop(STOP_GRACE);
     }
 }
 
@@ -155,20 +242,40 @@ impl PyFeed {
         }
         st.started = true;
         drop(st);
-        crate::runtime().spawn(run(self.shared.clone(), self.config.clone()));
+        let on_panic = self.shared.clone();
+        crate::spawn_supervised(run(self.shared.clone(), self.config.clone()), move |e| {
+            let mut st = on_panic.lock();
+            st.error = Some(e);
+            st.finished = true;
+            drop(st);
+            on_panic.signal.notify();
+        });
     }
 
-    fn request_stop(&self) {
+    fn request_stop(&self, grace: Duration) {
+        if crate::check_process(self.pid).is_err() {
+            return; // the parent's stream: its locks may be held by threads that do not exist here
+        }
         let mut st = self.shared.lock();
         st.stopping = true;
         let running = st.started && !st.finished;
         if !running {
+            let never_started = !st.started && !st.finished;
             st.finished = true;
+            if never_started && st.acks_pending() {
+                st.unflushed = Some(PgError::Operational(
+                    "acknowledgements were made but the stream never connected: nothing was flushed".into(),
+                ));
+            }
         }
         drop(st);
-        self.shared.wake.notify_one();
+        self.shared.stop.request(grace);
         self.shared.space.notify_one();
         self.shared.signal.notify();
+    }
+
+    fn check_process(&self, py: Python<'_>) -> PyResult<()> {
+        crate::check_process(self.pid).map_err(|e| e.to_py(py))
     }
 }
 
@@ -189,7 +296,7 @@ impl PyFeed {
     ) -> PyResult<Self> {
         let mut conn = ConnParams::from_dsn(dsn).map_err(PgError::Interface)?;
         if let Some(t) = connect_timeout {
-            conn.connect_timeout = Duration::from_secs_f64(t.max(0.001));
+            conn.connect_timeout = crate::seconds("connect_timeout", t)?.max(Duration::from_millis(1));
         }
         if !(1..=1_000_000).contains(&batch_size) {
             return Err(
@@ -203,7 +310,7 @@ impl PyFeed {
                 batch_size,
                 auto_ack: auto_acknowledge,
                 reconnect,
-                reconnect_timeout: reconnect_timeout.map(|s| Duration::from_secs_f64(s.max(0.0))),
+                reconnect_timeout: reconnect_timeout.map(|s| crate::seconds("reconnect_timeout", s)).transpose()?,
                 max_buffered: max_buffered.max(16),
                 idle_poll: Duration::from_secs(30),
             },
@@ -211,16 +318,20 @@ impl PyFeed {
                 state: Mutex::new(State::default()),
                 signal: Signal::new(),
                 space: Notify::new(),
-                wake: Notify::new(),
+                ack_wake: Notify::new(),
+                stop: Stop::default(),
             }),
+            pid: std::process::id(),
         })
     }
 
     /// True once the first session streams; raises its error; else arms the signal.
     fn opened(&self, py: Python<'_>) -> PyResult<bool> {
+        self.check_process(py)?;
         self.ensure_started();
         let mut st = self.shared.lock();
-        if let Some(e) = &st.error {
+        if let Some(e) = st.error.clone() {
+            drop(st);
             return Err(e.to_py(py));
         }
         if st.sessions > 0 || st.finished {
@@ -239,13 +350,14 @@ impl PyFeed {
     }
 
     fn next_ready(&self, py: Python<'_>) -> PyResult<Option<Py<FeedEvent>>> {
+        self.check_process(py)?;
         self.ensure_started();
         let mut st = self.shared.lock();
-        if self.config.auto_ack {
+        if self.config.auto_ack && !st.stopping {
             if let Some(p) = st.last_delivered {
                 if st.ack_wanted < Some(p) {
                     st.ack_wanted = Some(p);
-                    self.shared.wake.notify_one();
+                    self.shared.ack_wake.notify_one();
                 }
             }
         }
@@ -259,7 +371,8 @@ impl PyFeed {
             }
             return Ok(Some(Py::new(py, FeedEvent::new(*row))?));
         }
-        if let Some(e) = &st.error {
+        if let Some(e) = st.error.clone() {
+            drop(st);
             return Err(e.to_py(py));
         }
         if st.finished || st.stopping {
@@ -272,8 +385,16 @@ impl PyFeed {
     /// Acknowledges every event up to and including `event` (an Event, or None for
     /// everything delivered so far). Sent to the server in batches.
     #[pyo3(signature = (event=None))]
-    fn ack(&self, event: Option<Bound<'_, FeedEvent>>) -> PyResult<()> {
+    fn ack(&self, py: Python<'_>, event: Option<Bound<'_, FeedEvent>>) -> PyResult<()> {
+        self.check_process(py)?;
         let mut st = self.shared.lock();
+        if st.stopping {
+            drop(st);
+            return Err(PgError::Interface(
+                "the stream is closed: an acknowledgement now would never reach the server".into(),
+            )
+            .to_py(py));
+        }
         let pos = match &event {
             Some(e) => Some(e.get().row.position()),
             None => st.last_delivered,
@@ -284,14 +405,17 @@ impl PyFeed {
             }
         }
         drop(st);
-        self.shared.wake.notify_one();
+        self.shared.ack_wake.notify_one();
         Ok(())
     }
 
-    /// Asks the stream to flush acknowledgements and close (see `finished`).
-    #[pyo3(name = "request_stop")]
-    fn py_request_stop(&self) {
-        self.request_stop();
+    /// Asks the stream to flush acknowledgements (within `timeout` seconds) and close (see
+    /// `finished`, then `check_closed`).
+    #[pyo3(name = "request_stop", signature = (timeout=None))]
+    fn py_request_stop(&self, timeout: Option<f64>) -> PyResult<()> {
+        let grace = timeout.map(|t| crate::seconds("timeout", t)).transpose()?.unwrap_or(STOP_GRACE);
+        self.request_stop(grace);
+        Ok(())
     }
 
     /// True once closed; otherwise arms the signal for the end.
@@ -301,6 +425,15 @@ impl PyFeed {
             st.armed = true;
         }
         st.finished
+    }
+
+    /// After the end: raises `OperationalError` when acknowledgements could not be flushed.
+    fn check_closed(&self, py: Python<'_>) -> PyResult<()> {
+        let unflushed = self.shared.lock().unflushed.take();
+        match unflushed {
+            Some(e) => Err(e.to_py(py)),
+            None => Ok(()),
+        }
     }
 
     /// Position of the last acknowledgement sent to the server, `(commit_lsn, ordinal)`.
@@ -393,7 +526,7 @@ impl FeedEvent {
                                 if let Ok(s) = c.extract::<String>() {
                                     md.set_item(
                                         "content",
-                                        pyo3::types::PyBytes::new(py, &decode_binary(&s, o.binary)),
+                                        pyo3::types::PyBytes::new(py, &decode_binary(&s, o.binary)?),
                                     )?;
                                 }
                             }
@@ -473,16 +606,38 @@ fn row_py(py: Python<'_>, raw: Option<&RawValue>, cols: Option<&Columns>, o: &En
     Ok(d.into_any().unbind())
 }
 
-/// Decodes a Debezium binary value (`binary.handling.mode`).
-fn decode_binary(s: &str, mode: BinaryMode) -> Vec<u8> {
+/// Decodes a Debezium binary value (`binary.handling.mode`); malformed text is a DataError
+/// (never silently the text's own bytes).
+fn decode_binary(s: &str, mode: BinaryMode) -> Result<Vec<u8>, PgError> {
     let r = match mode {
         BinaryMode::Bytes | BinaryMode::Base64 => base64::engine::general_purpose::STANDARD.decode(s),
         BinaryMode::Base64UrlSafe => base64::engine::general_purpose::URL_SAFE.decode(s),
         BinaryMode::Hex => {
-            return (0..s.len() / 2).filter_map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()).collect()
+            return s
+                .len()
+                .is_multiple_of(2)
+                .then(|| (0..s.len() / 2).map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()).collect())
+                .flatten()
+                .ok_or_else(|| PgError::Data(format!("invalid hex binary value {:?}", preview(s))));
         }
     };
-    r.unwrap_or_else(|_| s.as_bytes().to_vec())
+    r.map_err(|e| PgError::Data(format!("invalid base64 binary value {:?}: {e}", preview(s))))
+}
+
+fn preview(s: &str) -> &str {
+    match s.char_indices().nth(40) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// Length of a varbit from Debezium's BitSet bytes (little-endian, bit 0 = last bit): up to
+/// the highest set bit, since leading zeros are not in the JSON. All zeros (or no bytes) is 0.
+fn varbit_len(bytes: &[u8]) -> u32 {
+    match bytes.iter().rposition(|&b| b != 0) {
+        Some(i) => i as u32 * 8 + (8 - bytes[i].leading_zeros()),
+        None => 0,
+    }
 }
 
 /// Big-endian two's complement bytes as decimal digits text.
@@ -549,7 +704,7 @@ fn typed<'py>(
             };
             let text = match (v, o.decimal) {
                 (J::String(s), DecimalMode::Precise) if !matches!(s.as_str(), "NaN" | "Infinity" | "-Infinity") => {
-                    twos_complement_to_text(&decode_binary(s, BinaryMode::Bytes), scale.unwrap_or(0))
+                    twos_complement_to_text(&decode_binary(s, BinaryMode::Bytes)?, scale.unwrap_or(0))
                 }
                 (J::Object(m), _) => {
                     let sc = m.get("scale").and_then(J::as_u64).unwrap_or(0) as u32;
@@ -557,6 +712,7 @@ fn typed<'py>(
                         .get("value")
                         .and_then(J::as_str)
                         .map(|s| decode_binary(s, BinaryMode::Bytes))
+                        .transpose()?
                         .unwrap_or_default();
                     twos_complement_to_text(&bytes, sc)
                 }
@@ -572,7 +728,7 @@ fn typed<'py>(
             decimal(py, &text)?
         }
         TypeKind::Bytea => match v {
-            J::String(s) => pyo3::types::PyBytes::new(py, &decode_binary(s, o.binary)).into_any(),
+            J::String(s) => pyo3::types::PyBytes::new(py, &decode_binary(s, o.binary)?).into_any(),
             _ => plain()?,
         },
         TypeKind::Json | TypeKind::Jsonb => match v {
@@ -644,10 +800,10 @@ fn typed<'py>(
         TypeKind::Bit { length } => match v {
             J::Bool(b) => PyString::new(py, if *b { "1" } else { "0" }).into_any(),
             J::String(s) => {
-                let bytes = decode_binary(s, o.binary);
+                let bytes = decode_binary(s, o.binary)?;
                 let len = match length {
                     Some(n) => *n,
-                    None => (bytes.len() * 8) as u32 - bytes.last().map_or(8, |b| b.leading_zeros()),
+                    None => varbit_len(&bytes),
                 };
                 values::value(py, &Value::Bits { length: len, bytes }, None)?
             }
@@ -722,7 +878,6 @@ fn parse_iso_timestamp(s: &str) -> Option<i64> {
         return None;
     }
     let days = pgcdc_core::value::days_from_civil(y, m, d);
-    let _ = civil_from_days;
     Some(days * MICROS_PER_DAY + parse_clock(time)?)
 }
 
@@ -906,7 +1061,9 @@ async fn run(shared: Arc<Shared>, config: FeedConfig) {
     let mut backoff = Duration::from_millis(100);
     let mut down_since: Option<Instant> = None;
     loop {
-        if shared.lock().stopping {
+        if shared.stop.is_requested()
+            && (!shared.acks_pending() || shared.stop.deadline().is_some_and(|d| Instant::now() >= d))
+        {
             break;
         }
         let sessions_before = shared.lock().sessions;
@@ -924,6 +1081,7 @@ async fn run(shared: Arc<Shared>, config: FeedConfig) {
         shared.space.notify_one();
         match result {
             Ok(()) => break,
+            Err(e) if shared.stop.is_requested() => shared.lock().ack_failure = Some(e),
             Err(e) => {
                 let ever = shared.lock().sessions > 0;
                 let expired = down_since.zip(config.reconnect_timeout).is_some_and(|(s, l)| s.elapsed() > l);
@@ -932,18 +1090,37 @@ async fn run(shared: Arc<Shared>, config: FeedConfig) {
                     shared.signal.notify();
                     break;
                 }
+                shared.lock().ack_failure = Some(e);
             }
         }
         if down_since.is_none() {
             down_since = Some(Instant::now());
         }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = shared.wake.notified() => {}
+        // Backoff, interruptible by close(), which then gets quick, bounded attempts to flush.
+        match shared.stop.deadline() {
+            Some(deadline) => {
+                let soon = Instant::now() + backoff.min(Duration::from_millis(200));
+                tokio::time::sleep_until(soon.min(deadline).into()).await;
+            }
+            None => {
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shared.stop.requested() => {}
+                }
+            }
         }
         backoff = (backoff * 2).min(Duration::from_secs(30));
     }
-    shared.lock().finished = true;
+    let mut st = shared.lock();
+    if st.acks_pending() {
+        let (l, o) = st.ack_wanted.unwrap_or_default();
+        let why = st.ack_failure.as_ref().or(st.error.as_ref()).map(|e| format!(": {e}")).unwrap_or_default();
+        st.unflushed = Some(PgError::Operational(format!(
+            "the acknowledgement of ({l}, {o}) could not be flushed before the stream closed{why}; the server keeps those events and will deliver them again"
+        )));
+    }
+    st.finished = true;
+    drop(st);
     shared.signal.notify();
 }
 
@@ -954,37 +1131,60 @@ struct Session<'a> {
     options: Arc<EncoderOptions>,
     tables: HashMap<(String, String), Arc<Columns>>,
     last_ack: Instant,
+    /// A refused acknowledgement (events not staged again yet) waits until then.
+    ack_retry_at: Option<Instant>,
+}
+
+/// A query with a deadline: no answer within [`QUERY_TIMEOUT`] means the connection is lost.
+async fn bounded<T>(
+    params: &ConnParams,
+    what: &str,
+    fut: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, PgError> {
+    match tokio::time::timeout(QUERY_TIMEOUT, fut).await {
+        Ok(r) => r.map_err(|e| PgError::from_tokio_postgres(e, params)),
+        Err(_) => Err(PgError::Io(format!(
+            "no answer from {} to {what} within {} s: the connection is considered lost",
+            params.endpoint(),
+            QUERY_TIMEOUT.as_secs()
+        ))),
+    }
 }
 
 async fn session(shared: &Arc<Shared>, config: &FeedConfig) -> Result<(), PgError> {
-    let (client, mut connection) = crate::tls::connect_sql(&config.conn).await?;
-    let (notes_tx, mut notes) = mpsc::unbounded_channel::<Result<String, PgError>>();
-    let params = config.conn.clone();
-    let driver = tokio::spawn(async move {
-        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(m) = messages.next().await {
-            match m {
-                Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
-                    let _ = notes_tx.send(Ok(n.payload().to_owned()));
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    let _ = notes_tx.send(Err(PgError::from_tokio_postgres(e, &params)));
-                    return;
+    // Setting up is abandoned at once by close() when there is nothing to flush, and at the
+    // close deadline otherwise.
+    let setup = async {
+        let (client, mut connection) = crate::tls::connect_sql(&config.conn).await?;
+        let (notes_tx, notes) = mpsc::unbounded_channel::<Result<String, PgError>>();
+        let params = config.conn.clone();
+        let driver = tokio::spawn(async move {
+            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(m) = messages.next().await {
+                match m {
+                    Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                        let _ = notes_tx.send(Ok(n.payload().to_owned()));
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        let _ = notes_tx.send(Err(PgError::from_tokio_postgres(e, &params)));
+                        return;
+                    }
                 }
             }
-        }
-        let _ = notes_tx.send(Err(PgError::Io(format!("connection to {} closed", params.endpoint()))));
-    });
-    let result = async {
-        let err = |e| PgError::from_tokio_postgres(e, &config.conn);
-        let row = client
-            .query_opt(
-                "SELECT sink, channel, options::text, pg_backend_pid() FROM pgcdc.feeds WHERE name = $1",
-                &[&config.feed],
+            let _ = notes_tx.send(Err(PgError::Io(format!("connection to {} closed", params.endpoint()))));
+        });
+        let opened = async {
+            let row = bounded(
+                &config.conn,
+                "the feed lookup",
+                client.query_opt(
+                    "SELECT sink, channel, options::text, pg_backend_pid() FROM pgcdc.feeds WHERE name = $1",
+                    &[&config.feed],
+                ),
             )
             .await
-            .map_err(|e| match err(e) {
+            .map_err(|e| match e {
                 PgError::Server(s) if s.code == "3F000" || s.code == "42P01" => PgError::server(
                     "42704",
                     format!("the pgcdc extension is not installed in database \"{}\"", config.conn.database),
@@ -992,34 +1192,56 @@ async fn session(shared: &Arc<Shared>, config: &FeedConfig) -> Result<(), PgErro
                 ),
                 other => other,
             })?;
-        let Some(row) = row else {
-            return Err(PgError::server(
-                "42704",
-                format!("feed \"{}\" does not exist", config.feed),
-                Some("Create it with SELECT pgcdc.create_feed(name, publication), or check that you may use it (pgcdc.feeds lists the feeds you may use).".into()),
-            ));
-        };
-        let sink: String = row.get(0);
-        let channel: String = row.get(1);
-        let options_text: String = row.get(2);
-        let pid: i32 = row.get(3);
-        let options = Arc::new(encoder_options_of(&config.feed, &options_text));
-        client.batch_execute(&format!("LISTEN {}", crate::wire::quote_ident(&channel))).await.map_err(err)?;
-        {
-            let mut st = shared.lock();
-            st.sessions += 1;
-            st.backend_pid = pid;
-            st.sink_notify = sink == "notify";
+            let Some(row) = row else {
+                return Err(PgError::server(
+                    "42704",
+                    format!("feed \"{}\" does not exist", config.feed),
+                    Some("Create it with SELECT pgcdc.create_feed(name, publication), or check that you may use it (pgcdc.feeds lists the feeds you may use).".into()),
+                ));
+            };
+            let channel: String = row.get(1);
+            bounded(&config.conn, "LISTEN", client.batch_execute(&format!("LISTEN {}", crate::wire::quote_ident(&channel))))
+                .await?;
+            Ok::<_, PgError>(row)
         }
-        shared.signal.notify();
-        let mut s = Session { shared, config, client, options, tables: HashMap::new(), last_ack: Instant::now() };
-        if sink == "notify" {
-            s.notify_loop(&mut notes).await
-        } else {
-            s.table_loop(&mut notes).await
+        .await;
+        match opened {
+            Ok(row) => Ok((client, driver, notes, row)),
+            Err(e) => {
+                driver.abort();
+                Err(e)
+            }
         }
+    };
+    let (client, driver, mut notes, row) = tokio::select! {
+        r = setup => r?,
+        _ = shared.stop.abandon(|| shared.acks_pending()) => return Ok(()),
+    };
+    let sink: String = row.get(0);
+    let options_text: String = row.get(2);
+    let pid: i32 = row.get(3);
+    let options = Arc::new(encoder_options_of(&config.feed, &options_text));
+    {
+        let mut st = shared.lock();
+        st.sessions += 1;
+        st.backend_pid = pid;
+        st.sink_notify = sink == "notify";
     }
-    .await;
+    shared.signal.notify();
+    let mut s = Session {
+        shared,
+        config,
+        client,
+        options,
+        tables: HashMap::new(),
+        last_ack: Instant::now() - ACK_INTERVAL,
+        ack_retry_at: None,
+    };
+    let result = if sink == "notify" { s.notify_loop(&mut notes).await } else { s.table_loop(&mut notes).await };
+    let result = match result {
+        Ok(()) => s.finish().await,
+        Err(e) => Err(e),
+    };
     driver.abort();
     result
 }
@@ -1043,17 +1265,53 @@ fn encoder_options_of(feed: &str, text: &str) -> EncoderOptions {
 const READ_SQL: &str = "SELECT commit_lsn::text, ordinal, lsn::text, xid, op, schema_name, table_name, topic, \
      key::text, event::text FROM pgcdc.read($1, $2, $3::text::pg_lsn, $4)";
 
+const ACK_SQL: &str = "SELECT pgcdc.ack($1, $2::text::pg_lsn, $3)";
+
+/// A read that returned this much JSON may have been cut short by `pgcdc.read`'s 64 MB cap
+/// (half of it, so a change of the cap's exact value does not matter): read again at once.
+const READ_CAP_HINT: usize = 32 << 20;
+
+/// What woke a session waiting for events.
+enum Woken {
+    /// New events may be there: read.
+    Data,
+    Stop,
+}
+
 impl Session<'_> {
+    /// Waits for a reason to read (a NOTIFY, or the idle poll) or a stop, flushing
+    /// acknowledgements meanwhile without reading.
+    async fn wait_for_data(
+        &mut self,
+        notes: &mut mpsc::UnboundedReceiver<Result<String, PgError>>,
+        idle_until: Option<Instant>,
+    ) -> Result<(Woken, Option<String>), PgError> {
+        loop {
+            self.flush_acks(false).await?;
+            let far = Instant::now() + Duration::from_secs(3600);
+            let due = self.ack_due().unwrap_or(far);
+            tokio::select! {
+                biased;
+                _ = self.shared.stop.requested() => return Ok((Woken::Stop, None)),
+                n = notes.recv() => {
+                    let payload = n.unwrap_or_else(|| Err(PgError::Io("connection closed".into())))?;
+                    return Ok((Woken::Data, Some(payload)));
+                }
+                _ = self.shared.ack_wake.notified() => {}
+                _ = tokio::time::sleep_until(due.into()) => {}
+                _ = tokio::time::sleep_until(idle_until.unwrap_or(far).into()) => return Ok((Woken::Data, None)),
+            }
+        }
+    }
+
     async fn table_loop(
         &mut self,
         notes: &mut mpsc::UnboundedReceiver<Result<String, PgError>>,
     ) -> Result<(), PgError> {
-        let err = |e| PgError::from_tokio_postgres(e, &self.config.conn);
-        let stmt = self.client.prepare(READ_SQL).await.map_err(err)?;
+        let stmt = bounded(&self.config.conn, "PREPARE", self.client.prepare(READ_SQL)).await?;
         loop {
             self.flush_acks(false).await?;
-            if self.shared.lock().stopping {
-                self.flush_acks(true).await?;
+            if self.shared.stop.is_requested() {
                 return Ok(());
             }
             // Wake-ups already received are answered by the read below; one that arrives
@@ -1066,12 +1324,20 @@ impl Session<'_> {
                 Some((l, o)) => (Some(l.to_string()), Some(o as i32)),
                 None => (None, None),
             };
-            let rows = self
-                .client
-                .query(&stmt, &[&self.config.feed, &self.config.batch_size, &lsn, &ord])
-                .await
-                .map_err(err)?;
+            let args: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+                [&self.config.feed, &self.config.batch_size, &lsn, &ord];
+            let read = bounded(&self.config.conn, "pgcdc.read", self.client.query(&stmt, &args));
+            let rows = tokio::select! {
+                r = read => r?,
+                _ = self.shared.stop.requested() => return Ok(()),
+            };
             let got = rows.len();
+            let bytes: usize = rows
+                .iter()
+                .map(|r| {
+                    r.get::<_, Option<&str>>(8).map_or(0, str::len) + r.get::<_, Option<&str>>(9).map_or(0, str::len)
+                })
+                .sum();
             let mut batch = Vec::with_capacity(got);
             for r in rows {
                 batch.push(self.row(
@@ -1088,20 +1354,22 @@ impl Session<'_> {
                     true,
                 ));
             }
+            if got > 0 {
+                // Rows are staged: a refused acknowledgement may well pass now.
+                self.ack_retry_at = None;
+            }
             let batch = self.with_columns(batch).await?;
             if !batch.is_empty() && self.push(batch).await? {
-                self.flush_acks(true).await?;
                 return Ok(());
             }
-            if got as i32 >= self.config.batch_size {
-                continue; // more to read
+            // More to read: a full batch, or one cut short by read's size cap (64 MB of JSON,
+            // see pgcdc_ext/README.md: "a short result does not mean the queue is drained").
+            if got as i32 >= self.config.batch_size || bytes >= READ_CAP_HINT {
+                continue;
             }
-            let due = self.ack_due();
-            tokio::select! {
-                n = notes.recv() => { n.unwrap_or_else(|| Err(PgError::Io("connection closed".into())))?; }
-                _ = self.shared.wake.notified() => {}
-                _ = tokio::time::sleep(self.config.idle_poll) => {}
-                _ = tokio::time::sleep_until(due.into()) => {}
+            let idle_until = Instant::now() + self.config.idle_poll;
+            if let (Woken::Stop, _) = self.wait_for_data(notes, Some(idle_until)).await? {
+                return Ok(());
             }
         }
     }
@@ -1111,16 +1379,10 @@ impl Session<'_> {
         notes: &mut mpsc::UnboundedReceiver<Result<String, PgError>>,
     ) -> Result<(), PgError> {
         loop {
-            self.flush_acks(false).await?;
-            if self.shared.lock().stopping {
-                self.flush_acks(true).await?;
-                return Ok(());
-            }
-            let due = self.ack_due();
-            let payload = tokio::select! {
-                n = notes.recv() => n.unwrap_or_else(|| Err(PgError::Io("connection closed".into())))?,
-                _ = self.shared.wake.notified() => continue,
-                _ = tokio::time::sleep_until(due.into()) => continue,
+            let payload = match self.wait_for_data(notes, None).await? {
+                (Woken::Stop, _) => return Ok(()),
+                (Woken::Data, None) => continue,
+                (Woken::Data, Some(p)) => p,
             };
             let mut batch = vec![self.notify_row(&payload).await?];
             while let Ok(n) = notes.try_recv() {
@@ -1129,43 +1391,43 @@ impl Session<'_> {
             let batch: Vec<FeedRow> = batch.into_iter().flatten().collect();
             let batch = self.with_columns(batch).await?;
             if self.push(batch).await? {
-                self.flush_acks(true).await?;
                 return Ok(());
             }
         }
     }
 
+    /// One NOTIFY payload: the event itself, or (too big for a payload, or a payload that
+    /// carries only the position) a reference to read from the queue with the reader's
+    /// privileges.
     async fn notify_row(&mut self, payload: &str) -> Result<Option<FeedRow>, PgError> {
-        #[derive(serde::Deserialize)]
-        struct P<'a> {
-            commit_lsn: String,
-            ordinal: u32,
-            lsn: String,
-            op: String,
-            #[serde(default)]
-            topic: String,
-            #[serde(borrow, default)]
-            key: Option<&'a RawValue>,
-            #[serde(borrow, default)]
-            value: Option<&'a RawValue>,
-            #[serde(default)]
-            staged: bool,
-        }
-        let p: P<'_> = serde_json::from_str(payload).map_err(|e| PgError::Data(format!("NOTIFY payload: {e}")))?;
-        let commit: Lsn = p.commit_lsn.parse().map_err(|e| PgError::Data(format!("NOTIFY payload: {e}")))?;
-        if p.staged {
-            // Too big for a payload: fetch it from the queue by position.
-            let err = |e| PgError::from_tokio_postgres(e, &self.config.conn);
-            let (after_lsn, after_ord) = if p.ordinal > 0 {
-                (commit, p.ordinal - 1)
-            } else {
-                (Lsn(commit.0.saturating_sub(1)), i32::MAX as u32)
-            };
-            let rows = self
-                .client
-                .query(READ_SQL, &[&self.config.feed, &1000i32, &Some(after_lsn.to_string()), &Some(after_ord as i32)])
-                .await
-                .map_err(err)?;
+        let bad = |e: String| PgError::Data(format!("NOTIFY payload on the feed's channel: {e}"));
+        let fields: HashMap<&str, &RawValue> = serde_json::from_str(payload).map_err(|e| bad(e.to_string()))?;
+        let text = |k: &str| -> Result<Option<String>, PgError> {
+            fields
+                .get(k)
+                .map(|v| serde_json::from_str::<String>(v.get()).map_err(|e| bad(format!("{k}: {e}"))))
+                .transpose()
+        };
+        let commit_text = text("commit_lsn")?.ok_or_else(|| bad("no commit_lsn".into()))?;
+        let commit: Lsn = commit_text.parse().map_err(|e| bad(format!("commit_lsn: {e}")))?;
+        let ordinal: u32 = match fields.get("ordinal") {
+            Some(v) => serde_json::from_str(v.get()).map_err(|e| bad(format!("ordinal: {e}")))?,
+            None => return Err(bad("no ordinal".into())),
+        };
+        let staged = fields.get("staged").is_some_and(|v| v.get() == "true");
+        if staged || !fields.contains_key("value") {
+            // Read it from the queue: the next staged event after the one just before it.
+            let (after_lsn, after_ord) =
+                if ordinal > 0 { (commit, ordinal - 1) } else { (Lsn(commit.0.saturating_sub(1)), i32::MAX as u32) };
+            let rows = bounded(
+                &self.config.conn,
+                "pgcdc.read",
+                self.client.query(
+                    READ_SQL,
+                    &[&self.config.feed, &1i32, &Some(after_lsn.to_string()), &Some(after_ord as i32)],
+                ),
+            )
+            .await?;
             for r in rows {
                 let row = self.row(
                     r.get(0),
@@ -1180,13 +1442,14 @@ impl Session<'_> {
                     r.get(9),
                     true,
                 );
-                if row.position() == (commit, p.ordinal) {
+                if row.position() == (commit, ordinal) {
                     return Ok(Some(row));
                 }
             }
-            return Ok(None);
+            return Ok(None); // acknowledged (by another consumer) since
         }
-        let value = p.value.map(|v| v.get().to_owned()).filter(|v| v != "null");
+        let raw = |k: &str| fields.get(k).map(|v| v.get().to_owned()).filter(|v| v != "null");
+        let value = raw("value");
         // schema and table from the event's source block
         #[derive(serde::Deserialize, Default)]
         struct Src {
@@ -1206,15 +1469,15 @@ impl Session<'_> {
             .and_then(|e| e.source)
             .unwrap_or_default();
         Ok(Some(self.row(
-            p.commit_lsn,
-            p.ordinal as i32,
-            p.lsn,
+            commit_text,
+            ordinal as i32,
+            text("lsn")?.unwrap_or_default(),
             None,
-            p.op,
+            text("op")?.unwrap_or_default(),
             src.schema,
             src.table,
-            p.topic,
-            p.key.map(|k| k.get().to_owned()).filter(|k| k != "null"),
+            text("topic")?.unwrap_or_default(),
+            raw("key"),
             value,
             false,
         )))
@@ -1274,26 +1537,26 @@ impl Session<'_> {
     }
 
     async fn lookup_columns(&self, schema: &str, table: &str) -> Result<Columns, PgError> {
-        let err = |e| PgError::from_tokio_postgres(e, &self.config.conn);
-        let rows = self
-            .client
-            .query(
+        let rows = bounded(
+            &self.config.conn,
+            "a catalog lookup",
+            self.client.query(
                 "SELECT a.attname::text, a.atttypid, a.atttypmod FROM pg_catalog.pg_attribute a \
                  JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
                  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
                  WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped \
                  ORDER BY a.attnum",
                 &[&schema, &table],
-            )
-            .await
-            .map_err(err)?;
+            ),
+        )
+        .await?;
         let cols: Vec<(String, u32, i32)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
         let unknown: Vec<u32> = cols.iter().map(|c| c.1).filter(|&o| TypeKind::builtin(o, -1).is_none()).collect();
         let mut catalog = Catalog::new();
         if !unknown.is_empty() {
             let sql = include_str!("../../sql/type_info.sql");
             let mut types = Vec::new();
-            for row in self.client.query(sql, &[&unknown]).await.map_err(err)? {
+            for row in bounded(&self.config.conn, "a catalog lookup", self.client.query(sql, &[&unknown])).await? {
                 types.push(TypeRow {
                     oid: row.get(0),
                     namespace: row.get(1),
@@ -1325,7 +1588,7 @@ impl Session<'_> {
                     return Ok(true);
                 }
                 // Skip what this process already delivered (after a reconnect).
-                let floor = st.last_fetched_floor();
+                let floor = st.last_fetched();
                 batch.retain(|r| floor.is_none_or(|f| r.position() > f));
                 if st.queue.len() < self.config.max_buffered {
                     if st.sink_notify {
@@ -1333,7 +1596,7 @@ impl Session<'_> {
                         st.staged_notify.extend(staged);
                     }
                     st.queue.extend(batch.drain(..));
-                    let armed = std::mem::replace(&mut st.armed, false);
+                    let armed = !st.queue.is_empty() && std::mem::replace(&mut st.armed, false);
                     drop(st);
                     if armed {
                         self.shared.signal.notify();
@@ -1341,74 +1604,81 @@ impl Session<'_> {
                     return Ok(false);
                 }
             }
-            let due = self.ack_due();
+            let far = Instant::now() + Duration::from_secs(3600);
+            let due = self.ack_due().unwrap_or(far);
             tokio::select! {
                 _ = space => {}
+                _ = self.shared.stop.requested() => return Ok(true),
+                _ = self.shared.ack_wake.notified() => self.flush_acks(false).await?,
                 _ = tokio::time::sleep_until(due.into()) => self.flush_acks(false).await?,
             }
         }
     }
 
-    fn ack_due(&self) -> Instant {
-        let st = self.shared.lock();
-        if st.ack_wanted > st.ack_sent {
-            self.last_ack + Duration::from_millis(50)
-        } else {
-            Instant::now() + Duration::from_secs(3600)
+    /// When the next acknowledgement is due (None: nothing to send).
+    fn ack_due(&self) -> Option<Instant> {
+        if !self.shared.acks_pending() {
+            return None;
         }
+        let due = self.last_ack + ACK_INTERVAL;
+        Some(match self.ack_retry_at {
+            Some(t) => t.max(due),
+            None => due,
+        })
     }
 
-    /// Sends the newest acknowledgement (rate-limited to one per 50 ms unless `now`).
+    /// Sends the newest acknowledgement (rate-limited to one per [`ACK_INTERVAL`] unless
+    /// `now`). A refusal because the events are not staged again yet (after a server crash)
+    /// keeps it pending for a retry; other failures end the session.
     async fn flush_acks(&mut self, now: bool) -> Result<(), PgError> {
-        let (wanted, sent, notify) = {
-            let st = self.shared.lock();
-            (st.ack_wanted, st.ack_sent, st.sink_notify)
-        };
-        let Some(mut pos) = wanted else { return Ok(()) };
-        if Some(pos) <= sent || (!now && self.last_ack.elapsed() < Duration::from_millis(50)) {
+        let due = self.ack_due();
+        let Some(due) = due else { return Ok(()) };
+        if !now && Instant::now() < due {
             return Ok(());
         }
-        let mut send = !notify;
-        if notify {
-            // Only staged (big) events are in the queue table; acknowledge the newest of them.
-            let mut st = self.shared.lock();
-            let mut newest = None;
-            while st.staged_notify.front().is_some_and(|p| *p <= pos) {
-                newest = st.staged_notify.pop_front();
-            }
-            if let Some(p) = newest {
-                pos = p;
-                send = true;
-            } else {
-                st.ack_sent = wanted;
-                return Ok(());
-            }
-        }
-        if send {
-            let err = |e| PgError::from_tokio_postgres(e, &self.config.conn);
-            self.client
-                .query_one(
-                    "SELECT pgcdc.ack($1, $2::text::pg_lsn, $3)",
-                    &[&self.config.feed, &pos.0.to_string(), &(pos.1 as i32)],
-                )
-                .await
-                .map_err(err)?;
-        }
+        let pos = match self.shared.lock().ack_target() {
+            AckTarget::Nothing => return Ok(()),
+            AckTarget::Send(p) => p,
+        };
+        let sent = bounded(
+            &self.config.conn,
+            "pgcdc.ack",
+            self.client.query_one(ACK_SQL, &[&self.config.feed, &pos.0.to_string(), &(pos.1 as i32)]),
+        )
+        .await;
         self.last_ack = Instant::now();
-        let mut st = self.shared.lock();
-        st.ack_sent = if notify { wanted } else { Some(pos) };
+        match sent {
+            Ok(_) => {
+                self.ack_retry_at = None;
+                self.shared.lock().acked(pos);
+                Ok(())
+            }
+            Err(e) if e.is_ack_not_staged_yet() => {
+                self.ack_retry_at = Some(Instant::now() + ACK_RETRY);
+                self.shared.lock().ack_failure = Some(e);
+                Ok(())
+            }
+            Err(e) => {
+                self.shared.lock().ack_failure = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    /// On close: flushes what is acknowledged, retrying refusals, until its deadline.
+    async fn finish(&mut self) -> Result<(), PgError> {
+        let deadline = self.shared.stop.deadline().unwrap_or_else(|| Instant::now() + STOP_GRACE);
+        while self.shared.acks_pending() && Instant::now() < deadline {
+            match tokio::time::timeout_at(deadline.into(), self.flush_acks(true)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => break,
+            }
+            if let Some(retry) = self.ack_retry_at.filter(|_| self.shared.acks_pending()) {
+                tokio::time::sleep_until(retry.min(deadline).into()).await;
+            }
+        }
         Ok(())
-    }
-}
-
-impl State {
-    /// The position to read after: the newest delivered or queued event.
-    fn last_fetched(&self) -> Option<Pos> {
-        self.queue.back().map(|r| r.position()).max(self.last_delivered)
-    }
-
-    fn last_fetched_floor(&self) -> Option<Pos> {
-        self.last_fetched()
     }
 }
 
@@ -1434,7 +1704,7 @@ fn has_new_column(value: &str, cols: &Columns) -> bool {
 fn _query_json(dsn: &str, sql: String, params: Vec<Option<String>>, connect_timeout: Option<f64>) -> PyResult<Op> {
     let mut conn = ConnParams::from_dsn(dsn).map_err(PgError::Interface)?;
     if let Some(t) = connect_timeout {
-        conn.connect_timeout = Duration::from_secs_f64(t.max(0.001));
+        conn.connect_timeout = crate::seconds("connect_timeout", t)?.max(Duration::from_millis(1));
     }
     Ok(Op::spawn(async move {
         let (client, connection) = crate::tls::connect_sql(&conn).await?;
@@ -1467,6 +1737,45 @@ mod tests {
         assert_eq!(twos_complement_to_text(&[0xFB, 0x1E], 2), "-12.50");
         assert_eq!(twos_complement_to_text(&[], 0), "0");
         assert_eq!(twos_complement_to_text(&[0x01], 21), "0.000000000000000000001");
+    }
+
+    #[test]
+    fn varbit_lengths_never_underflow() {
+        assert_eq!(varbit_len(&[]), 0); // B''
+        assert_eq!(varbit_len(&[0]), 0); // B'000': all leading zeros
+        assert_eq!(varbit_len(&[0x01]), 1); // B'0001' -> "1"
+        assert_eq!(varbit_len(&[0x06]), 3); // B'110'
+        assert_eq!(varbit_len(&[0x00, 0x01]), 9);
+        assert_eq!(varbit_len(&[0xFF, 0x00]), 8); // trailing zero bytes (not trimmed)
+    }
+
+    #[test]
+    fn malformed_binary_is_an_error() {
+        assert_eq!(decode_binary("3q2+7w==", BinaryMode::Bytes).unwrap(), vec![0xde, 0xad, 0xbe, 0xef]);
+        assert_eq!(decode_binary("DEADbeef", BinaryMode::Hex).unwrap(), vec![0xde, 0xad, 0xbe, 0xef]);
+        assert!(matches!(decode_binary("not base64!", BinaryMode::Base64), Err(PgError::Data(_))));
+        assert!(matches!(decode_binary("abc", BinaryMode::Hex), Err(PgError::Data(_))));
+        assert!(matches!(decode_binary("zz", BinaryMode::Hex), Err(PgError::Data(_))));
+        assert!(matches!(decode_binary("+/8=", BinaryMode::Base64UrlSafe), Err(PgError::Data(_))));
+    }
+
+    #[test]
+    fn notify_acks_only_staged_events_and_keep_them_until_acked() {
+        let p = |o| (Lsn(100), o);
+        let mut st = State { sink_notify: true, ..State::default() };
+        st.staged_notify.extend([p(4), p(10)]);
+        st.ack_wanted = Some(p(7));
+        assert!(matches!(st.ack_target(), AckTarget::Send(x) if x == p(4)));
+        assert_eq!(st.staged_notify.len(), 2, "nothing is forgotten before the ack succeeds");
+        st.acked(p(4));
+        assert_eq!(st.ack_sent, Some(p(7)));
+        assert!(!st.acks_pending());
+        st.ack_wanted = Some(p(12));
+        assert!(matches!(st.ack_target(), AckTarget::Send(x) if x == p(10)));
+        st.ack_wanted = Some(p(13));
+        assert!(matches!(st.ack_target(), AckTarget::Send(x) if x == p(10)), "a failed ack is sent again");
+        st.acked(p(10));
+        assert!(st.staged_notify.is_empty() && st.ack_sent == Some(p(13)));
     }
 
     #[test]

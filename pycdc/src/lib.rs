@@ -10,9 +10,13 @@
 //! (ReplicationMessage), [`values`] (PostgreSQL values as Python objects), [`feed`] (the feed
 //! client), [`errors`] (the exception mapping).
 
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::Mutex;
 use std::time::Duration;
+
+use futures_util::FutureExt;
 
 use pgcdc_core::debezium::EncoderOptions;
 use pgcdc_core::Lsn;
@@ -39,16 +43,73 @@ use signal::Op;
 
 /// The process-wide tokio runtime (two worker threads: the machines this targets are small,
 /// and each stream is one task).
+///
+/// Fork safety: `fork()` copies only the calling thread, so in a child the parent's runtime
+/// has no worker threads and anything spawned on it would never run. The runtime is therefore
+/// kept with the pid that built it, and a forked child (multiprocessing's "fork" start method,
+/// gunicorn/celery pre-fork workers) builds its own on first use. The parent's runtime is
+/// leaked in the child (dropping it would wait for threads that do not exist there). Streams
+/// opened before the fork belong to the parent: see [`check_process`].
 pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("pgcdc")
-            .enable_all()
-            .build()
-            .expect("cannot start the tokio runtime")
-    })
+    // Only Python threads holding the GIL get here (never a runtime thread), so no other
+    // thread can hold this lock while Python forks.
+    static RT: Mutex<Option<(u32, &'static tokio::runtime::Runtime)>> = Mutex::new(None);
+    let pid = std::process::id();
+    let mut rt = RT.lock().unwrap_or_else(|p| p.into_inner());
+    match *rt {
+        Some((owner, r)) if owner == pid => r,
+        _ => {
+            let r: &'static tokio::runtime::Runtime = Box::leak(Box::new(
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .thread_name("pgcdc")
+                    .enable_all()
+                    .build()
+                    .expect("cannot start the tokio runtime"),
+            ));
+            *rt = Some((pid, r));
+            r
+        }
+    }
+}
+
+/// Refuses to use, in a forked child, a stream opened by the parent: its task runs (or ran)
+/// in the parent, and its socket and state are shared with it.
+pub(crate) fn check_process(owner: u32) -> Result<(), PgError> {
+    if owner == std::process::id() {
+        Ok(())
+    } else {
+        Err(PgError::Interface(format!(
+            "this stream was opened in process {owner} and cannot be used after fork() in process {}: open a new one in the child",
+            std::process::id()
+        )))
+    }
+}
+
+/// Spawns `fut` on the runtime so that a panic inside it is reported through `on_panic` (as
+/// an `InternalError`) instead of silently ending the task and leaving Python waiting forever.
+pub(crate) fn spawn_supervised<F, P>(fut: F, on_panic: P)
+where
+    F: Future<Output = ()> + Send + 'static,
+    P: FnOnce(PgError) + Send + 'static,
+{
+    runtime().spawn(async move {
+        if let Err(panic) = AssertUnwindSafe(fut).catch_unwind().await {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            on_panic(PgError::Internal(format!("internal error in pgcdc (a bug, please report it): {what}")));
+        }
+    });
+}
+
+/// Seconds given by Python as a `Duration`: a ValueError (not a panic) for negative, NaN,
+/// infinite or absurdly large values.
+pub(crate) fn seconds(name: &str, value: f64) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(value)
+        .map_err(|_| PyValueError::new_err(format!("{name} must be a finite number of seconds >= 0, not {value}")))
 }
 
 /// Parses an LSN given as `X/Y` text or as an integer (Debezium's form).
@@ -87,7 +148,7 @@ impl PyReader {
     #[pyo3(signature = (
         publications, slot_name, host, database, port, user, password, start_lsn, auto_acknowledge,
         *, sslmode, sslrootcert, connect_timeout, application_name, include_truncate, include_messages,
-        create_slot, debezium_options, reconnect, reconnect_timeout, max_buffered
+        create_slot, debezium_options, reconnect, reconnect_timeout, max_buffered, allow_cleartext_password=false
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -111,26 +172,30 @@ impl PyReader {
         reconnect: bool,
         reconnect_timeout: Option<f64>,
         max_buffered: usize,
+        allow_cleartext_password: bool,
     ) -> PyResult<Self> {
         if publications.is_empty() {
             return Err(PgError::Interface("publication_name is required".into()).into());
         }
-        let sslmode = match sslmode.or_else(|| std::env::var("PGSSLMODE").ok()) {
-            Some(m) => SslMode::parse(&m).map_err(PgError::Interface)?,
-            None => SslMode::Prefer,
-        };
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let sslrootcert = sslrootcert.or_else(|| env("PGSSLROOTCERT").map(PathBuf::from));
+        let sslmode = SslMode::resolve(sslmode.or_else(|| env("PGSSLMODE")).as_deref(), sslrootcert.as_deref())
+            .map_err(PgError::Interface)?;
         let start_lsn = start_lsn.as_ref().map(lsn_arg).transpose()?;
-        let conn = ConnParams {
+        let mut conn = ConnParams {
             host,
             port,
             user,
-            password: password.filter(|p| !p.is_empty()).or_else(|| std::env::var("PGPASSWORD").ok()),
+            password: password.filter(|p| !p.is_empty()).or_else(|| env("PGPASSWORD")),
             database,
             sslmode,
-            sslrootcert: sslrootcert.or_else(|| std::env::var("PGSSLROOTCERT").ok().map(PathBuf::from)),
-            connect_timeout: Duration::from_secs_f64(connect_timeout.max(0.001)),
+            sslrootcert,
+            connect_timeout: seconds("connect_timeout", connect_timeout)?.max(Duration::from_millis(1)),
             application_name,
+            allow_cleartext_password,
+            ..ConnParams::default()
         };
+        conn.fill_password_from_passfile();
         let mut encoder = encoder_options(debezium_options.as_ref())?;
         // The reader decides what to yield; the encoder must produce every kind.
         encoder.skipped.truncate = false;
@@ -146,7 +211,7 @@ impl PyReader {
                 create_slot,
                 encoder,
                 reconnect,
-                reconnect_timeout: reconnect_timeout.map(|s| Duration::from_secs_f64(s.max(0.0))),
+                reconnect_timeout: reconnect_timeout.map(|s| seconds("reconnect_timeout", s)).transpose()?,
                 max_buffered: max_buffered.max(16),
             }),
         })
@@ -175,19 +240,31 @@ impl PyReader {
     }
 
     #[pyo3(signature = (lsn=None))]
-    fn acknowledge(&self, lsn: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+    fn acknowledge(&self, py: Python<'_>, lsn: Option<Bound<'_, PyAny>>) -> PyResult<()> {
         let lsn = lsn.as_ref().map(lsn_arg).transpose()?;
-        self.reader.acknowledge(lsn).map_err(PyErr::from)
+        self.reader.acknowledge(lsn).map_err(|e| e.to_py(py))
     }
 
-    /// Asks the stream to confirm what is acknowledged and close (see `finished`).
-    fn request_stop(&self) {
-        self.reader.request_stop();
+    /// Asks the stream to confirm what is acknowledged (within `timeout` seconds) and close
+    /// (see `finished`).
+    #[pyo3(signature = (timeout=None))]
+    fn request_stop(&self, timeout: Option<f64>) -> PyResult<()> {
+        let grace = timeout.map(|t| seconds("timeout", t)).transpose()?.unwrap_or(reader::STOP_GRACE);
+        self.reader.request_stop(grace);
+        Ok(())
     }
 
     /// True once closed; otherwise the socket wakes when it is.
     fn finished(&self) -> bool {
         self.reader.finished()
+    }
+
+    /// After the end: raises `OperationalError` when a confirmation could not be sent.
+    fn check_stopped(&self, py: Python<'_>) -> PyResult<()> {
+        match self.reader.unconfirmed() {
+            Some(e) => Err(e.to_py(py)),
+            None => Ok(()),
+        }
     }
 
     /// The position confirmed (or to be confirmed) to the server, `X/Y`.
@@ -224,6 +301,14 @@ fn message_to_debezium_json(message: &Bound<'_, PyAny>, indent: Option<usize>) -
     message.call_method1("json", (indent,))?.extract()
 }
 
+/// For the test suite: a task that panics must end as an `InternalError`, never a hang.
+#[pyfunction]
+fn _selftest_panic() -> signal::Op {
+    signal::Op::spawn(async {
+        panic!("deliberate panic (pgcdc._pgcdc._selftest_panic)");
+    })
+}
+
 /// Parses JSON text into Python objects with key order kept (like json.loads), in Rust.
 #[pyfunction]
 fn _json_loads(py: Python<'_>, text: &str) -> PyResult<Py<PyAny>> {
@@ -238,6 +323,7 @@ fn _pgcdc(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Op>()?;
     m.add_function(wrap_pyfunction!(message_to_debezium_json, m)?)?;
     m.add_function(wrap_pyfunction!(_json_loads, m)?)?;
+    m.add_function(wrap_pyfunction!(_selftest_panic, m)?)?;
     feed::register(m)?;
     m.add("DEBEZIUM_VERSION", pgcdc_core::debezium::DEBEZIUM_COMPAT_VERSION)?;
     Ok(())

@@ -55,7 +55,7 @@ use crate::catalog::CatalogConn;
 use crate::conninfo::ConnParams;
 use crate::errors::PgError;
 use crate::message::{LogicalMessage, RowMsg};
-use crate::signal::Signal;
+use crate::signal::{Signal, Stop};
 use crate::values::Col;
 use crate::wire::{quote_ident, quote_literal, tag, ReplConn};
 
@@ -116,6 +116,12 @@ struct State {
     sessions: u64,
     /// The Python side found nothing and sleeps on the signal (see `crate::signal`).
     armed: bool,
+    /// The flush position last sent to the server.
+    reported: Lsn,
+    /// Why the last attempt to reach the server failed (for the stop report).
+    last_failure: Option<PgError>,
+    /// Set when the task ends with a confirmation it could not send; raised by `stop()`.
+    unconfirmed: Option<PgError>,
 }
 
 /// What the Python object and the stream task share.
@@ -125,8 +131,9 @@ pub struct Shared {
     pub signal: Signal,
     /// The queue has room again.
     space: Notify,
-    /// Acknowledgements or stop: the stream task should send a status update.
+    /// Acknowledgements: the stream task should send a status update.
     wake: Notify,
+    stop: Stop,
 }
 
 impl Shared {
@@ -139,12 +146,15 @@ impl Shared {
 pub struct Reader {
     pub config: ReaderConfig,
     pub shared: Arc<Shared>,
+    /// The process that made it (see `crate::check_process`).
+    pid: u32,
 }
 
 impl Reader {
     pub fn new(config: ReaderConfig) -> Reader {
         let mut state = State::default();
         state.acks.flush = config.start_lsn.unwrap_or(Lsn::ZERO);
+        state.reported = state.acks.flush;
         Reader {
             config,
             shared: Arc::new(Shared {
@@ -152,8 +162,14 @@ impl Reader {
                 signal: Signal::new(),
                 space: Notify::new(),
                 wake: Notify::new(),
+                stop: Stop::default(),
             }),
+            pid: std::process::id(),
         }
+    }
+
+    pub fn check_process(&self) -> Result<(), PgError> {
+        crate::check_process(self.pid)
     }
 
     /// Starts the stream task (once).
@@ -166,20 +182,32 @@ impl Reader {
         drop(st);
         let shared = self.shared.clone();
         let config = self.config.clone();
-        crate::runtime().spawn(run(shared, config));
+        let on_panic = self.shared.clone();
+        crate::spawn_supervised(run(shared, config), move |e| {
+            let mut st = on_panic.lock();
+            st.error = Some(e);
+            st.finished = true;
+            drop(st);
+            on_panic.signal.notify();
+        });
     }
 
     /// The next event, None when none is buffered. Errors: the stream's terminal error;
     /// `Ok(Err(()))` when the stream has ended.
     pub fn next_ready(&self) -> Result<Option<Box<RowMsg>>, NextError> {
+        self.check_process().map_err(NextError::Failed)?;
         let mut st = self.shared.lock();
+        let flush_before = st.acks.flush;
         if self.config.auto_ack {
-            // Asking for the next event means the previous one is processed.
+            // Asking for the next event means the previous one is processed, and with it
+            // every transaction completed so far.
             st.acks.acked = st.acks.last_delivered;
+            if let Some(end) = st.acks.last_completed {
+                st.acks.flush = st.acks.flush.max(end);
+            }
         }
         let mut out = None;
         let before = st.queue.len();
-        let flush_before = st.acks.flush;
         while let Some(item) = st.queue.pop_front() {
             match item {
                 Item::Commit { end_lsn } => apply_commit(&mut st.acks, end_lsn),
@@ -222,12 +250,19 @@ impl Reader {
 
     /// Manual acknowledgement of everything delivered so far (or explicitly up to `lsn`).
     pub fn acknowledge(&self, lsn: Option<Lsn>) -> Result<(), PgError> {
+        self.check_process()?;
         let mut st = self.shared.lock();
+        if st.stopping {
+            return Err(PgError::Interface(
+                "the reader is stopped: an acknowledgement now would never reach the server".into(),
+            ));
+        }
+        let before = st.queue.len();
         if let Some(lsn) = lsn {
             st.acks.flush = st.acks.flush.max(lsn);
         } else {
             if self.config.auto_ack {
-                return Err(PgError::Interface(
+                return Err(PgError::NoPendingLsn(
                     "No pending LSN to acknowledge: this reader has auto_acknowledge=True and confirms transactions by itself".into(),
                 ));
             }
@@ -242,13 +277,20 @@ impl Reader {
                 apply_commit(&mut st.acks, end_lsn);
             }
         }
+        let room = before >= self.config.max_buffered / 2 && st.queue.len() < self.config.max_buffered / 2;
         drop(st);
+        if room {
+            self.shared.space.notify_one();
+        }
         self.shared.wake.notify_one();
         Ok(())
     }
 
-    /// Asks the stream task to confirm what is acknowledged, close, and end.
-    pub fn request_stop(&self) {
+    /// Asks the stream task to confirm what is acknowledged (within `grace`), close, and end.
+    pub fn request_stop(&self, grace: Duration) {
+        if self.check_process().is_err() {
+            return; // the parent's stream: leave it alone (its locks may be held by threads that do not exist here)
+        }
         let mut st = self.shared.lock();
         st.stopping = true;
         let running = st.started && !st.finished;
@@ -256,6 +298,7 @@ impl Reader {
             st.finished = true;
         }
         drop(st);
+        self.shared.stop.request(grace);
         self.shared.wake.notify_one();
         self.shared.space.notify_one();
         self.shared.signal.notify();
@@ -268,6 +311,11 @@ impl Reader {
             st.armed = true;
         }
         st.finished
+    }
+
+    /// After the end: a confirmation that could not be sent to the server (stop() raises it).
+    pub fn unconfirmed(&self) -> Option<PgError> {
+        self.shared.lock().unconfirmed.take()
     }
 
     pub fn confirmed_lsn(&self) -> Lsn {
@@ -285,13 +333,35 @@ impl Reader {
 
 impl Drop for Reader {
     fn drop(&mut self) {
-        self.request_stop();
+        self.request_stop(STOP_GRACE);
     }
 }
+
+/// How long a stop may spend confirming what is acknowledged, unless `stop(timeout=)` says.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
 pub enum NextError {
     Failed(PgError),
     Ended,
+}
+
+/// Appends decoded items to the delivery queue; true when that moved the flush position.
+///
+/// Ends of transactions whose events were all taken already (the consumer may have
+/// acknowledged them before this COMMIT arrived) are applied at once, as `next_ready()` would
+/// have, so that `acknowledge()` followed by `stop()` confirms them.
+fn enqueue(st: &mut State, items: impl IntoIterator<Item = Item>) -> bool {
+    let flush_before = st.acks.flush;
+    let mut items = items.into_iter().peekable();
+    if st.queue.is_empty() {
+        while let Some(Item::Commit { end_lsn }) = items.peek() {
+            let end_lsn = *end_lsn;
+            items.next();
+            apply_commit(&mut st.acks, end_lsn);
+        }
+    }
+    st.queue.extend(items);
+    st.acks.flush != flush_before
 }
 
 fn apply_commit(acks: &mut Acks, end_lsn: Lsn) {
@@ -315,7 +385,7 @@ async fn run(shared: Arc<Shared>, config: ReaderConfig) {
     let mut down_since: Option<Instant> = None;
     let first_attempt = Instant::now();
     loop {
-        if shared.lock().stopping {
+        if shared.lock().stopping && (!streamed_once || !unreported(&shared) || past_stop_deadline(&shared)) {
             break;
         }
         let sessions_before = shared.lock().sessions;
@@ -334,33 +404,73 @@ async fn run(shared: Arc<Shared>, config: ReaderConfig) {
         shared.space.notify_one();
         match result {
             Ok(SessionEnd::Stopped) => break,
-            Ok(SessionEnd::Reconnect(_)) => {}
+            Ok(SessionEnd::Reconnect(why)) if !config.reconnect => {
+                shared.lock().error = Some(PgError::Io(format!(
+                    "{why} ({}); not reconnecting (reconnect=False)",
+                    config.conn.endpoint()
+                )));
+                shared.signal.notify();
+                break;
+            }
+            Ok(SessionEnd::Reconnect(why)) => shared.lock().last_failure = Some(PgError::Io(why)),
             Err(e) => {
                 // The slot is still held by the walsender of a connection that just ended.
                 let slot_busy = e.sqlstate() == Some("55006") && first_attempt.elapsed() < Duration::from_secs(10);
                 let retry = slot_busy || (streamed_once && config.reconnect && e.is_transient());
                 let expired =
                     down_since.zip(config.reconnect_timeout).is_some_and(|(since, limit)| since.elapsed() > limit);
-                if !retry || expired {
+                let stopping = shared.lock().stopping;
+                if stopping {
+                    shared.lock().last_failure = Some(e);
+                } else if !retry || expired {
                     shared.lock().error = Some(e);
                     shared.signal.notify();
                     break;
+                } else {
+                    shared.lock().last_failure = Some(e);
                 }
             }
         }
         if down_since.is_none() {
             down_since = Some(Instant::now());
         }
-        // Backoff, interruptible by stop().
-        let wake = shared.wake.notified();
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = wake => {}
+        // Backoff, interruptible by stop(), which then gets quick, bounded attempts to
+        // confirm what is acknowledged.
+        match shared.stop.deadline() {
+            Some(deadline) => {
+                let soon = Instant::now() + backoff.min(Duration::from_millis(200));
+                tokio::time::sleep_until(soon.min(deadline).into()).await;
+            }
+            None => {
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shared.stop.requested() => {}
+                }
+            }
         }
         backoff = (backoff * 2).min(Duration::from_secs(30));
     }
-    shared.lock().finished = true;
+    let mut st = shared.lock();
+    if st.error.is_none() && st.acks.flush > st.reported && streamed_once {
+        let why = st.last_failure.as_ref().map(|e| format!(": {e}")).unwrap_or_default();
+        st.unconfirmed = Some(PgError::Operational(format!(
+            "the confirmation of {} (what was acknowledged) could not be sent to the server before the reader stopped{why}; the slot stays at {} and those events will be delivered again",
+            st.acks.flush, st.reported
+        )));
+    }
+    st.finished = true;
+    drop(st);
     shared.signal.notify();
+}
+
+/// Something is acknowledged that the server has not heard yet.
+fn unreported(shared: &Shared) -> bool {
+    let st = shared.lock();
+    st.acks.flush > st.reported
+}
+
+fn past_stop_deadline(shared: &Shared) -> bool {
+    shared.stop.deadline().is_some_and(|d| Instant::now() >= d)
 }
 
 /// Checks the slot and publications on the replication connection, creating the slot when
@@ -374,8 +484,14 @@ async fn check_slot(conn: &mut ReplConn, config: &ReaderConfig) -> Result<(), Pg
         .await?;
     match rows.first() {
         None if config.create_slot => {
+            // PostgreSQL 15 has the option-list syntax; before it, NOEXPORT_SNAPSHOT.
+            let snapshot = if conn.server_version == 0 || conn.server_version >= 150000 {
+                "(SNAPSHOT 'nothing')"
+            } else {
+                "NOEXPORT_SNAPSHOT"
+            };
             conn.simple_query(&format!(
-                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'nothing')",
+                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput {snapshot}",
                 quote_ident(&config.slot)
             ))
             .await?;
@@ -453,6 +569,11 @@ struct Stream<'a> {
     last_status: Instant,
     /// A keepalive asked for a reply we could not fully satisfy (for shutdown detection).
     unsatisfied_ping: Option<Instant>,
+    liveness: Liveness,
+    /// When the server was last heard from (or we last started listening again).
+    last_heard: Instant,
+    /// A reply was requested in the current silence.
+    pinged: bool,
 }
 
 thread_local! {
@@ -468,24 +589,42 @@ fn now_nanos() -> i64 {
 }
 
 async fn session(shared: &Arc<Shared>, config: &ReaderConfig, streamed_once: &mut bool) -> Result<SessionEnd, PgError> {
-    let mut conn = ReplConn::connect(&config.conn).await?;
-    check_slot(&mut conn, config).await?;
-    let (start, resume_after) = {
-        let st = shared.lock();
-        (st.acks.flush, st.acks.last_delivered)
+    // Setting up is abandoned at once by stop() when there is nothing to confirm, and at the
+    // stop deadline otherwise.
+    let setup = async {
+        let mut conn = ReplConn::connect(&config.conn).await?;
+        check_slot(&mut conn, config).await?;
+        if config.include_messages && conn.server_version != 0 && conn.server_version < 140000 {
+            return Err(PgError::server(
+                "0A000",
+                "include_messages=True needs PostgreSQL 14 or later (pgoutput's messages option)",
+                Some("Use include_messages=False with this server.".into()),
+            ));
+        }
+        let liveness = Liveness::from_wal_sender_timeout(&mut conn).await?;
+        let (start, resume_after) = {
+            let st = shared.lock();
+            (st.acks.flush, st.acks.last_delivered)
+        };
+        let publications = config.publications.iter().map(|p| quote_ident(p)).collect::<Vec<_>>().join(",");
+        let mut options = format!("proto_version '1', publication_names {}", quote_literal(&publications));
+        if config.include_messages {
+            options.push_str(", messages 'true'");
+        }
+        let command = format!("START_REPLICATION SLOT {} LOGICAL {} ({})", quote_ident(&config.slot), start, options);
+        conn.start_replication(&command).await?;
+        Ok::<_, PgError>((conn, liveness, start, resume_after))
     };
-    let publications = config.publications.iter().map(|p| quote_ident(p)).collect::<Vec<_>>().join(",");
-    let mut options = format!("proto_version '1', publication_names {}", quote_literal(&publications));
-    if config.include_messages {
-        options.push_str(", messages 'true'");
-    }
-    let command = format!("START_REPLICATION SLOT {} LOGICAL {} ({})", quote_ident(&config.slot), start, options);
-    conn.start_replication(&command).await?;
+    let (mut conn, liveness, start, resume_after) = tokio::select! {
+        r = setup => r?,
+        _ = shared.stop.abandon(|| unreported(shared)) => return Ok(SessionEnd::Stopped),
+    };
     *streamed_once = true;
     {
         let mut st = shared.lock();
         st.backend_pid = conn.backend_pid;
         st.sessions += 1;
+        st.last_failure = None;
     }
     let mut encoder = Encoder::new(config.encoder.clone(), &config.conn.database);
     encoder.set_clock(encoder_clock);
@@ -504,20 +643,75 @@ async fn session(shared: &Arc<Shared>, config: &ReaderConfig, streamed_once: &mu
         reported: None,
         last_status: Instant::now(),
         unsatisfied_ping: None,
+        liveness,
+        last_heard: Instant::now(),
+        pinged: false,
     };
     let result = s.run(&mut conn).await;
     match result {
         Ok(SessionEnd::Stopped) => {
-            s.send_status(&mut conn, false).await.ok();
-            conn.close(Duration::from_secs(2)).await;
+            // The final confirmation and a polite goodbye, within the stop's deadline.
+            let deadline = shared.stop.deadline().unwrap_or_else(|| Instant::now() + STOP_GRACE);
+            match tokio::time::timeout_at(deadline.into(), s.send_status(&mut conn, false)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => shared.lock().last_failure = Some(e),
+                Err(_) => {
+                    shared.lock().last_failure = Some(PgError::Io("timed out sending the final confirmation".into()))
+                }
+            }
+            let wait = deadline.saturating_duration_since(Instant::now()).min(Duration::from_secs(2));
+            let _ = tokio::time::timeout(wait + Duration::from_millis(100), conn.close(wait)).await;
             Ok(SessionEnd::Stopped)
         }
         Ok(SessionEnd::Reconnect(why)) => {
-            conn.close(Duration::from_millis(500)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn.close(Duration::from_millis(500))).await;
             Ok(SessionEnd::Reconnect(why))
         }
         Err(e) => Err(e),
     }
+}
+
+/// When a silent server counts as gone (see the module docs).
+#[derive(Debug, Clone, Copy)]
+struct Liveness {
+    /// Ask for a reply after this much silence.
+    ping_after: Duration,
+    /// Give the connection up after this much silence.
+    lost_after: Duration,
+}
+
+impl Liveness {
+    async fn from_wal_sender_timeout(conn: &mut ReplConn) -> Result<Liveness, PgError> {
+        let rows = conn.simple_query("SHOW wal_sender_timeout").await?;
+        let text = rows.first().and_then(|r| r.first().cloned().flatten()).unwrap_or_default();
+        Ok(Liveness::for_timeout(parse_pg_duration(&text)))
+    }
+
+    fn for_timeout(wal_sender_timeout: Option<Duration>) -> Liveness {
+        match wal_sender_timeout.filter(|t| !t.is_zero()) {
+            Some(t) => Liveness {
+                ping_after: (t / 2).max(Duration::from_millis(500)),
+                lost_after: (t * 2).max(Duration::from_secs(2)),
+            },
+            None => Liveness { ping_after: Duration::from_secs(30), lost_after: Duration::from_secs(120) },
+        }
+    }
+}
+
+/// A duration setting as `SHOW` prints it (`60s`, `1min`, `500ms`, `0`); None when unreadable.
+fn parse_pg_duration(text: &str) -> Option<Duration> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let n: u64 = t[..split].parse().ok()?;
+    let ms = match t[split..].trim() {
+        "" | "ms" => n,
+        "s" => n * 1000,
+        "min" => n * 60_000,
+        "h" => n * 3_600_000,
+        "d" => n * 86_400_000,
+        _ => return None,
+    };
+    Some(Duration::from_millis(ms))
 }
 
 const STATUS_MIN_INTERVAL: Duration = Duration::from_millis(100);
@@ -554,13 +748,38 @@ impl Stream<'_> {
             }
             self.maybe_send_status(conn).await?;
             let due = self.next_status_due();
+            let silence = if self.pinged { self.liveness.lost_after } else { self.liveness.ping_after };
             let wake = self.shared.wake.notified();
             tokio::select! {
-                r = conn.fill() => r?,
+                biased;
+                r = conn.fill() => {
+                    r?;
+                    self.last_heard = Instant::now();
+                    self.pinged = false;
+                }
                 _ = wake => {}
+                _ = self.shared.stop.requested() => {}
                 _ = tokio::time::sleep_until(due.into()) => {}
+                _ = tokio::time::sleep_until((self.last_heard + silence).into()) => self.silence(conn).await?,
             }
         }
+    }
+
+    /// Nothing heard from the server for a while: ask it for a reply, and give the connection
+    /// up when even that gets no answer (a half-open TCP connection looks exactly like this).
+    async fn silence(&mut self, conn: &mut ReplConn) -> Result<(), PgError> {
+        let quiet = self.last_heard.elapsed();
+        if quiet >= self.liveness.lost_after {
+            return Err(PgError::Io(format!(
+                "nothing heard from the server for {:.0} s (wal_sender_timeout x 2): the connection is considered lost",
+                quiet.as_secs_f64()
+            )));
+        }
+        if !self.pinged && quiet >= self.liveness.ping_after {
+            self.pinged = true;
+            self.send_status(conn, true).await?;
+        }
+        Ok(())
     }
 
     fn next_status_due(&self) -> Instant {
@@ -593,6 +812,8 @@ impl Stream<'_> {
         conn.send_copy_data(&update.encode()).await?;
         self.reported = Some(flush);
         self.last_status = Instant::now();
+        let mut st = self.shared.lock();
+        st.reported = st.reported.max(flush);
         Ok(())
     }
 
@@ -604,26 +825,38 @@ impl Stream<'_> {
         }
         loop {
             let space = self.shared.space.notified();
-            {
+            let pushed = {
                 let mut st = self.shared.lock();
                 if st.stopping {
                     return Ok(Some(SessionEnd::Stopped));
                 }
                 if st.queue.len() < self.config.max_buffered {
-                    st.queue.extend(self.pending.drain(..));
-                    let armed = std::mem::replace(&mut st.armed, false);
+                    let flush_moved = enqueue(&mut st, self.pending.drain(..));
+                    let armed = !st.queue.is_empty() && std::mem::replace(&mut st.armed, false);
                     drop(st);
                     if armed {
                         self.shared.signal.notify();
                     }
-                    return Ok(None);
+                    Some(flush_moved)
+                } else {
+                    None
                 }
+            };
+            if let Some(flush_moved) = pushed {
+                if flush_moved {
+                    self.maybe_send_status(conn).await?;
+                }
+                return Ok(None);
             }
             let due = self.next_status_due();
             tokio::select! {
                 _ = space => {}
+                _ = self.shared.stop.requested() => {}
                 _ = tokio::time::sleep_until(due.into()) => self.maybe_send_status(conn).await?,
             }
+            // We were not reading meanwhile: the silence is ours, not the server's.
+            self.last_heard = Instant::now();
+            self.pinged = false;
         }
     }
 
@@ -798,4 +1031,38 @@ fn cols(frame: &Bytes, t: &TupleData<'_>) -> Vec<Col> {
             ColumnData::Binary(b) => Col::Binary(frame.slice_ref(b)),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_commit_arriving_after_acknowledge_is_confirmed() {
+        // Manual mode: the transaction's only event was taken and acknowledged before its
+        // COMMIT reached the queue.
+        let mut st = State::default();
+        st.acks.last_delivered = Some((Lsn(0x200), 4));
+        st.acks.acked = st.acks.last_delivered;
+        assert!(enqueue(&mut st, [Item::Commit { end_lsn: Lsn(0x210) }]));
+        assert_eq!(st.acks.flush, Lsn(0x210));
+        assert!(st.queue.is_empty());
+        // Not acknowledged yet: remembered, confirmed by the acknowledgement.
+        st.acks.last_delivered = Some((Lsn(0x300), 4));
+        assert!(!enqueue(&mut st, [Item::Commit { end_lsn: Lsn(0x310) }]));
+        assert_eq!((st.acks.flush, st.acks.last_completed), (Lsn(0x210), Some(Lsn(0x310))));
+    }
+
+    #[test]
+    fn liveness_follows_wal_sender_timeout() {
+        assert_eq!(parse_pg_duration("60s"), Some(Duration::from_secs(60)));
+        assert_eq!(parse_pg_duration("1min"), Some(Duration::from_secs(60)));
+        assert_eq!(parse_pg_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_pg_duration("0"), Some(Duration::ZERO));
+        assert_eq!(parse_pg_duration("soon"), None);
+        let l = Liveness::for_timeout(Some(Duration::from_secs(60)));
+        assert_eq!((l.ping_after, l.lost_after), (Duration::from_secs(30), Duration::from_secs(120)));
+        let off = Liveness::for_timeout(Some(Duration::ZERO));
+        assert_eq!(off.lost_after, Duration::from_secs(120));
+    }
 }

@@ -15,7 +15,11 @@
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
 
 use pyo3::prelude::*;
 
@@ -60,11 +64,69 @@ impl Default for Signal {
     }
 }
 
+/// A stop request that the stream task can wait for (in a `select!` next to connecting, a
+/// query or a backoff sleep), with a deadline for the work a stop still allows (flushing
+/// acknowledgements): cancelling a connect or a stop is prompt, and never unbounded.
+#[derive(Default)]
+pub struct Stop {
+    requested: AtomicBool,
+    deadline: Mutex<Option<Instant>>,
+    notify: Notify,
+}
+
+impl Stop {
+    /// Requests the stop; `grace` bounds the remaining work (the first request's bound wins).
+    pub fn request(&self, grace: Duration) {
+        {
+            let mut d = self.deadline.lock().unwrap_or_else(|p| p.into_inner());
+            if d.is_none() {
+                *d = Some(Instant::now() + grace);
+            }
+        }
+        self.requested.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    pub fn is_requested(&self) -> bool {
+        self.requested.load(Ordering::SeqCst)
+    }
+
+    /// When the work allowed after a stop must be abandoned (None before a stop).
+    pub fn deadline(&self) -> Option<Instant> {
+        *self.deadline.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Resolves once a stop is requested.
+    pub async fn requested(&self) {
+        loop {
+            let n = self.notify.notified();
+            tokio::pin!(n);
+            n.as_mut().enable();
+            if self.is_requested() {
+                return;
+            }
+            n.await;
+        }
+    }
+
+    /// Resolves once a stop is requested and, if `work_left()` says there is still something
+    /// to do (acknowledgements to flush), once its deadline has passed too.
+    pub async fn abandon(&self, work_left: impl Fn() -> bool) {
+        self.requested().await;
+        if work_left() {
+            if let Some(d) = self.deadline() {
+                tokio::time::sleep_until(d.into()).await;
+            }
+        }
+    }
+}
+
 /// A one-shot operation running on the runtime (the SQL helpers): Python waits on
 /// `fileno()` and then takes `result()`.
 #[pyclass(module = "pgcdc._pgcdc", name = "_Op")]
 pub struct Op {
     shared: Arc<OpShared>,
+    pid: u32,
 }
 
 struct OpShared {
@@ -79,12 +141,19 @@ impl Op {
     {
         let shared = Arc::new(OpShared { result: Mutex::new(None), signal: Signal::new() });
         let s = shared.clone();
-        crate::runtime().spawn(async move {
-            let r = fut.await;
-            *s.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
-            s.signal.notify();
-        });
-        Op { shared }
+        let on_panic = shared.clone();
+        crate::spawn_supervised(
+            async move {
+                let r = fut.await;
+                *s.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+                s.signal.notify();
+            },
+            move |e| {
+                *on_panic.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(Err(e));
+                on_panic.signal.notify();
+            },
+        );
+        Op { shared, pid: std::process::id() }
     }
 }
 
@@ -100,7 +169,9 @@ impl Op {
 
     /// The result once done (None before); raises the operation's error.
     fn result(&self, py: Python<'_>) -> PyResult<Option<String>> {
-        match self.shared.result.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        crate::check_process(self.pid).map_err(|e| e.to_py(py))?;
+        let taken = self.shared.result.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match taken {
             None => Ok(None),
             Some(Ok(s)) => Ok(Some(s)),
             Some(Err(e)) => Err(e.to_py(py)),

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::io;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -16,48 +17,70 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect};
 
-use crate::conninfo::{ConnParams, SslMode};
+use crate::conninfo::{is_system_root, ConnParams, SslMode};
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// The rustls configuration `params.sslmode` asks for (None for `disable`).
+///
+/// As libpq: `require` with a root certificate (given, or `~/.postgresql/root.crt`) checks
+/// the chain like `verify-ca`; the verify modes need a root certificate and never fall back
+/// to the web's roots unless told so with `sslrootcert=system`.
 pub fn client_config(params: &ConnParams) -> Result<Option<Arc<ClientConfig>>, String> {
     let provider = provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup: {e}"))?;
-    let config = match params.sslmode {
+    let root = root_cert_file(params);
+    let mode = match params.sslmode {
+        SslMode::Require if root.is_some() => SslMode::VerifyCa,
+        m => m,
+    };
+    let config = match mode {
         SslMode::Disable => return Ok(None),
         SslMode::Prefer | SslMode::Require => {
             builder.dangerous().with_custom_certificate_verifier(Arc::new(AcceptAny(provider))).with_no_client_auth()
         }
         SslMode::VerifyCa | SslMode::VerifyFull => {
-            let roots = Arc::new(root_store(params)?);
+            let root = root.ok_or_else(|| {
+                format!(
+                    "sslmode={} needs the certificate of the authority that signed the server's: set sslrootcert=/path/to/root.crt (or put it in ~/.postgresql/root.crt), or sslrootcert=system to trust the usual web authorities",
+                    mode.name()
+                )
+            })?;
+            let roots = Arc::new(root_store(&root)?);
             let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider)
                 .build()
                 .map_err(|e| format!("TLS setup: {e}"))?;
             let verifier: Arc<dyn ServerCertVerifier> =
-                if params.sslmode == SslMode::VerifyFull { webpki } else { Arc::new(ChainOnly(webpki)) };
+                if mode == SslMode::VerifyFull { webpki } else { Arc::new(ChainOnly(webpki)) };
             builder.dangerous().with_custom_certificate_verifier(verifier).with_no_client_auth()
         }
     };
     Ok(Some(Arc::new(config)))
 }
 
-fn root_store(params: &ConnParams) -> Result<RootCertStore, String> {
+/// `sslrootcert`, else libpq's default `~/.postgresql/root.crt` when it exists.
+fn root_cert_file(params: &ConnParams) -> Option<PathBuf> {
+    params.sslrootcert.clone().or_else(crate::conninfo::default_root_cert)
+}
+
+fn root_store(path: &Path) -> Result<RootCertStore, String> {
     let mut store = RootCertStore::empty();
-    match &params.sslrootcert {
-        Some(path) => {
-            let certs = CertificateDer::pem_file_iter(path)
-                .map_err(|e| format!("cannot read sslrootcert {}: {e}", path.display()))?;
-            for cert in certs {
-                let cert = cert.map_err(|e| format!("cannot read sslrootcert {}: {e}", path.display()))?;
-                store.add(cert).map_err(|e| format!("bad certificate in {}: {e}", path.display()))?;
-            }
-        }
-        None => store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    if is_system_root(path) {
+        store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        return Ok(store);
+    }
+    let certs =
+        CertificateDer::pem_file_iter(path).map_err(|e| format!("cannot read sslrootcert {}: {e}", path.display()))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| format!("cannot read sslrootcert {}: {e}", path.display()))?;
+        store.add(cert).map_err(|e| format!("bad certificate in {}: {e}", path.display()))?;
+    }
+    if store.is_empty() {
+        return Err(format!("sslrootcert {} holds no certificate", path.display()));
     }
     Ok(store)
 }

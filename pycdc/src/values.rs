@@ -314,71 +314,253 @@ fn bits(length: u32, bytes: &[u8]) -> String {
         .collect()
 }
 
-/// JSON text as Python objects, keys in the text's order (like `json.loads`).
+/// JSON text as Python objects, keys in the text's order, exactly like `json.loads`:
+/// integers of any size are `int` (a 30-digit jsonb number is not rounded through a float),
+/// numbers with a fraction or exponent are `float`.
+///
+/// A small parser of its own rather than serde_json: without serde_json's
+/// `arbitrary_precision` (which would change number handling for the whole workspace,
+/// pgcdc_core included) serde cannot hand over the text of a big integer.
 pub fn json<'py>(py: Python<'py>, text: &str) -> PyResult<Bound<'py, PyAny>> {
-    use serde::de::DeserializeSeed;
-    let mut de = serde_json::Deserializer::from_str(text);
-    let v = PySeed(py).deserialize(&mut de).map_err(|e| PgError::Data(format!("invalid JSON: {e}")))?;
-    de.end().map_err(|e| PgError::Data(format!("invalid JSON: {e}")))?;
+    let mut p = JsonParser { py, s: text.as_bytes(), text, i: 0 };
+    p.ws();
+    let v = p.value(0)?;
+    p.ws();
+    if p.i != p.s.len() {
+        return Err(p.err("trailing characters").into());
+    }
     Ok(v)
 }
 
-struct PySeed<'py>(Python<'py>);
+/// Nesting deeper than this is refused (a stack overflow is not an option).
+const JSON_MAX_DEPTH: usize = 1000;
 
-impl<'de, 'py> serde::de::DeserializeSeed<'de> for PySeed<'py> {
-    type Value = Bound<'py, PyAny>;
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_any(PyVisitor(self.0))
-    }
+struct JsonParser<'a, 'py> {
+    py: Python<'py>,
+    s: &'a [u8],
+    text: &'a str,
+    i: usize,
 }
 
-struct PyVisitor<'py>(Python<'py>);
+impl<'py> JsonParser<'_, 'py> {
+    fn err(&self, what: &str) -> PgError {
+        PgError::Data(format!("invalid JSON: {what} at offset {}", self.i))
+    }
 
-fn de_err<E: serde::de::Error>(e: PyErr) -> E {
-    E::custom(e.to_string())
-}
-
-impl<'de, 'py> serde::de::Visitor<'de> for PyVisitor<'py> {
-    type Value = Bound<'py, PyAny>;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("JSON")
-    }
-    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
-        Ok(PyBool::new(self.0, v).to_owned().into_any())
-    }
-    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
-        Ok(v.into_pyobject(self.0).map(|o| o.into_any()).unwrap_or_else(|e| match e {}))
-    }
-    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
-        Ok(v.into_pyobject(self.0).map(|o| o.into_any()).unwrap_or_else(|e| match e {}))
-    }
-    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
-        Ok(PyFloat::new(self.0, v).into_any())
-    }
-    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(PyString::new(self.0, v).into_any())
-    }
-    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
-        Ok(self.0.None().into_bound(self.0))
-    }
-    fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
-        Ok(self.0.None().into_bound(self.0))
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let l = PyList::empty(self.0);
-        while let Some(v) = seq.next_element_seed(PySeed(self.0))? {
-            l.append(v).map_err(de_err)?;
+    fn ws(&mut self) {
+        while self.s.get(self.i).is_some_and(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r')) {
+            self.i += 1;
         }
-        Ok(l.into_any())
     }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let d = PyDict::new(self.0);
-        while let Some(k) = map.next_key::<Cow<'de, str>>()? {
-            let v = map.next_value_seed(PySeed(self.0))?;
-            d.set_item(k.as_ref(), v).map_err(de_err)?;
+
+    fn value(&mut self, depth: usize) -> PyResult<Bound<'py, PyAny>> {
+        if depth > JSON_MAX_DEPTH {
+            return Err(self.err("nesting too deep").into());
         }
-        Ok(d.into_any())
+        let py = self.py;
+        match self.s.get(self.i) {
+            Some(b'{') => {
+                self.i += 1;
+                let d = PyDict::new(py);
+                self.ws();
+                if self.s.get(self.i) == Some(&b'}') {
+                    self.i += 1;
+                    return Ok(d.into_any());
+                }
+                loop {
+                    self.ws();
+                    if self.s.get(self.i) != Some(&b'"') {
+                        return Err(self.err("expected a string key").into());
+                    }
+                    let k = self.string()?;
+                    self.ws();
+                    if self.s.get(self.i) != Some(&b':') {
+                        return Err(self.err("expected ':'").into());
+                    }
+                    self.i += 1;
+                    self.ws();
+                    let v = self.value(depth + 1)?;
+                    d.set_item(k, v)?;
+                    self.ws();
+                    match self.s.get(self.i) {
+                        Some(b',') => self.i += 1,
+                        Some(b'}') => {
+                            self.i += 1;
+                            return Ok(d.into_any());
+                        }
+                        _ => return Err(self.err("expected ',' or '}'").into()),
+                    }
+                }
+            }
+            Some(b'[') => {
+                self.i += 1;
+                let l = PyList::empty(py);
+                self.ws();
+                if self.s.get(self.i) == Some(&b']') {
+                    self.i += 1;
+                    return Ok(l.into_any());
+                }
+                loop {
+                    self.ws();
+                    l.append(self.value(depth + 1)?)?;
+                    self.ws();
+                    match self.s.get(self.i) {
+                        Some(b',') => self.i += 1,
+                        Some(b']') => {
+                            self.i += 1;
+                            return Ok(l.into_any());
+                        }
+                        _ => return Err(self.err("expected ',' or ']'").into()),
+                    }
+                }
+            }
+            Some(b'"') => Ok(self.string()?.into_any()),
+            Some(b't') => self.literal("true", PyBool::new(py, true).to_owned().into_any()),
+            Some(b'f') => self.literal("false", PyBool::new(py, false).to_owned().into_any()),
+            Some(b'n') => self.literal("null", py.None().into_bound(py)),
+            Some(b'-' | b'0'..=b'9') => self.number(),
+            Some(_) => Err(self.err("unexpected character").into()),
+            None => Err(self.err("unexpected end").into()),
+        }
+    }
+
+    fn literal(&mut self, word: &str, v: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        if self.s[self.i..].starts_with(word.as_bytes()) {
+            self.i += word.len();
+            Ok(v)
+        } else {
+            Err(self.err("invalid literal").into())
+        }
+    }
+
+    fn number(&mut self) -> PyResult<Bound<'py, PyAny>> {
+        let start = self.i;
+        let digits = |p: &mut Self| {
+            let from = p.i;
+            while p.s.get(p.i).is_some_and(u8::is_ascii_digit) {
+                p.i += 1;
+            }
+            p.i - from
+        };
+        if self.s.get(self.i) == Some(&b'-') {
+            self.i += 1;
+        }
+        let int_digits = digits(self);
+        if int_digits == 0 || (int_digits > 1 && self.s[self.i - int_digits] == b'0') {
+            return Err(self.err("invalid number").into());
+        }
+        let mut integer = true;
+        if self.s.get(self.i) == Some(&b'.') {
+            self.i += 1;
+            integer = false;
+            if digits(self) == 0 {
+                return Err(self.err("invalid number").into());
+            }
+        }
+        if matches!(self.s.get(self.i), Some(b'e' | b'E')) {
+            self.i += 1;
+            integer = false;
+            if matches!(self.s.get(self.i), Some(b'+' | b'-')) {
+                self.i += 1;
+            }
+            if digits(self) == 0 {
+                return Err(self.err("invalid number").into());
+            }
+        }
+        let token = &self.text[start..self.i];
+        let py = self.py;
+        if integer {
+            if let Ok(i) = token.parse::<i64>() {
+                return Ok(i.into_pyobject(py)?.into_any());
+            }
+            // Beyond 64 bits: Python's int() is exact at any size.
+            return py.get_type::<pyo3::types::PyInt>().call1((token,));
+        }
+        let f: f64 = token.parse().map_err(|_| self.err("invalid number"))?;
+        Ok(PyFloat::new(py, f).into_any())
+    }
+
+    fn string(&mut self) -> PyResult<Bound<'py, PyString>> {
+        self.i += 1; // the opening quote
+        let start = self.i;
+        while let Some(&b) = self.s.get(self.i) {
+            match b {
+                b'"' => {
+                    let v = PyString::new(self.py, &self.text[start..self.i]);
+                    self.i += 1;
+                    return Ok(v);
+                }
+                b'\\' => break,
+                0..=0x1f => return Err(self.err("control character in string").into()),
+                _ => self.i += 1,
+            }
+        }
+        // With escapes: build it.
+        let mut out = String::from(&self.text[start..self.i]);
+        loop {
+            let Some(&b) = self.s.get(self.i) else { return Err(self.err("unterminated string").into()) };
+            match b {
+                b'"' => {
+                    self.i += 1;
+                    return Ok(PyString::new(self.py, &out));
+                }
+                b'\\' => {
+                    self.i += 1;
+                    let esc = self.s.get(self.i).copied().ok_or_else(|| self.err("unterminated string"))?;
+                    self.i += 1;
+                    match esc {
+                        b'"' => out.push('"'),
+                        b'\\' => out.push('\\'),
+                        b'/' => out.push('/'),
+                        b'b' => out.push('\u{8}'),
+                        b'f' => out.push('\u{c}'),
+                        b'n' => out.push('\n'),
+                        b'r' => out.push('\r'),
+                        b't' => out.push('\t'),
+                        b'u' => {
+                            let hi = self.hex4()?;
+                            let c = if (0xD800..0xDC00).contains(&hi) {
+                                if !self.s[self.i..].starts_with(b"\\u") {
+                                    return Err(self.err("lone leading surrogate").into());
+                                }
+                                self.i += 2;
+                                let lo = self.hex4()?;
+                                if !(0xDC00..0xE000).contains(&lo) {
+                                    return Err(self.err("invalid trailing surrogate").into());
+                                }
+                                char::from_u32(0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00))
+                            } else {
+                                char::from_u32(hi)
+                            };
+                            out.push(c.ok_or_else(|| self.err("lone trailing surrogate"))?);
+                        }
+                        _ => return Err(self.err("invalid escape").into()),
+                    }
+                }
+                0..=0x1f => return Err(self.err("control character in string").into()),
+                _ => {
+                    // Copy one UTF-8 character (the input is a &str, so it is well formed).
+                    let len = match b {
+                        0x00..=0x7f => 1,
+                        0xc0..=0xdf => 2,
+                        0xe0..=0xef => 3,
+                        _ => 4,
+                    };
+                    out.push_str(&self.text[self.i..self.i + len]);
+                    self.i += len;
+                }
+            }
+        }
+    }
+
+    fn hex4(&mut self) -> Result<u32, PgError> {
+        let h = self.text.get(self.i..self.i + 4).ok_or_else(|| self.err("short \\u escape"))?;
+        if !h.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return Err(self.err("invalid \\u escape"));
+        }
+        let v = u32::from_str_radix(h, 16).map_err(|_| self.err("invalid \\u escape"))?;
+        self.i += 4;
+        Ok(v)
     }
 }
 

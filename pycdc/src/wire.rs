@@ -2,6 +2,11 @@
 //! authentication (cleartext, md5, SCRAM-SHA-256), simple queries, and the CopyBoth stream of
 //! `START_REPLICATION ... LOGICAL`.
 //!
+//! Authentication is strict about downgrades: once SCRAM has started, only its own next
+//! step is accepted (an AuthenticationOk before the server proved it knows the password, or a
+//! switch to cleartext/md5, ends the connection). A cleartext password is only sent over TLS
+//! or a unix socket, unless `allow_cleartext_password` says otherwise.
+//!
 //! The walsender framing inside CopyData is `pgcdc_core::pgoutput::frame`; this module only
 //! splits the PostgreSQL protocol messages around it. Frames are cut out of one large read
 //! buffer without copying, so a pgoutput message borrowed from a frame can be kept as `Bytes`.
@@ -81,6 +86,9 @@ pub struct ReplConn {
     endpoint: String,
     /// Backend process id (for pg_terminate_backend in tests and diagnostics).
     pub backend_pid: i32,
+    /// `server_version_num` (from the server_version ParameterStatus), e.g. 150004.
+    pub server_version: u32,
+    encrypted: bool,
 }
 
 const READ_CHUNK: usize = 256 * 1024;
@@ -101,12 +109,15 @@ impl ReplConn {
     async fn connect_inner(params: &ConnParams) -> Result<ReplConn, PgError> {
         let endpoint = params.endpoint();
         let stream = open_stream(params).await?;
+        let encrypted = matches!(stream, Stream::Tls(_));
         let mut conn = ReplConn {
             stream,
             read: BytesMut::with_capacity(READ_CHUNK),
             write: BytesMut::with_capacity(1024),
             endpoint,
             backend_pid: 0,
+            server_version: 0,
+            encrypted,
         };
         conn.startup(params).await?;
         Ok(conn)
@@ -114,7 +125,7 @@ impl ReplConn {
 
     async fn startup(&mut self, params: &ConnParams) -> Result<(), PgError> {
         // The value parsers assume these output formats (pgcdc_core::value).
-        let startup = [
+        let mut startup = vec![
             ("user", params.user.as_str()),
             ("database", params.database.as_str()),
             ("replication", "database"),
@@ -126,9 +137,20 @@ impl ReplConn {
             ("bytea_output", "hex"),
             ("TimeZone", "UTC"),
         ];
+        if let Some(o) = &params.options {
+            startup.push(("options", o.as_str()));
+        }
         frontend::startup_message(startup.iter().copied(), &mut self.write).map_err(io_err)?;
         self.flush().await?;
         let mut scram: Option<sasl::ScramSha256> = None;
+        // SCRAM: started (initial response sent) / finished (server signature verified).
+        let mut scram_done = false;
+        let endpoint = self.endpoint.clone();
+        let downgrade = move |what: &str| {
+            PgError::Connect(format!(
+                "the server at {endpoint} answered {what} in the middle of SCRAM authentication; refusing (a man in the middle could be downgrading the authentication)"
+            ))
+        };
         loop {
             let msg = self.next_message().await?;
             match msg.tag {
@@ -138,14 +160,29 @@ impl ReplConn {
                         return Err(PgError::Protocol("short authentication message".into()));
                     }
                     let code = body.get_i32();
+                    if scram.is_some() && !scram_done && !matches!(code, 11 | 12) {
+                        return Err(downgrade(&format!("authentication request {code}")));
+                    }
                     match code {
                         0 => {}
                         3 => {
+                            if scram.is_some() {
+                                return Err(downgrade("a cleartext password request"));
+                            }
+                            if !(self.encrypted || params.is_unix_socket() || params.allow_cleartext_password) {
+                                return Err(PgError::Connect(format!(
+                                    "the server at {} asks for the password in cleartext over an unencrypted connection; refusing to send it (use TLS: sslmode=require or stronger, or allow_cleartext_password=True if the network is trusted)",
+                                    self.endpoint
+                                )));
+                            }
                             let pw = password(params)?;
                             frontend::password_message(pw.as_bytes(), &mut self.write).map_err(io_err)?;
                             self.flush().await?;
                         }
                         5 => {
+                            if scram.is_some() {
+                                return Err(downgrade("an md5 password request"));
+                            }
                             let pw = password(params)?;
                             let salt: [u8; 4] = body
                                 .get(..4)
@@ -156,6 +193,9 @@ impl ReplConn {
                             self.flush().await?;
                         }
                         10 => {
+                            if scram.is_some() {
+                                return Err(downgrade("a second SASL request"));
+                            }
                             let mechanisms: Vec<&[u8]> = body.split(|&b| b == 0).filter(|m| !m.is_empty()).collect();
                             if !mechanisms.iter().any(|m| *m == sasl::SCRAM_SHA_256.as_bytes()) {
                                 return Err(PgError::Connect(format!(
@@ -179,7 +219,13 @@ impl ReplConn {
                         }
                         12 => {
                             let s = scram.as_mut().ok_or_else(|| PgError::Protocol("unexpected SASL final".into()))?;
-                            s.finish(&body).map_err(|e| PgError::Protocol(format!("SCRAM: server signature: {e}")))?;
+                            s.finish(&body).map_err(|e| {
+                                PgError::Connect(format!(
+                                    "SCRAM: the server at {} did not prove it knows the password: {e}",
+                                    self.endpoint
+                                ))
+                            })?;
+                            scram_done = true;
                         }
                         other => {
                             return Err(PgError::Connect(format!(
@@ -195,9 +241,22 @@ impl ReplConn {
                         self.backend_pid = b.get_i32();
                     }
                 }
-                tag::READY_FOR_QUERY => return Ok(()),
+                b'S' => {
+                    // ParameterStatus: name\0value\0
+                    let mut parts = msg.body.split(|&b| b == 0);
+                    if parts.next() == Some(b"server_version".as_slice()) {
+                        let v = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+                        self.server_version = parse_server_version(&v);
+                    }
+                }
+                tag::READY_FOR_QUERY => {
+                    if scram.is_some() && !scram_done {
+                        return Err(downgrade("ReadyForQuery"));
+                    }
+                    return Ok(());
+                }
                 tag::ERROR_RESPONSE => return Err(PgError::Server(ServerError::parse(&msg.body))),
-                _ => {} // ParameterStatus, notices
+                _ => {} // notices
             }
         }
     }
@@ -331,9 +390,28 @@ fn password(params: &ConnParams) -> Result<&str, PgError> {
         PgError::server(
             "28P01",
             format!("the server asks for a password for user \"{}\" and none was given", params.user),
-            Some("pass password=... (or set PGPASSWORD)".into()),
+            Some(
+                "pass password=... (or set PGPASSWORD, or use a password file: ~/.pgpass or PGPASSFILE, mode 0600)"
+                    .into(),
+            ),
         )
     })
+}
+
+/// `15.4 (Debian 15.4-1)` -> 150004; `9.6.24` -> 90624; 0 when unknown.
+fn parse_server_version(v: &str) -> u32 {
+    let nums: Vec<u32> = v
+        .split(|c: char| !c.is_ascii_digit())
+        .take_while(|s| !s.is_empty())
+        .take(3)
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    match nums.as_slice() {
+        [major, minor, ..] if *major >= 10 => major * 10000 + minor,
+        [major] if *major >= 10 => major * 10000,
+        [major, minor, patch] => major * 10000 + minor * 100 + patch,
+        _ => 0,
+    }
 }
 
 fn io_err(e: std::io::Error) -> PgError {
@@ -377,6 +455,8 @@ async fn open_stream(params: &ConnParams) -> Result<Stream, PgError> {
     }
     let mut tcp = TcpStream::connect((params.host.as_str(), params.port)).await.map_err(refused)?;
     let _ = tcp.set_nodelay(true);
+    set_liveness(&tcp, params)
+        .map_err(|e| PgError::Connect(format!("cannot set TCP keepalives on {endpoint}: {e}")))?;
     let Some(tls) = crate::tls::client_config(params).map_err(PgError::Interface)? else {
         return Ok(Stream::Tcp(tcp));
     };
@@ -409,6 +489,22 @@ async fn open_stream(params: &ConnParams) -> Result<Stream, PgError> {
     }
 }
 
+/// TCP keepalives (and `tcp_user_timeout`) as `params` asks, so a half-open connection (the
+/// server's host vanished) is noticed by the kernel even while the stream is idle.
+fn set_liveness(tcp: &TcpStream, params: &ConnParams) -> std::io::Result<()> {
+    let sock = socket2::SockRef::from(tcp);
+    match params.keepalive {
+        Some(k) => sock.set_tcp_keepalive(
+            &socket2::TcpKeepalive::new().with_time(k.idle).with_interval(k.interval).with_retries(k.count),
+        )?,
+        None => sock.set_keepalive(false)?,
+    }
+    if let Some(t) = params.tcp_user_timeout {
+        sock.set_tcp_user_timeout(Some(t))?;
+    }
+    Ok(())
+}
+
 /// Quotes an identifier for a replication command or SQL.
 pub fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
@@ -417,4 +513,18 @@ pub fn quote_ident(s: &str) -> String {
 /// Quotes a string literal (standard_conforming_strings is on in every supported server).
 pub fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_versions() {
+        assert_eq!(parse_server_version("15.4 (Debian 15.4-1.pgdg120+1)"), 150004);
+        assert_eq!(parse_server_version("13.12"), 130012);
+        assert_eq!(parse_server_version("17devel"), 170000);
+        assert_eq!(parse_server_version("9.6.24"), 90624);
+        assert_eq!(parse_server_version("garbage"), 0);
+    }
 }

@@ -36,6 +36,7 @@ from .errors import (
     IntegrityError,
     InterfaceError,
     InternalError,
+    NoPendingLSNError,
     NotSupportedError,
     OperationalError,
     ProgrammingError,
@@ -57,6 +58,7 @@ __all__ = [
     "InternalError",
     "Interval",
     "LogicalReplicationReader",
+    "NoPendingLSNError",
     "NotSupportedError",
     "OperationalError",
     "ProgrammingError",
@@ -95,8 +97,26 @@ def message_to_debezium_json(message: Any, indent: Optional[int] = 2) -> str:
 
 
 def message_to_dict(message: Any) -> Dict[str, Any]:
-    """The message as a dict: op, before, after, source, transaction, ts_ms, ts_us, ts_ns."""
-    return message.to_dict()  # type: ignore[no-any-return]
+    """The message as a dict with exactly the keys ``pgoutput-decoder`` gave: ``op``,
+    ``before``, ``after``, ``source``, ``ts_ms``, and ``ts_us``/``ts_ns`` when known.
+
+    ``message.to_dict()`` has everything (also ``transaction``, ``unchanged_columns`` and
+    ``message``); this function keeps the seed library's shape so code comparing dicts keeps
+    working.
+    """
+    source = message.source
+    result: Dict[str, Any] = {
+        "op": message.op,
+        "before": message.before,
+        "after": message.after,
+        "source": dict(source) if source is not None else None,
+        "ts_ms": message.ts_ms,
+    }
+    if message.ts_us is not None:
+        result["ts_us"] = message.ts_us
+    if message.ts_ns is not None:
+        result["ts_ns"] = message.ts_ns
+    return result
 
 
 def format_operation(op: str) -> str:

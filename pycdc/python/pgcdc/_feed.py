@@ -14,6 +14,7 @@ from typing import Any, Optional, Union
 from . import _pgcdc
 from ._aio import Waker, run_op
 from ._pgcdc import Event
+from .errors import Error
 
 __all__ = [
     "FeedStream",
@@ -34,10 +35,12 @@ class FeedStream:
 
     Reads in batches of ``batch_size``; when the queue is empty it sleeps until the feed's
     NOTIFY wakes it (no polling; a safety read every 30 s). Acknowledgements are batched
-    (at most every 50 ms) and flushed when the stream closes. After a lost connection or a
-    server restart it reconnects with exponential backoff and resumes after the last event
-    it delivered; a new stream resumes after the last acknowledged event. Delivery is
-    at-least-once: only unacknowledged events can come twice.
+    (at most every 50 ms, never causing a read) and flushed when the stream closes. After a
+    lost connection or a server restart (or crash) it reconnects with exponential backoff and
+    resumes after the last event it delivered; a new stream resumes after the last
+    acknowledged event. Delivery is at-least-once: only unacknowledged events can come twice.
+    Events are ordered by ``position`` (``(commit_lsn, ordinal)``); ordinals increase within
+    a transaction but are not consecutive.
 
     ``auto_acknowledge=True`` acknowledges an event when the loop asks for the next one.
     """
@@ -59,25 +62,43 @@ class FeedStream:
         return event
 
     async def ack(self, event: Optional[Event] = None) -> None:
-        """Acknowledges ``event`` and everything before it (default: all delivered so far)."""
+        """Acknowledges ``event`` and everything before it (default: all delivered so far).
+
+        Sent to the server in batches (at most every 50 ms) and flushed by ``close()``;
+        raises ``InterfaceError`` once the stream is closed.
+        """
         self._core.ack(event)
 
     acknowledge = ack
 
-    async def close(self) -> None:
-        """Flushes acknowledgements and closes the connection; iteration then ends."""
+    async def close(self, timeout: float = 5.0) -> None:
+        """Flushes acknowledgements (for at most ``timeout`` seconds) and closes the
+        connection; iteration then ends.
+
+        Raises ``OperationalError`` when acknowledgements could not be flushed (the server
+        was unreachable, or had not staged the events again yet after a crash): those events
+        will be delivered again. A connection attempt still under way is abandoned at once
+        when there is nothing to flush.
+        """
         core = self._core
-        core.request_stop()
+        core.request_stop(timeout)
         while not core.finished():
             await self._waker.wait()
+        core.check_closed()
 
     stop = close
 
     async def __aenter__(self) -> "FeedStream":
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+    async def __aexit__(self, exc_type: Optional[type[BaseException]], *exc: object) -> None:
+        try:
+            await self.close()
+        except Error:
+            if exc_type is None:
+                raise
+            # An exception is already on its way out: it is the one to see. (The unflushed
+            # acknowledgements only mean that those events come again.)
 
     @property
     def acknowledged(self) -> Optional[tuple[str, int]]:

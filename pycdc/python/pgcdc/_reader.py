@@ -14,6 +14,7 @@ from typing import Any, Optional, Union
 from . import _pgcdc
 from ._aio import Waker
 from ._pgcdc import ReplicationMessage
+from .errors import Error
 
 __all__ = ["LogicalReplicationReader"]
 
@@ -46,12 +47,21 @@ class LogicalReplicationReader:
     ``u``, ``d``) are yielded unless ``include_truncate``/``include_messages`` ask for ``t``
     and ``m`` events. Leaving an ``async for`` and iterating again continues the stream.
 
-    After the first successful connection, a lost connection or a server restart is retried
+    After the first successful connection, a lost connection, a silent one (nothing heard for
+    twice the server's ``wal_sender_timeout``) or a server restart is retried
     with exponential backoff (0.1 s to 30 s; ``reconnect=False`` raises instead,
     ``reconnect_timeout`` bounds the total time without a connection), resuming after the
     last event delivered. The first connection's errors are raised: ``AuthenticationError``,
     ``ProgrammingError`` for a missing slot or publication, ``ConnectionError`` for an
     unreachable server (within ``connect_timeout`` seconds).
+
+    Passwords: ``password``, else ``PGPASSWORD``, else the password file (``PGPASSFILE`` or
+    ``~/.pgpass``). A server asking for a cleartext password gets it only over TLS or a unix
+    socket unless ``allow_cleartext_password=True``; SCRAM cannot be downgraded mid-way.
+    ``sslmode`` is libpq's; ``verify-ca``/``verify-full`` need ``sslrootcert`` (or
+    ``~/.postgresql/root.crt``); ``sslrootcert="system"`` trusts the usual web authorities.
+
+    Servers: PostgreSQL 10 and later (``include_messages`` needs 14).
     """
 
     def __init__(
@@ -77,6 +87,7 @@ class LogicalReplicationReader:
         reconnect: bool = True,
         reconnect_timeout: Optional[float] = None,
         max_buffered: int = 16384,
+        allow_cleartext_password: bool = False,
     ) -> None:
         publications = [publication_name] if isinstance(publication_name, str) else list(publication_name)
         self._core = _pgcdc._Reader(
@@ -100,6 +111,7 @@ class LogicalReplicationReader:
             reconnect=reconnect,
             reconnect_timeout=reconnect_timeout,
             max_buffered=max_buffered,
+            allow_cleartext_password=allow_cleartext_password,
         )
         self._waker = Waker(self._core)
         self.auto_acknowledge = bool(auto_acknowledge)
@@ -121,22 +133,35 @@ class LogicalReplicationReader:
         """Marks every message delivered so far as processed (manual mode).
 
         With ``lsn`` (``'X/Y'`` or an integer), confirms up to that WAL position instead.
-        Raises ``InterfaceError("No pending LSN ...")`` with ``auto_acknowledge=True``.
+        Raises ``NoPendingLSNError("No pending LSN ...")`` (an ``InterfaceError`` and, as in
+        ``pgoutput-decoder``, a ``RuntimeError``) with ``auto_acknowledge=True``, and
+        ``InterfaceError`` after ``stop()``.
         """
         self._core.acknowledge(lsn)
 
-    async def stop(self) -> None:
-        """Confirms what is acknowledged, closes the connection; iteration then ends."""
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Confirms what is acknowledged (for at most ``timeout`` seconds), closes the
+        connection; iteration then ends.
+
+        Raises ``OperationalError`` when the confirmation could not be sent (the server was
+        unreachable): those events will be delivered again. A connection attempt still under
+        way is abandoned at once when there is nothing to confirm.
+        """
         core = self._core
-        core.request_stop()
+        core.request_stop(timeout)
         while not core.finished():
             await self._waker.wait()
+        core.check_stopped()
 
     async def __aenter__(self) -> "LogicalReplicationReader":
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+    async def __aexit__(self, exc_type: Optional[type[BaseException]], *exc: object) -> None:
+        try:
+            await self.stop()
+        except Error:
+            if exc_type is None:
+                raise
 
     @property
     def confirmed_lsn(self) -> str:

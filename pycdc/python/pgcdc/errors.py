@@ -3,7 +3,9 @@
 ::
 
     Error
-     ├── InterfaceError          misuse: bad arguments, closed stream, "No pending LSN"
+     ├── InterfaceError          misuse: bad arguments, closed stream, ack after close
+     │    └── NoPendingLSNError  acknowledge() with auto_acknowledge=True (also a
+     │                           RuntimeError: the pgoutput-decoder library raised that)
      └── DatabaseError           the server (or the data) said no; sqlstate/detail/hint
           ├── OperationalError   server-side trouble: shutdown, slot in use, resources
           │    └── ConnectionError        cannot reach, TLS, connection lost (also a
@@ -13,7 +15,8 @@
           ├── DataError          a value or message that cannot be decoded (22xxx)
           ├── IntegrityError     (23xxx)
           ├── NotSupportedError  (0Axxx)
-          └── InternalError      (XXxxx)
+          └── InternalError      (XXxxx); a server message this client cannot parse; a bug
+                                 in pgcdc itself (a panic in its native code)
 
 Every error has ``sqlstate``, ``detail``, ``hint`` and ``severity`` (None when not from the
 server). Errors caused by the network keep an ``OSError`` as ``__cause__``.
@@ -27,6 +30,7 @@ from typing import Optional
 __all__ = [
     "Error",
     "InterfaceError",
+    "NoPendingLSNError",
     "DatabaseError",
     "OperationalError",
     "ConnectionError",
@@ -75,6 +79,14 @@ class InterfaceError(Error):
     """The API was misused, or the stream is closed."""
 
 
+class NoPendingLSNError(InterfaceError, RuntimeError):
+    """``acknowledge()`` on a reader that acknowledges by itself (``auto_acknowledge=True``).
+
+    Also a ``RuntimeError``, so code written for ``pgoutput-decoder`` (which raised
+    ``RuntimeError("No pending LSN to acknowledge")``) keeps catching it.
+    """
+
+
 class DatabaseError(Error):
     """An error reported by (or about) the database."""
 
@@ -108,4 +120,5 @@ class NotSupportedError(DatabaseError):
 
 
 class InternalError(DatabaseError):
-    """SQLSTATE class XX."""
+    """SQLSTATE class XX; a server message this client cannot parse; a panic in pgcdc's
+    native code (a bug: please report it)."""
