@@ -551,6 +551,17 @@ impl Encoder {
         Ok(tx.changes * ORDINALS_PER_CHANGE + 1)
     }
 
+    /// Starts a change of a table: its first ordinal, or None when the table is excluded
+    /// (which still uses up the ordinals). Emits the transaction's BEGIN record first if due.
+    fn open_change(&mut self, lsn: Lsn, relation_id: Oid, out: &mut Vec<Event>) -> Result<Option<u32>, EncodeError> {
+        let ordinal = self.begin_change()?;
+        if self.is_excluded(relation_id)? {
+            return Ok(None);
+        }
+        self.ensure_tx_begin(lsn, out);
+        Ok(Some(ordinal))
+    }
+
     /// True when the relation's schema was excluded with [`Encoder::exclude_schema`].
     fn is_excluded(&self, relation_id: Oid) -> Result<bool, EncodeError> {
         if self.excluded_schemas.is_empty() {
@@ -682,11 +693,7 @@ impl Encoder {
         new: &TupleData<'_>,
         out: &mut Vec<Event>,
     ) -> Result<(), EncodeError> {
-        let ordinal = self.begin_change()?;
-        if self.is_excluded(relation_id)? {
-            return Ok(());
-        }
-        self.ensure_tx_begin(lsn, out);
+        let Some(ordinal) = self.open_change(lsn, relation_id, out)? else { return Ok(()) };
         if self.options.skipped.create {
             return Ok(());
         }
@@ -701,11 +708,7 @@ impl Encoder {
         new: &TupleData<'_>,
         out: &mut Vec<Event>,
     ) -> Result<(), EncodeError> {
-        let ordinal = self.begin_change()?;
-        if self.is_excluded(relation_id)? {
-            return Ok(());
-        }
-        self.ensure_tx_begin(lsn, out);
+        let Some(ordinal) = self.open_change(lsn, relation_id, out)? else { return Ok(()) };
         let table = self.table(relation_id)?;
         let old_tuple = old.map(|o| match o {
             OldTuple::Key(t) | OldTuple::Full(t) => t,
@@ -765,11 +768,7 @@ impl Encoder {
         old: &OldTuple<'_>,
         out: &mut Vec<Event>,
     ) -> Result<(), EncodeError> {
-        let ordinal = self.begin_change()?;
-        if self.is_excluded(relation_id)? {
-            return Ok(());
-        }
-        self.ensure_tx_begin(lsn, out);
+        let Some(ordinal) = self.open_change(lsn, relation_id, out)? else { return Ok(()) };
         if self.options.skipped.delete {
             return Ok(());
         }
@@ -814,11 +813,7 @@ impl Encoder {
     /// One change per truncated relation.
     fn truncate(&mut self, lsn: Lsn, t: &Truncate, out: &mut Vec<Event>) -> Result<(), EncodeError> {
         for &relation_id in &t.relation_ids {
-            let ordinal = self.begin_change()?;
-            if self.is_excluded(relation_id)? {
-                continue;
-            }
-            self.ensure_tx_begin(lsn, out);
+            let Some(ordinal) = self.open_change(lsn, relation_id, out)? else { continue };
             if !self.options.skipped.truncate {
                 self.change(Change::new(Op::Truncate, ordinal, lsn, relation_id), out)?;
             }
