@@ -1096,20 +1096,7 @@ async fn run(shared: Arc<Shared>, config: FeedConfig) {
         if down_since.is_none() {
             down_since = Some(Instant::now());
         }
-        // Backoff, interruptible by close(), which then gets quick, bounded attempts to flush.
-        match shared.stop.deadline() {
-            Some(deadline) => {
-                let soon = Instant::now() + backoff.min(Duration::from_millis(200));
-                tokio::time::sleep_until(soon.min(deadline).into()).await;
-            }
-            None => {
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shared.stop.requested() => {}
-                }
-            }
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(30));
+        shared.stop.backoff(&mut backoff).await;
     }
     let mut st = shared.lock();
     if st.acks_pending() {

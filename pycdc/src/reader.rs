@@ -434,21 +434,7 @@ async fn run(shared: Arc<Shared>, config: ReaderConfig) {
         if down_since.is_none() {
             down_since = Some(Instant::now());
         }
-        // Backoff, interruptible by stop(), which then gets quick, bounded attempts to
-        // confirm what is acknowledged.
-        match shared.stop.deadline() {
-            Some(deadline) => {
-                let soon = Instant::now() + backoff.min(Duration::from_millis(200));
-                tokio::time::sleep_until(soon.min(deadline).into()).await;
-            }
-            None => {
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shared.stop.requested() => {}
-                }
-            }
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(30));
+        shared.stop.backoff(&mut backoff).await;
     }
     let mut st = shared.lock();
     if st.error.is_none() && st.acks.flush > st.reported && streamed_once {

@@ -111,6 +111,25 @@ impl Stop {
 
     /// Resolves once a stop is requested and, if `work_left()` says there is still something
     /// to do (acknowledgements to flush), once its deadline has passed too.
+    /// Sleeps `backoff` before the next reconnect attempt, then doubles it (at most 30 s).
+    /// A stop request cuts the sleep short; once stopping, attempts come at most every
+    /// 200 ms until the stop deadline, so the last acknowledgements still get a chance.
+    pub async fn backoff(&self, backoff: &mut Duration) {
+        match self.deadline() {
+            Some(deadline) => {
+                let soon = Instant::now() + (*backoff).min(Duration::from_millis(200));
+                tokio::time::sleep_until(soon.min(deadline).into()).await;
+            }
+            None => {
+                tokio::select! {
+                    _ = tokio::time::sleep(*backoff) => {}
+                    _ = self.requested() => {}
+                }
+            }
+        }
+        *backoff = (*backoff * 2).min(Duration::from_secs(30));
+    }
+
     pub async fn abandon(&self, work_left: impl Fn() -> bool) {
         self.requested().await;
         if work_left() {
