@@ -65,6 +65,8 @@ test-ext-e2e: ext-install venv
 	  --timeout=$(PYTEST_TIMEOUT)
 
 test-py: deps-os venv ext-install py-develop
+	@echo "==> test-py: cargo test -p pycdc (the Python extension's Rust unit tests)"
+	@PYO3_PYTHON=$(abspath $(PY)) cargo test -p pycdc
 	@echo "==> test-py: pytest tests (timeout $(PYTEST_TIMEOUT)s per test)"
 	@$(VENV)/bin/pytest tests -v --timeout=$(PYTEST_TIMEOUT) --ignore-glob='tests/test_ext_*.py'
 
