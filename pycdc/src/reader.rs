@@ -922,9 +922,7 @@ impl Stream<'_> {
                 (_, Op::Message) if !self.config.include_messages => continue,
                 (Message::Insert(i), _) => (None, Some(cols(&data, &i.new)), None, None),
                 (Message::Update(u), op) => {
-                    let old = u.old.as_ref().map(|o| match o {
-                        OldTuple::Key(t) | OldTuple::Full(t) => cols(&data, t),
-                    });
+                    let old = u.old.as_ref().map(|o| cols(&data, o.tuple()));
                     let full = match &u.old {
                         Some(OldTuple::Full(t)) => Some(cols(&data, t)),
                         _ => None,
@@ -935,10 +933,7 @@ impl Stream<'_> {
                         _ => (old, Some(cols(&data, &u.new)), full, None),
                     }
                 }
-                (Message::Delete(d), _) => {
-                    let (OldTuple::Key(t) | OldTuple::Full(t)) = &d.old;
-                    (Some(cols(&data, t)), None, None, None)
-                }
+                (Message::Delete(d), _) => (Some(cols(&data, d.old.tuple())), None, None, None),
                 (Message::Message(m), _) => (
                     None,
                     None,

@@ -223,34 +223,19 @@ fn timestamp<'py>(py: Python<'py>, micros: i64, tz: bool) -> PyResult<Option<Bou
     }
     let (h, mi, s, us) = hms(rem);
     let t = types(py)?;
-    let args = if tz {
-        PyTuple::new(
-            py,
-            [
-                y.into_pyobject(py)?.into_any(),
-                mo.into_pyobject(py)?.into_any(),
-                d.into_pyobject(py)?.into_any(),
-                h.into_pyobject(py)?.into_any(),
-                mi.into_pyobject(py)?.into_any(),
-                s.into_pyobject(py)?.into_any(),
-                us.into_pyobject(py)?.into_any(),
-                t.utc.bind(py).clone(),
-            ],
-        )?
-    } else {
-        PyTuple::new(
-            py,
-            [
-                y.into_pyobject(py)?.into_any(),
-                mo.into_pyobject(py)?.into_any(),
-                d.into_pyobject(py)?.into_any(),
-                h.into_pyobject(py)?.into_any(),
-                mi.into_pyobject(py)?.into_any(),
-                s.into_pyobject(py)?.into_any(),
-                us.into_pyobject(py)?.into_any(),
-            ],
-        )?
-    };
+    let mut parts = vec![
+        y.into_pyobject(py)?.into_any(),
+        mo.into_pyobject(py)?.into_any(),
+        d.into_pyobject(py)?.into_any(),
+        h.into_pyobject(py)?.into_any(),
+        mi.into_pyobject(py)?.into_any(),
+        s.into_pyobject(py)?.into_any(),
+        us.into_pyobject(py)?.into_any(),
+    ];
+    if tz {
+        parts.push(t.utc.bind(py).clone());
+    }
+    let args = PyTuple::new(py, parts)?;
     Ok(Some(t.datetime.bind(py).call1(args)?))
 }
 

@@ -710,9 +710,7 @@ impl Encoder {
     ) -> Result<(), EncodeError> {
         let Some(ordinal) = self.open_change(lsn, relation_id, out)? else { return Ok(()) };
         let table = self.table(relation_id)?;
-        let old_tuple = old.map(|o| match o {
-            OldTuple::Key(t) | OldTuple::Full(t) => t,
-        });
+        let old_tuple = old.map(OldTuple::tuple);
         let full_old = match old {
             Some(OldTuple::Full(t)) => Some(t),
             _ => None,
@@ -772,9 +770,7 @@ impl Encoder {
         if self.options.skipped.delete {
             return Ok(());
         }
-        let old = match old {
-            OldTuple::Key(t) | OldTuple::Full(t) => t,
-        };
+        let old = old.tuple();
         self.change(Change { before: Some(old), ..Change::new(Op::Delete, ordinal, lsn, relation_id) }, out)?;
         if self.options.tombstones_on_delete {
             let key = self.render_key(relation_id, old)?;

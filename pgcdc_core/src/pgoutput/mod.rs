@@ -193,6 +193,15 @@ pub enum OldTuple<'a> {
     Full(TupleData<'a>),
 }
 
+impl<'a> OldTuple<'a> {
+    /// The tuple, whichever form it came in.
+    pub fn tuple(&self) -> &TupleData<'a> {
+        match self {
+            OldTuple::Key(t) | OldTuple::Full(t) => t,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Update<'a> {
     pub xid: Option<Xid>,

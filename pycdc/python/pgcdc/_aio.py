@@ -37,6 +37,14 @@ class Waker:
             if not self._futures:
                 self._release()
 
+    async def next(self) -> Any:
+        """The core's next ready item, sleeping on the wake-up socket until there is one."""
+        item = self._core.next_ready()
+        while item is None:
+            await self.wait()
+            item = self._core.next_ready()
+        return item
+
     def _wake(self) -> None:
         self._core.drain()
         futures, self._futures = self._futures, []

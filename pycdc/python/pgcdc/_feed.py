@@ -54,11 +54,7 @@ class FeedStream:
         return self
 
     async def __anext__(self) -> Event:
-        core = self._core
-        event = core.next_ready()
-        while event is None:
-            await self._waker.wait()
-            event = core.next_ready()
+        event: Event = await self._waker.next()
         return event
 
     async def ack(self, event: Optional[Event] = None) -> None:

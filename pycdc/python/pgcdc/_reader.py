@@ -122,11 +122,7 @@ class LogicalReplicationReader:
         return self
 
     async def __anext__(self) -> ReplicationMessage:
-        core = self._core
-        message = core.next_ready()
-        while message is None:
-            await self._waker.wait()
-            message = core.next_ready()
+        message: ReplicationMessage = await self._waker.next()
         return message
 
     async def acknowledge(self, lsn: Optional[Union[str, int]] = None) -> None:
