@@ -96,6 +96,7 @@ def test_kill9_postmaster_mid_stream_loses_nothing_and_returns_nothing_acked():
                 60,
                 "the writer to be busy and the worker to stage part of the stream",
             )
+            writer_busy_at_kill = t.is_alive() and not stop.is_set()
             c.kill9_postmaster()
             staged_at_kill = written[0]
         finally:
@@ -108,8 +109,10 @@ def test_kill9_postmaster_mid_stream_loses_nothing_and_returns_nothing_acked():
         ids = [r[0] for r in c.execute("SELECT id FROM crashf_t ORDER BY id")]
         n = len(ids)
         assert ids == list(range(1, n + 1)) and n > 3000, n
-        assert errors, "the writer was still writing when the postmaster died"
-        print(f"crash: {n} rows committed ({staged_at_kill} acknowledged to the writer), {acked_id} acked")
+        # The postmaster's orphaned backends may keep serving the writer until restart()
+        # reaps them, so the writer need not see an error: check it was mid-stream instead.
+        assert writer_busy_at_kill and written[0] < 1_000_000, "the writer had stopped before the kill"
+        print(f"crash: {n} rows committed ({staged_at_kill} acknowledged to the writer, writer errors: {errors}), {acked_id} acked")
         # The acknowledged position survived (logged catalog).
         assert c.execute("SELECT acked_lsn::text, acked_ordinal FROM pgcdc.feed WHERE name = 'crashf'")[0] == acked
         # Every unacknowledged event is staged again, exactly once; nothing acknowledged.
