@@ -566,6 +566,15 @@ def test_message_prefix_lists_decide_which_logical_messages_a_feed_stages(pg):
     evs = collect(pg, "msgf", 3)
     summary = [(e["op"], event_json(e)["message"]["prefix"] if e["op"] == "m" else e["table_name"]) for e in evs]
     assert summary == [("m", "Outbox"), ("m", "outbox.audit"), ("c", "msg_t")], summary
+    # Debezium's context headers on the change (a UUIDv7 run id per worker start), none on messages.
+    assert [e["headers"] for e in evs[:2]] == [None, None]
+    headers = evs[2]["headers"]
+    assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", headers.pop("__debezium.context.runId"))
+    assert headers == {
+        "__debezium.context.connectorLogicalName": "msgf",
+        "__debezium.context.taskId": "0",
+        "__debezium.context.connectorName": "postgresql",
+    }
     # Both lists at once is refused with a hint, and the feed keeps its options.
     with pytest.raises(psycopg.errors.InvalidParameterValue) as e:
         pg.execute(

@@ -1,10 +1,14 @@
 //! Debezium envelope encoder: pgoutput messages in, Debezium JSON records out.
 //!
 //! Feed it every message of a pgoutput stream in order with [`Encoder::handle`]. For each
-//! change it appends [`Event`]s whose `key`, `value` and `topic` are what Debezium's
+//! change it appends [`Event`]s whose `key`, `value`, `topic` and headers are what Debezium's
 //! PostgreSQL connector (3.6, see `shared/debezium/FORMAT.md`) and Kafka's `JsonConverter`
 //! would produce, byte for byte apart from run-dependent fields, except where Debezium loses
-//! data (see `values` and the README).
+//! data (see `values` and the README). The caller supplies the run id of the context headers
+//! ([`Encoder::set_run_id`]); the encoder itself draws no random numbers.
+//!
+//! Logical messages are unauthenticated (any role may emit one); `message.prefix.include.list`
+//! and `message.prefix.exclude.list` ([`MessagePrefixFilter`]) choose which become records.
 //!
 //! Positions: every record of a transaction carries the transaction's commit LSN and an
 //! ordinal that depends on the WAL only, never on the options, so a feed whose options
