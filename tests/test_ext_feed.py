@@ -538,6 +538,52 @@ def test_alter_feed_options_apply_to_new_events(pg):
     pg.execute("SELECT pgcdc.drop_feed('optf')")
 
 
+def test_message_prefix_lists_decide_which_logical_messages_a_feed_stages(pg):
+    """Logical messages carry no identity: any role that can connect may emit one into every
+    feed. A feed's message.prefix.include.list / exclude.list (Debezium's options) keeps only
+    the prefixes it expects; a filtered message is never staged."""
+    pub = setup_table(pg, "msg_t")
+    include = {"message.prefix.include.list": r"outbox,outbox\.audit"}
+    pg.execute(
+        "SELECT pgcdc.create_feed('msgf', publication => %s, options => %s::jsonb)",
+        params=[pub, json.dumps(include)],
+    )
+    pg.execute("CREATE ROLE msg_intruder")
+    with pg.connect() as conn:
+        conn.execute("SET ROLE msg_intruder")  # no privilege needed to emit a message
+        conn.execute("SELECT pg_logical_emit_message(true, 'evil', 'injected')")
+        conn.execute("SELECT pg_logical_emit_message(false, 'outboxes', 'a prefix must match whole')")
+    pg.execute("SELECT pg_logical_emit_message(true, 'Outbox', 'kept: prefixes match case-insensitively')")
+    pg.execute("SELECT pg_logical_emit_message(false, 'outbox.audit', 'kept, not in a transaction')")
+    pg.execute("INSERT INTO msg_t VALUES (1, 'last')")
+    evs = collect(pg, "msgf", 3)
+    summary = [(e["op"], event_json(e)["message"]["prefix"] if e["op"] == "m" else e["table_name"]) for e in evs]
+    assert summary == [("m", "Outbox"), ("m", "outbox.audit"), ("c", "msg_t")], summary
+    # Debezium's context headers on the change (a UUIDv7 run id per worker start), none on messages.
+    assert [e["headers"] for e in evs[:2]] == [None, None]
+    headers = evs[2]["headers"]
+    assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", headers.pop("__debezium.context.runId"))
+    assert headers == {
+        "__debezium.context.connectorLogicalName": "msgf",
+        "__debezium.context.taskId": "0",
+        "__debezium.context.connectorName": "postgresql",
+    }
+    # Both lists at once is refused with a hint, and the feed keeps its options.
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as e:
+        pg.execute(
+            "SELECT pgcdc.alter_feed('msgf', %s::jsonb)", params=[json.dumps({"message.prefix.exclude.list": "evil"})]
+        )
+    assert "cannot both be set" in str(e.value) and e.value.diag.message_hint
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as e:
+        pg.execute(
+            "SELECT pgcdc.alter_feed('msgf', %s::jsonb)", params=[json.dumps({"message.prefix.include.list": "(x"})]
+        )
+    assert "invalid regular expression" in str(e.value)
+    assert pg.execute("SELECT options FROM pgcdc.feeds WHERE name = 'msgf'")[0][0] == include
+    pg.execute("SELECT pgcdc.drop_feed('msgf')")
+    pg.execute("DROP ROLE msg_intruder")
+
+
 # ------------------------------------------------------------------- privileges
 
 

@@ -245,6 +245,54 @@ def test_debezium_options_change_the_json(cluster: Cluster, fresh_db: str) -> No
     run(main())
 
 
+def test_message_prefix_lists_choose_the_logical_messages(cluster: Cluster, fresh_db: str) -> None:
+    """Logical messages carry no identity (any role that can connect may emit them): Debezium's
+    message.prefix.include.list / exclude.list decide which become events. A filtered message
+    leaves the others' positions as they are without the filter."""
+    setup_simple(cluster, fresh_db)
+    for s in ("slot_inc", "slot_exc"):
+        cluster.execute(f"SELECT pg_create_logical_replication_slot('{s}', 'pgoutput')", fresh_db)
+    cluster.psql(
+        dbname=fresh_db,
+        input="""
+        BEGIN;
+        INSERT INTO items VALUES (1, 'a', 1);
+        SELECT pg_logical_emit_message(true, 'evil', 'injected');
+        SELECT pg_logical_emit_message(true, 'Outbox', 'kept: prefixes match case-insensitively');
+        INSERT INTO items VALUES (2, 'b', 2);
+        COMMIT;
+        SELECT pg_logical_emit_message(false, 'outbox.audit', 'not in a transaction');
+        SELECT pg_logical_emit_message(false, 'outboxes', 'a prefix must match whole');
+        INSERT INTO items VALUES (3, 'c', 3);
+        """,
+    )
+
+    def summary(evs: list) -> list:
+        return [e.message["prefix"] if e.op == "m" else e.after["id"] for e in evs]
+
+    async def main() -> None:
+        everything = await take(reader(cluster, fresh_db, include_messages=True), 7)
+        assert summary(everything) == [1, "evil", "Outbox", 2, "outbox.audit", "outboxes", 3]
+        include = {"message.prefix.include.list": r"outbox, outbox\.audit"}
+        inc_reader = reader(cluster, fresh_db, slot="slot_inc", include_messages=True, debezium_options=include)
+        included = await take(inc_reader, 5)
+        assert summary(included) == [1, "Outbox", 2, "outbox.audit", 3]
+        assert await nothing_within(inc_reader, 1)
+        exclude = {"message.prefix.exclude.list": "evil,outbox.+"}
+        excluded = await take(reader(cluster, fresh_db, slot="slot_exc", include_messages=True, debezium_options=exclude), 4)
+        assert summary(excluded) == [1, "Outbox", 2, 3]
+        positions = {(e.commit_lsn, e.ordinal): summary([e]) for e in everything}
+        for e in included + excluded:
+            assert positions[(e.commit_lsn, e.ordinal)] == summary([e]), "same position as unfiltered"
+        both = {**include, **exclude}
+        with pytest.raises(pgcdc.InterfaceError, match="cannot both be set"):
+            reader(cluster, fresh_db, slot="slot_inc", include_messages=True, debezium_options=both)
+        with pytest.raises(pgcdc.InterfaceError, match="invalid regular expression"):
+            reader(cluster, fresh_db, slot="slot_inc", debezium_options={"message.prefix.include.list": "(x"})
+
+    run(main())
+
+
 # ----------------------------------------------------------------- acknowledgement
 
 

@@ -69,6 +69,7 @@ fn bench_row(c: &mut Criterion, name: &str, columns: &[(&str, i32, i32)], values
     let begin = Msg::new(b'B').i64(0x3000_0000).i64(800_000_000_000_000).i32(1234).0;
     let insert = insert(values);
     let mut encoder = Encoder::new(EncoderOptions::default(), "shop");
+    encoder.set_run_id("019ade2c-5b30-7a4e-9c1d-2f6e8b7a4c31"); // the four context headers, as a feed
     let mut decoder = Decoder::new(1);
     let mut events: Vec<Event> = Vec::with_capacity(1);
     for bytes in [&begin, &relation] {

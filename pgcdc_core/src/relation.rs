@@ -27,6 +27,9 @@ pub struct ColumnSchema {
     pub in_identity: bool,
     pub not_null: bool,
     pub default_expr: Option<String>,
+    /// The default as the JSON of the column's Connect schema `default`, when it is a
+    /// literal Debezium can interpret (`nextval(…)` counts as 0).
+    pub schema_default: Option<String>,
 }
 
 /// A published table as of its latest Relation message.
@@ -92,19 +95,22 @@ impl RelationCache {
             .iter()
             .map(|c| {
                 let type_name = self.type_names.get(&c.type_oid).cloned();
+                let kind = catalog.resolve(c.type_oid, c.type_modifier, type_name.as_deref());
+                let default_expr = info.and_then(|i| i.defaults.get(&c.name).cloned());
                 let mut json_key = String::with_capacity(c.name.len() + 3);
                 json::write_str(&mut json_key, &c.name);
                 json_key.push(':');
                 ColumnSchema {
                     name: c.name.clone(),
                     json_key,
-                    kind: catalog.resolve(c.type_oid, c.type_modifier, type_name.as_deref()),
+                    schema_default: default_expr.as_deref().and_then(|d| default_literal(&kind, d)),
+                    kind,
                     type_oid: c.type_oid,
                     type_modifier: c.type_modifier,
                     type_name,
                     in_identity: c.is_key,
                     not_null: info.is_some_and(|i| i.not_null.contains(&c.name)),
-                    default_expr: info.and_then(|i| i.defaults.get(&c.name).cloned()),
+                    default_expr,
                 }
             })
             .collect();
@@ -129,5 +135,32 @@ impl RelationCache {
         };
         self.tables.insert(rel.id, table);
         &self.tables[&rel.id]
+    }
+}
+
+/// The JSON of a column default Debezium can interpret (a literal; `nextval` counts as 0).
+fn default_literal(kind: &TypeKind, expr: &str) -> Option<String> {
+    let integer = matches!(kind, TypeKind::Int2 | TypeKind::Int4 | TypeKind::Int8 | TypeKind::Oid);
+    if integer && expr.starts_with("nextval(") {
+        return Some("0".to_owned());
+    }
+    let literal = expr.split("::").next().unwrap_or(expr).trim();
+    match kind {
+        TypeKind::Int2 | TypeKind::Int4 | TypeKind::Int8 | TypeKind::Oid => {
+            let v: i64 = literal.trim_matches(|c| c == '(' || c == ')').parse().ok()?;
+            Some(v.to_string())
+        }
+        TypeKind::Bool => match literal {
+            "true" => Some("true".into()),
+            "false" => Some("false".into()),
+            _ => None,
+        },
+        TypeKind::Text | TypeKind::Enum { .. } | TypeKind::Uuid | TypeKind::Json | TypeKind::Jsonb => {
+            let inner = literal.strip_prefix('\'')?.strip_suffix('\'')?.replace("''", "'");
+            let mut out = String::with_capacity(inner.len() + 2);
+            json::write_str(&mut out, &inner);
+            Some(out)
+        }
+        _ => None,
     }
 }

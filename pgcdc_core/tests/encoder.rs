@@ -350,3 +350,291 @@ fn map_and_hex_modes_match_format_md() {
     assert!(text.contains(r#""c_hstore":{"a":"1","b":null},"#), "{text}");
     assert!(text.contains(r#""c_bytea":"deadbeef00","#), "{text}");
 }
+
+// ---- headers (FORMAT.md §2) ----------------------------------------------------------
+
+const CONTEXT: [&str; 4] = [
+    "__debezium.context.connectorLogicalName",
+    "__debezium.context.taskId",
+    "__debezium.context.connectorName",
+    "__debezium.context.runId",
+];
+
+fn header_names(e: &Event) -> Vec<&str> {
+    e.headers.iter().map(|(n, _)| n.as_str()).collect()
+}
+
+fn header<'e>(e: &'e Event, name: &str) -> &'e str {
+    e.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str()).unwrap_or_else(|| panic!("no {name}"))
+}
+
+#[test]
+fn context_headers_on_change_records_and_tombstones_only() {
+    let fixture = load_fixture("typematrix_proto1.json");
+    let opts = [("topic.prefix", "tm"), ("provide.transaction.metadata", "true"), ("skipped.operations", "none")];
+    let events = encode_fixture(&fixture, &opts);
+    assert!(events.iter().any(|e| e.op == Op::Truncate) && events.iter().any(|e| e.op == Op::Tombstone));
+    for e in &events {
+        let names = header_names(e);
+        match e.op {
+            Op::Message | Op::TxBegin | Op::TxEnd => assert!(names.is_empty(), "{:?} has headers {names:?}", e.op),
+            _ => {
+                // Key-change headers first, then the context headers in Debezium's order.
+                assert_eq!(names[names.len() - 4..], CONTEXT, "{:?}", e.op);
+                assert_eq!(header(e, CONTEXT[0]), "\"tm\"");
+                assert_eq!(header(e, CONTEXT[1]), "\"0\"");
+                assert_eq!(header(e, CONTEXT[2]), "\"postgresql\"");
+                assert_eq!(header(e, CONTEXT[3]), format!("\"{}\"", common::FIXED_RUN_ID));
+            }
+        }
+    }
+}
+
+#[test]
+fn extended_headers_can_be_left_out() {
+    let fixture = load_fixture("typematrix_proto1.json");
+    let events = encode_fixture(&fixture, &[("extended.headers.enabled", "false")]);
+    let with_headers: Vec<Vec<&str>> = events.iter().map(header_names).filter(|h| !h.is_empty()).collect();
+    // Only the key change keeps its headers (d, tombstone: newkey; c: oldkey).
+    assert_eq!(with_headers, [vec!["__debezium.newkey"], vec!["__debezium.newkey"], vec!["__debezium.oldkey"]]);
+}
+
+#[test]
+fn without_a_run_id_the_run_id_header_is_left_out() {
+    let mut enc = Encoder::new(EncoderOptions::default(), "db");
+    let mut out = Vec::new();
+    let insert = Message::Insert(Insert {
+        xid: None,
+        relation_id: REL,
+        new: tuple(&[ColumnData::Text(b"1"), ColumnData::Null, ColumnData::Null, ColumnData::Null]),
+    });
+    for (lsn, m) in [(0x100, &relation(ReplicaIdentity::Default)), (0x200, &insert)] {
+        enc.handle(Lsn(lsn), m, &mut NoCatalog, &mut out).unwrap();
+    }
+    assert_eq!(header_names(&out[0]), CONTEXT[..3]);
+    assert_eq!(header(&out[0], CONTEXT[0]), "\"pgcdc\"", "the default topic.prefix");
+}
+
+/// With schemas on, every header value is `{"schema":…,"payload":…}` (default.jsonl D:1, D:10).
+#[test]
+fn header_schemas_wrap_every_header() {
+    let fixture = load_fixture("typematrix_proto1.json");
+    let events = encode_fixture(&fixture, &[("topic.prefix", "tm"), ("schemas.enable", "true")]);
+    let string_schema = r#"{"schema":{"type":"string","optional":false},"payload":"#;
+    assert_eq!(header(&events[0], CONTEXT[0]), format!("{string_schema}\"tm\"}}"));
+    assert_eq!(header(&events[0], CONTEXT[3]), format!("{string_schema}\"{}\"}}", common::FIXED_RUN_ID));
+    let delete = events.iter().find(|e| e.headers.iter().any(|(n, _)| n == "__debezium.newkey")).unwrap();
+    let create = events.iter().find(|e| e.headers.iter().any(|(n, _)| n == "__debezium.oldkey")).unwrap();
+    let key_schema = json(create.key.as_deref().unwrap())["schema"].clone();
+    let newkey = json(header(delete, "__debezium.newkey"));
+    assert_eq!(newkey["schema"], key_schema, "the key's own schema");
+    assert_eq!(newkey["payload"], json(r#"{"id":3}"#));
+    assert_eq!(json(header(create, "__debezium.oldkey"))["payload"], json(r#"{"id":2}"#));
+
+    // header.converter.schemas.enable decides on its own, whatever the order.
+    for opts in [
+        [("header.converter.schemas.enable", "false"), ("schemas.enable", "true")],
+        [("schemas.enable", "true"), ("header.converter.schemas.enable", "false")],
+    ] {
+        let events = encode_fixture(&fixture, &opts);
+        assert_eq!(header(&events[0], CONTEXT[2]), "\"postgresql\"");
+        assert!(json(events[0].value.as_deref().unwrap()).get("schema").is_some());
+    }
+    let events = encode_fixture(&fixture, &[("header.converter.schemas.enable", "true")]);
+    assert_eq!(header(&events[0], CONTEXT[2]), format!("{string_schema}\"postgresql\"}}"));
+    let delete = events.iter().find(|e| e.headers.iter().any(|(n, _)| n == "__debezium.newkey")).unwrap();
+    assert_eq!(json(header(delete, "__debezium.newkey"))["payload"], json(r#"{"id":3}"#));
+    assert_eq!(delete.key.as_deref(), Some(r#"{"id":2}"#), "keys stay bare");
+}
+
+/// FORMAT.md §4/§5: the message and transaction key schemas carry a version, and a data
+/// collection item of transaction metadata is optional.
+#[test]
+fn message_and_transaction_schemas_match_debezium() {
+    let fixture = load_fixture("typematrix_proto1.json");
+    let events = encode_fixture(&fixture, &[("provide.transaction.metadata", "true"), ("schemas.enable", "true")]);
+    let begin = events.iter().find(|e| e.op == Op::TxBegin).unwrap();
+    assert_eq!(
+        json(begin.key.as_deref().unwrap())["schema"],
+        json(
+            r#"{"type":"struct","fields":[{"type":"string","optional":false,"field":"id"}],"optional":false,"name":"io.debezium.connector.common.TransactionMetadataKey","version":1}"#
+        )
+    );
+    let end = json(events.iter().find(|e| e.op == Op::TxEnd).unwrap().value.as_deref().unwrap());
+    let collections = &end["schema"]["fields"][3];
+    assert_eq!(collections["field"], "data_collections");
+    assert_eq!(collections["items"]["name"], "event.collection");
+    assert_eq!(collections["items"]["optional"], true);
+    let message = events.iter().find(|e| e.op == Op::Message).unwrap();
+    assert_eq!(
+        json(message.key.as_deref().unwrap())["schema"],
+        json(
+            r#"{"type":"struct","fields":[{"type":"string","optional":true,"field":"prefix"}],"optional":false,"name":"io.debezium.connector.postgresql.MessageKey","version":1}"#
+        )
+    );
+}
+
+/// FORMAT.md §6 (map_unknown_hex): hex mode leaves bit/varbit as Bits bytes, and
+/// `include.unknown.datatypes` sends a composite as the bytes of its text.
+#[test]
+fn hex_mode_keeps_bits_and_unknown_types_are_their_text_bytes() {
+    let fixture = load_fixture("typematrix_proto1.json");
+    let opts = [
+        ("schemas.enable", "true"),
+        ("hstore.handling.mode", "map"),
+        ("include.unknown.datatypes", "true"),
+        ("binary.handling.mode", "hex"),
+        ("skipped.operations", "none"),
+    ];
+    let events = encode_fixture(&fixture, &opts);
+    let v = json(events[0].value.as_deref().unwrap());
+    let after = &v["payload"]["after"];
+    assert_eq!(after["c_bit"], "Cg==");
+    assert_eq!(after["c_varbit"], "Bg==");
+    assert_eq!(after["c_composite"], "28224d61696e205374222c313233343529");
+    let fields = v["schema"]["fields"][1]["fields"].as_array().unwrap();
+    let field = |name: &str| fields.iter().find(|f| f["field"] == name).unwrap().clone();
+    assert_eq!(
+        field("c_bit"),
+        json(
+            r#"{"type":"bytes","optional":true,"name":"io.debezium.data.Bits","version":1,"parameters":{"length":"4"},"field":"c_bit"}"#
+        )
+    );
+    assert_eq!(field("c_varbit")["type"], "bytes");
+    assert_eq!(field("c_composite"), json(r#"{"type":"string","optional":true,"field":"c_composite"}"#));
+    // Without include.unknown.datatypes pgcdc keeps the composite as an object.
+    let events = encode_fixture(&fixture, &[("binary.handling.mode", "hex")]);
+    let after = &json(events[0].value.as_deref().unwrap())["after"];
+    assert_eq!(after["c_composite"], json(r#"{"street":"Main St","zip":12345}"#));
+    assert_eq!(after["c_bit"], "Cg==");
+}
+
+// ---- NULL and column defaults (FORMAT.md §6, supplement X:5, X:7) ---------------------
+
+/// `docs` with defaults: `body text DEFAULT 'dflt'`, `n int DEFAULT 7`.
+struct DefaultsCatalog;
+
+impl pgcdc_core::debezium::CatalogSource for DefaultsCatalog {
+    fn type_rows(&mut self, _oids: &[u32]) -> Result<Vec<pgcdc_core::catalog::TypeRow>, String> {
+        Ok(Vec::new())
+    }
+    fn table_info(&mut self, _relation_id: u32) -> Result<pgcdc_core::catalog::TableInfo, String> {
+        Ok(pgcdc_core::catalog::TableInfo::from_row(
+            vec!["id".into()],
+            vec!["body".into(), "n".into()],
+            vec!["'dflt'::text".into(), "7".into()],
+            vec!["id".into()],
+        ))
+    }
+}
+
+fn rows_with_nulls(options: &[(&str, &str)]) -> (Json, Json) {
+    use ColumnData::*;
+    let mut enc = Encoder::new(EncoderOptions::from_pairs(options.iter().copied()).unwrap(), "db");
+    let mut out = Vec::new();
+    let begin = Message::Begin(Begin { final_lsn: Lsn(0x500), commit_time: 0, xid: 77 });
+    let insert = Message::Insert(Insert { xid: None, relation_id: REL, new: tuple(&[Text(b"1"), Null, Null, Null]) });
+    let delete = Message::Delete(pgcdc_core::pgoutput::Delete {
+        xid: None,
+        relation_id: REL,
+        old: OldTuple::Key(tuple(&[Text(b"1"), Null, Null, Null])),
+    });
+    let commit = Message::Commit(Commit { flags: 0, commit_lsn: Lsn(0x500), end_lsn: Lsn(0x530), commit_time: 0 });
+    for (lsn, m) in [
+        (0x100, &relation(ReplicaIdentity::Default)),
+        (0x100, &begin),
+        (0x200, &insert),
+        (0x300, &delete),
+        (0x500, &commit),
+    ] {
+        enc.handle(Lsn(lsn), m, &mut DefaultsCatalog, &mut out).unwrap();
+    }
+    let value = |e: &Event| {
+        let v = json(e.value.as_deref().unwrap());
+        v.get("payload").cloned().unwrap_or(v)
+    };
+    (value(&out[0])["after"].clone(), value(&out[1])["before"].clone())
+}
+
+#[test]
+fn nulls_stay_nulls_unless_replace_null_with_default() {
+    let (after, before) = rows_with_nulls(&[]);
+    assert_eq!(after, json(r#"{"id":1,"body":null,"tags":null,"n":null}"#));
+    assert_eq!(before, json(r#"{"id":1,"body":null,"tags":null,"n":null}"#));
+    for schemas in ["false", "true"] {
+        let opts = [("value.converter.replace.null.with.default", "true"), ("schemas.enable", schemas)];
+        let (after, before) = rows_with_nulls(&opts);
+        // As JsonConverter: the schema's default stands in for NULL; no default, no change.
+        assert_eq!(after, json(r#"{"id":1,"body":"dflt","tags":null,"n":7}"#), "schemas {schemas}");
+        assert_eq!(before, json(r#"{"id":1,"body":"dflt","tags":null,"n":7}"#), "schemas {schemas}");
+    }
+}
+
+// ---- message.prefix.include.list / exclude.list (issue 7.5) ----------------------------
+
+fn messages(options: &[(&str, &str)], prefixes: &[(&str, bool)]) -> Vec<Event> {
+    use pgcdc_core::pgoutput::LogicalMessage;
+    let mut enc = Encoder::new(EncoderOptions::from_pairs(options.iter().copied()).unwrap(), "db");
+    let mut out = Vec::new();
+    let begin = Message::Begin(Begin { final_lsn: Lsn(0x5000), commit_time: 0, xid: 77 });
+    enc.handle(Lsn(0x100), &begin, &mut NoCatalog, &mut out).unwrap();
+    for (i, (prefix, transactional)) in prefixes.iter().enumerate() {
+        let lsn = Lsn(0x200 + i as u64 * 0x10);
+        let m =
+            Message::Message(LogicalMessage { xid: None, transactional: *transactional, lsn, prefix, content: b"x" });
+        enc.handle(lsn, &m, &mut NoCatalog, &mut out).unwrap();
+    }
+    let commit = Message::Commit(Commit { flags: 0, commit_lsn: Lsn(0x5000), end_lsn: Lsn(0x5030), commit_time: 0 });
+    enc.handle(Lsn(0x5000), &commit, &mut NoCatalog, &mut out).unwrap();
+    out
+}
+
+fn prefixes_of(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e.op == Op::Message)
+        .map(|e| json(e.key.as_deref().unwrap())["prefix"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn message_prefix_lists_filter_messages_and_keep_positions() {
+    let sent =
+        [("outbox", true), ("evil", true), ("outbox.v2", false), ("OUTBOX", true), ("x,y", true), ("outboxes", true)];
+    let all = messages(&[], &sent);
+    assert_eq!(prefixes_of(&all), ["outbox", "evil", "outbox.v2", "OUTBOX", "x,y", "outboxes"]);
+    // Whole-prefix, case-insensitive regular expressions; `\,` is a comma.
+    let included = messages(&[("message.prefix.include.list", r"outbox, outbox\.v\d+ ,x\,y")], &sent);
+    assert_eq!(prefixes_of(&included), ["outbox", "outbox.v2", "OUTBOX", "x,y"]);
+    let excluded = messages(&[("message.prefix.exclude.list", "evil,outbox.*")], &sent);
+    assert_eq!(prefixes_of(&excluded), ["x,y"]);
+    // A kept message has the position it has without the filter.
+    for kept in included.iter().chain(&excluded) {
+        let same = all.iter().find(|e| e.lsn == kept.lsn).unwrap();
+        assert_eq!((kept.commit_lsn, kept.ordinal), (same.commit_lsn, same.ordinal));
+    }
+    // A filtered transactional message brings no BEGIN/END of its own.
+    let opts = [("provide.transaction.metadata", "true"), ("message.prefix.include.list", "nothing")];
+    assert!(messages(&opts, &sent).is_empty());
+    // An empty list is "not set".
+    assert_eq!(prefixes_of(&messages(&[("message.prefix.exclude.list", " ")], &sent)).len(), 6);
+}
+
+#[test]
+fn message_prefix_list_errors_are_explained() {
+    let both = EncoderOptions::from_pairs([
+        ("message.prefix.include.list", "outbox"),
+        ("message.prefix.exclude.list", "evil"),
+    ])
+    .unwrap_err();
+    assert_eq!(
+        both.to_string(),
+        "options \"message.prefix.exclude.list\" and \"message.prefix.include.list\" cannot both be set; use one of them"
+    );
+    let bad = EncoderOptions::from_pairs([("message.prefix.include.list", "ok,(unclosed")]).unwrap_err();
+    assert!(
+        bad.to_string()
+            .starts_with("invalid regular expression \"(unclosed\" in option \"message.prefix.include.list\""),
+        "{bad}"
+    );
+}

@@ -11,8 +11,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-
 use common::{encode_fixture, load_fixture, shared_dir};
 use pgcdc_core::debezium::Event;
 use regex::Regex;
@@ -26,9 +24,50 @@ struct GoldenLine<'a> {
     #[serde(borrow)]
     value: &'a RawValue,
     topic: String,
-    #[serde(default, borrow)]
-    headers: BTreeMap<String, &'a RawValue>,
+    #[serde(default)]
+    headers: Headers,
 }
+
+/// A record's headers in their order, each value as its verbatim JSON text.
+#[derive(Debug, Default, PartialEq)]
+struct Headers(Vec<(String, String)>);
+
+impl<'de> Deserialize<'de> for Headers {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct InOrder;
+        impl<'de> serde::de::Visitor<'de> for InOrder {
+            type Value = Headers;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object of headers")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Headers, A::Error> {
+                let mut headers = Vec::new();
+                while let Some((name, value)) = map.next_entry::<String, Box<RawValue>>()? {
+                    headers.push((name, value.get().to_owned()));
+                }
+                Ok(Headers(headers))
+            }
+        }
+        d.deserialize_map(InOrder)
+    }
+}
+
+/// The run id differs per run: it must be a UUIDv7 string, then compares by place only.
+fn normalise_headers(headers: Vec<(String, String)>) -> Vec<(String, String)> {
+    let uuid_v7 = Regex::new(r#"^"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"$"#).unwrap();
+    headers
+        .into_iter()
+        .map(|(name, value)| {
+            if name != RUN_ID_HEADER {
+                return (name, value);
+            }
+            assert!(uuid_v7.is_match(&value), "run id {value} is not a UUIDv7 string");
+            (name, "\"<run id>\"".to_owned())
+        })
+        .collect()
+}
+
+const RUN_ID_HEADER: &str = "__debezium.context.runId";
 
 /// One record as text, for comparison.
 #[derive(Debug, PartialEq)]
@@ -36,7 +75,8 @@ struct Record {
     topic: String,
     key: String,
     value: String,
-    key_headers: BTreeMap<String, String>,
+    /// Every header, in order.
+    headers: Vec<(String, String)>,
 }
 
 /// (what our output says, what Debezium says, why ours differs). Each must occur in our
@@ -90,7 +130,7 @@ fn our_records(events: &[Event], differences: &[(&str, &str, usize, &str)]) -> V
             topic: e.topic.to_string(),
             key: e.key.clone().unwrap_or_else(|| "null".into()),
             value: normalise(e.value.as_deref().unwrap_or("null")),
-            key_headers: e.headers.iter().cloned().collect(),
+            headers: normalise_headers(e.headers.clone()),
         })
         .collect();
     for (ours, theirs, count, why) in differences {
@@ -113,12 +153,7 @@ fn golden_records(file: &str) -> Vec<Record> {
                 topic: g.topic,
                 key: g.key.get().to_owned(),
                 value: normalise(g.value.get()),
-                key_headers: g
-                    .headers
-                    .into_iter()
-                    .filter(|(k, _)| k.ends_with("key"))
-                    .map(|(k, v)| (k, v.get().to_owned()))
-                    .collect(),
+                headers: normalise_headers(g.headers.0),
             }
         })
         .collect()
@@ -136,7 +171,7 @@ fn assert_matches_golden(fixture_file: &str, golden_file: &str, options: &[(&str
     for (i, (o, t)) in ours.iter().zip(&theirs).enumerate() {
         assert_eq!(o.topic, t.topic, "record {} topic", i + 1);
         assert_eq!(o.key, t.key, "record {} key", i + 1);
-        assert_eq!(o.key_headers, t.key_headers, "record {} key headers", i + 1);
+        assert_eq!(o.headers, t.headers, "record {} headers", i + 1);
         if o.value != t.value {
             let at = o.value.bytes().zip(t.value.bytes()).position(|(a, b)| a != b).unwrap_or(0);
             let from = at.saturating_sub(80);

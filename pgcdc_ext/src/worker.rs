@@ -304,6 +304,8 @@ impl Worker {
         })?;
         let mut encoder = Encoder::new(options.encoder.clone(), &dbname);
         encoder.exclude_schema(EXTENSION_SCHEMA);
+        // `__debezium.context.runId`: one UUIDv7 per worker start, as Debezium per engine run.
+        encoder.set_run_id(&uuid::Uuid::now_v7().to_string());
         let worker = Worker {
             acked: feed.acked,
             floor: dedupe_floor(feed.acked, last_staged),

@@ -134,6 +134,8 @@ pub struct Shared {
     /// Acknowledgements: the stream task should send a status update.
     wake: Notify,
     stop: Stop,
+    /// `__debezium.context.runId` of this reader's records: one UUIDv7 per reader.
+    run_id: String,
 }
 
 impl Shared {
@@ -163,6 +165,7 @@ impl Reader {
                 space: Notify::new(),
                 wake: Notify::new(),
                 stop: Stop::default(),
+                run_id: uuid::Uuid::now_v7().to_string(),
             }),
             pid: std::process::id(),
         }
@@ -614,6 +617,7 @@ async fn session(shared: &Arc<Shared>, config: &ReaderConfig, streamed_once: &mu
     }
     let mut encoder = Encoder::new(config.encoder.clone(), &config.conn.database);
     encoder.set_clock(encoder_clock);
+    encoder.set_run_id(&shared.run_id);
     let mut s = Stream {
         shared,
         config,

@@ -1,10 +1,14 @@
 //! Debezium envelope encoder: pgoutput messages in, Debezium JSON records out.
 //!
 //! Feed it every message of a pgoutput stream in order with [`Encoder::handle`]. For each
-//! change it appends [`Event`]s whose `key`, `value` and `topic` are what Debezium's
+//! change it appends [`Event`]s whose `key`, `value`, `topic` and headers are what Debezium's
 //! PostgreSQL connector (3.6, see `tests/fixtures/debezium/FORMAT.md`) and Kafka's `JsonConverter`
 //! would produce, byte for byte apart from run-dependent fields, except where Debezium loses
-//! data (see `values` and the README).
+//! data (see `values` and the README). The caller supplies the run id of the context headers
+//! ([`Encoder::set_run_id`]); the encoder itself draws no random numbers.
+//!
+//! Logical messages are unauthenticated (any role may emit one); `message.prefix.include.list`
+//! and `message.prefix.exclude.list` ([`MessagePrefixFilter`]) choose which become records.
 //!
 //! Positions: every record of a transaction carries the transaction's commit LSN and an
 //! ordinal that depends on the WAL only, never on the options, so a feed whose options
@@ -34,8 +38,8 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use options::{
-    BinaryMode, DecimalMode, EncoderOptions, HstoreMode, IntervalMode, OptionError, SkippedOperations,
-    TimePrecisionMode, UnchangedToastMode,
+    BinaryMode, DecimalMode, EncoderOptions, HstoreMode, IntervalMode, MessagePrefixFilter, OptionError,
+    PrefixPatterns, SkippedOperations, TimePrecisionMode, UnchangedToastMode,
 };
 
 use crate::catalog::{Catalog, TableInfo, TypeRow};
@@ -122,7 +126,10 @@ pub struct Event {
     pub key: Option<String>,
     /// JSON text of the value; None is a tombstone.
     pub value: Option<String>,
-    /// Kafka headers Debezium adds: `__debezium.newkey`/`__debezium.oldkey` on key changes.
+    /// Kafka headers as Debezium adds them, in order, each value as JSON text:
+    /// `__debezium.newkey`/`__debezium.oldkey` on key changes, then (on c/u/d/t records and
+    /// tombstones, unless `extended.headers.enabled=false`) the context headers
+    /// [`CONTEXT_HEADERS`]. With header schemas on, each value is `{"schema":…,"payload":…}`.
     pub headers: Vec<(String, String)>,
 }
 
@@ -150,6 +157,15 @@ pub enum EncodeError {
     #[error("transaction {xid:?} has more than {max} changes; positions cannot number them")]
     TransactionTooLarge { xid: Option<Xid>, max: u32 },
 }
+
+/// Names of the context headers, in Debezium's order: logical name (`topic.prefix`), task id
+/// (`"0"`: one task), connector name (`"postgresql"`), run id (see [`Encoder::set_run_id`]).
+pub const CONTEXT_HEADERS: [&str; 4] = [
+    "__debezium.context.connectorLogicalName",
+    "__debezium.context.taskId",
+    "__debezium.context.connectorName",
+    "__debezium.context.runId",
+];
 
 /// Ordinal of a transaction's BEGIN record.
 pub const BEGIN_ORDINAL: u32 = 1;
@@ -276,6 +292,9 @@ pub struct Encoder {
     clock: fn() -> i64,
     schemas: schema::SchemaCache,
     excluded_schemas: Vec<String>,
+    run_id: Option<String>,
+    /// The context headers every change record carries, rendered once.
+    context_headers: Vec<(String, String)>,
 }
 
 fn system_clock_nanos() -> i64 {
@@ -285,7 +304,6 @@ fn system_clock_nanos() -> i64 {
 impl Encoder {
     pub fn new(options: EncoderOptions, database: &str) -> Self {
         Encoder {
-            options,
             database: database.to_owned(),
             relations: RelationCache::new(),
             catalog: Catalog::new(),
@@ -298,7 +316,18 @@ impl Encoder {
             clock: system_clock_nanos,
             schemas: schema::SchemaCache::default(),
             excluded_schemas: Vec::new(),
+            context_headers: context_headers(&options, None),
+            run_id: None,
+            options,
         }
+    }
+
+    /// Sets the `__debezium.context.runId` header: an id of this run of the stream (the
+    /// callers use a UUIDv7 per start, as Debezium does per engine run). Without one the
+    /// header is left out.
+    pub fn set_run_id(&mut self, run_id: &str) {
+        self.run_id = Some(run_id.to_owned());
+        self.context_headers = context_headers(&self.options, self.run_id.as_deref());
     }
 
     pub fn options(&self) -> &EncoderOptions {
@@ -790,6 +819,7 @@ impl Encoder {
     ) -> Result<(), EncodeError> {
         let table = self.table(relation_id)?;
         let key = key.map(|k| self.schemas.key(&self.options, table, k));
+        let headers = self.record_headers(table, headers);
         out.push(Event {
             op: Op::Tombstone,
             commit_lsn: self.tx.as_ref().map_or(lsn, |t| t.commit_lsn),
@@ -815,6 +845,19 @@ impl Encoder {
             }
         }
         Ok(())
+    }
+
+    /// A change record's headers: its key headers (schema-wrapped with header schemas on),
+    /// then the context headers.
+    fn record_headers(&self, table: &TableSchema, key_headers: Vec<(String, String)>) -> Vec<(String, String)> {
+        let mut headers = Vec::with_capacity(key_headers.len() + self.context_headers.len());
+        for (name, key) in key_headers {
+            let value =
+                if self.options.header_schemas() { self.schemas.wrap_key(&self.options, table, &key) } else { key };
+            headers.push((name, value));
+        }
+        headers.extend(self.context_headers.iter().cloned());
+        headers
     }
 
     fn render_key(&self, relation_id: Oid, tuple: &TupleData<'_>) -> Result<Option<String>, EncodeError> {
@@ -848,9 +891,16 @@ impl Encoder {
     ) -> Result<(), EncodeError> {
         let column = &table.columns[i];
         match data {
-            ColumnData::Null => out.push_str("null"),
+            // JsonConverter's replace.null.with.default: the schema's default stands in.
+            ColumnData::Null => match column.schema_default.as_deref() {
+                Some(default) if self.options.replace_null_with_default => out.push_str(default),
+                _ => out.push_str("null"),
+            },
             ColumnData::UnchangedToast => self.write_placeholder(out, &column.kind),
             ColumnData::Binary(b) => values::write_bytes(out, b, self.options.binary),
+            ColumnData::Text(bytes) if self.as_unknown_bytes(&column.kind) => {
+                values::write_bytes(out, bytes, self.options.binary)
+            }
             ColumnData::Text(bytes) => {
                 let text = std::str::from_utf8(bytes).map_err(|_| EncodeError::InvalidUtf8 {
                     table: table.data_collection.clone(),
@@ -867,12 +917,19 @@ impl Encoder {
         Ok(())
     }
 
+    /// Whether a column of this type goes out as the bytes of its text
+    /// (`include.unknown.datatypes`).
+    fn as_unknown_bytes(&self, kind: &crate::catalog::TypeKind) -> bool {
+        self.options.include_unknown_datatypes && schema::has_no_converter(kind)
+    }
+
     /// Debezium's `unavailable.value.placeholder`, shaped like the column's type.
     fn write_placeholder(&self, out: &mut String, kind: &crate::catalog::TypeKind) {
         use crate::catalog::TypeKind;
         let p = &self.options.unavailable_value_placeholder;
         match kind {
             TypeKind::Bytea => values::write_bytes(out, p.as_bytes(), self.options.binary),
+            _ if self.as_unknown_bytes(kind) => values::write_bytes(out, p.as_bytes(), self.options.binary),
             TypeKind::Array(_) => {
                 out.push('[');
                 json::write_str(out, p);
@@ -1037,6 +1094,7 @@ impl Encoder {
         let table = self.table(relation_id)?;
         let key = key.map(|k| self.schemas.key(&self.options, table, k));
         let value = self.schemas.value(&self.options, table, value, !unchanged.is_empty());
+        let headers = self.record_headers(table, headers);
         out.push(Event {
             op,
             commit_lsn: self.tx.as_ref().map_or(lsn, |t| t.commit_lsn),
@@ -1063,6 +1121,10 @@ impl Encoder {
     ) -> Result<(), EncodeError> {
         let in_tx = transactional && self.tx.is_some();
         let ordinal = if in_tx { self.begin_change()? } else { 0 };
+        // A filtered message still took its ordinal: positions depend on the WAL only.
+        if !self.options.message_prefixes.admits(prefix) {
+            return Ok(());
+        }
         if in_tx {
             self.ensure_tx_begin(lsn, out);
         }
@@ -1105,6 +1167,27 @@ impl Encoder {
         });
         Ok(())
     }
+}
+
+/// The context headers as JSON values (schema-wrapped with header schemas on), or none when
+/// `extended.headers.enabled=false`.
+fn context_headers(options: &EncoderOptions, run_id: Option<&str>) -> Vec<(String, String)> {
+    if !options.extended_headers {
+        return Vec::new();
+    }
+    let values = [Some(options.topic_prefix.as_str()), Some("0"), Some("postgresql"), run_id];
+    CONTEXT_HEADERS
+        .iter()
+        .zip(values)
+        .filter_map(|(name, value)| {
+            let mut text = String::with_capacity(value?.len() + 2);
+            json::write_str(&mut text, value?);
+            if options.header_schemas() {
+                text = schema::wrap(schema::HEADER_STRING_SCHEMA, &text);
+            }
+            Some(((*name).to_owned(), text))
+        })
+        .collect()
 }
 
 fn message_xid(msg: &Message<'_>) -> Option<Xid> {

@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use regex::Regex;
+
 /// `decimal.handling.mode`
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DecimalMode {
@@ -72,6 +74,101 @@ pub struct SkippedOperations {
     pub truncate: bool,
 }
 
+/// `message.prefix.include.list` / `message.prefix.exclude.list`: which logical decoding
+/// messages become records. Logical messages carry no identity (any role that can connect may
+/// call `pg_logical_emit_message`), so a consumer that acts on them should admit only the
+/// prefixes it expects.
+///
+/// As Debezium: a comma-separated list of regular expressions (`\,` is a literal comma), each
+/// matched case-insensitively against the whole prefix.
+#[derive(Debug, Clone, Default)]
+pub enum MessagePrefixFilter {
+    /// Every message (the default).
+    #[default]
+    All,
+    /// Only messages whose prefix matches one of the patterns.
+    Include(PrefixPatterns),
+    /// Every message except those whose prefix matches one of the patterns.
+    Exclude(PrefixPatterns),
+}
+
+impl MessagePrefixFilter {
+    /// Whether a message with this prefix becomes a record.
+    pub fn admits(&self, prefix: &str) -> bool {
+        match self {
+            MessagePrefixFilter::All => true,
+            MessagePrefixFilter::Include(p) => p.matches(prefix),
+            MessagePrefixFilter::Exclude(p) => !p.matches(prefix),
+        }
+    }
+}
+
+impl PartialEq for MessagePrefixFilter {
+    fn eq(&self, other: &Self) -> bool {
+        use MessagePrefixFilter::*;
+        match (self, other) {
+            (All, All) => true,
+            (Include(a), Include(b)) | (Exclude(a), Exclude(b)) => a.list == b.list,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for MessagePrefixFilter {}
+
+/// A compiled prefix list, with the text it was given as.
+#[derive(Debug, Clone)]
+pub struct PrefixPatterns {
+    list: String,
+    patterns: Vec<Regex>,
+}
+
+impl PrefixPatterns {
+    /// Compiles a comma-separated list; `Ok(None)` when it names no pattern.
+    fn parse(key: &str, list: &str) -> Result<Option<Self>, OptionError> {
+        let patterns = split_list(list)
+            .into_iter()
+            .map(|p| {
+                Regex::new(&format!("(?i)^(?:{p})$")).map_err(|e| OptionError::InvalidPattern {
+                    key: key.to_owned(),
+                    pattern: p.clone(),
+                    reason: e.to_string(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((!patterns.is_empty()).then(|| PrefixPatterns { list: list.to_owned(), patterns }))
+    }
+
+    fn matches(&self, prefix: &str) -> bool {
+        self.patterns.iter().any(|p| p.is_match(prefix))
+    }
+
+    /// The list as it was set.
+    pub fn as_str(&self) -> &str {
+        &self.list
+    }
+}
+
+/// Splits Debezium's comma-separated list: `\,` stands for a comma inside an item; items are
+/// trimmed and empty ones dropped.
+fn split_list(list: &str) -> Vec<String> {
+    let mut items = Vec::new();
+    let mut item = String::new();
+    let mut chars = list.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek() == Some(&',') => {
+                chars.next();
+                item.push(',');
+            }
+            ',' => items.push(std::mem::take(&mut item)),
+            c => item.push(c),
+        }
+    }
+    items.push(item);
+    items.into_iter().map(|i| i.trim().to_owned()).filter(|i| !i.is_empty()).collect()
+}
+
 /// All encoder options. `Default` is Debezium's default configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EncoderOptions {
@@ -90,6 +187,23 @@ pub struct EncoderOptions {
     pub value_schemas: bool,
     pub unchanged_toast: UnchangedToastMode,
     pub unavailable_value_placeholder: String,
+    /// `extended.headers.enabled`: the `__debezium.context.*` headers on change records.
+    pub extended_headers: bool,
+    /// `header.converter.schemas.enable`: `{"schema":…,"payload":…}` form for header values;
+    /// None follows `schemas.enable` (`value.converter.schemas.enable`), as Debezium's
+    /// converters do. See [`EncoderOptions::header_schemas`].
+    pub header_schemas_setting: Option<bool>,
+    /// `value.converter.replace.null.with.default`: a NULL column with a schema `default` is
+    /// written as that default (Kafka's JsonConverter does this by default; pgcdc writes the
+    /// NULL unless asked, since replacing loses it).
+    pub replace_null_with_default: bool,
+    /// `include.unknown.datatypes`: columns of types without a converter (composites,
+    /// extension types) as the bytes of their PostgreSQL text, as Debezium does. Off (the
+    /// default): pgcdc still includes them, a composite as an object and any other type as its
+    /// text (Debezium leaves them out).
+    pub include_unknown_datatypes: bool,
+    /// `message.prefix.include.list` / `message.prefix.exclude.list`.
+    pub message_prefixes: MessagePrefixFilter,
 }
 
 impl Default for EncoderOptions {
@@ -108,6 +222,11 @@ impl Default for EncoderOptions {
             value_schemas: false,
             unchanged_toast: UnchangedToastMode::Explicit,
             unavailable_value_placeholder: "__debezium_unavailable_value".to_owned(),
+            extended_headers: true,
+            header_schemas_setting: None,
+            replace_null_with_default: false,
+            include_unknown_datatypes: false,
+            message_prefixes: MessagePrefixFilter::All,
         }
     }
 }
@@ -120,6 +239,10 @@ pub enum OptionError {
     UnknownKey(String),
     #[error("invalid value {value:?} for option {key:?}; expected {expected}")]
     InvalidValue { key: String, value: String, expected: &'static str },
+    #[error("invalid regular expression {pattern:?} in option {key:?}: {reason}")]
+    InvalidPattern { key: String, pattern: String, reason: String },
+    #[error("options {key:?} and {other:?} cannot both be set; use one of them")]
+    Conflict { key: String, other: &'static str },
 }
 
 impl EncoderOptions {
@@ -139,7 +262,18 @@ impl EncoderOptions {
         "value.converter.schemas.enable",
         "unchanged.toast.handling.mode",
         "unavailable.value.placeholder",
+        "extended.headers.enabled",
+        "header.converter.schemas.enable",
+        "value.converter.replace.null.with.default",
+        "include.unknown.datatypes",
+        "message.prefix.include.list",
+        "message.prefix.exclude.list",
     ];
+
+    /// Whether header values take the `{"schema":…,"payload":…}` form.
+    pub fn header_schemas(&self) -> bool {
+        self.header_schemas_setting.unwrap_or(self.value_schemas)
+    }
 
     /// Sets one option by its Debezium name.
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), OptionError> {
@@ -230,6 +364,30 @@ impl EncoderOptions {
                 )?
             }
             "unavailable.value.placeholder" => self.unavailable_value_placeholder = value.to_owned(),
+            "extended.headers.enabled" => self.extended_headers = boolean(key, value)?,
+            "header.converter.schemas.enable" => self.header_schemas_setting = Some(boolean(key, value)?),
+            "value.converter.replace.null.with.default" => self.replace_null_with_default = boolean(key, value)?,
+            "include.unknown.datatypes" => self.include_unknown_datatypes = boolean(key, value)?,
+            "message.prefix.include.list" | "message.prefix.exclude.list" => {
+                let include = key == "message.prefix.include.list";
+                let other = if include { "message.prefix.exclude.list" } else { "message.prefix.include.list" };
+                let conflicting = match &self.message_prefixes {
+                    MessagePrefixFilter::Include(_) => !include,
+                    MessagePrefixFilter::Exclude(_) => include,
+                    MessagePrefixFilter::All => false,
+                };
+                let patterns = PrefixPatterns::parse(key, value)?;
+                if conflicting && patterns.is_some() {
+                    return Err(OptionError::Conflict { key: key.to_owned(), other });
+                }
+                self.message_prefixes = match patterns {
+                    Some(p) if include => MessagePrefixFilter::Include(p),
+                    Some(p) => MessagePrefixFilter::Exclude(p),
+                    // An empty list is Debezium's "not set".
+                    None if conflicting => return Ok(()),
+                    None => MessagePrefixFilter::All,
+                };
+            }
             _ => return Err(OptionError::UnknownKey(key.to_owned())),
         }
         Ok(())
@@ -300,6 +458,7 @@ mod tests {
             "skipped.operations" => "none",
             "unchanged.toast.handling.mode" => "placeholder",
             "unavailable.value.placeholder" => "?",
+            "message.prefix.include.list" | "message.prefix.exclude.list" => "outbox",
             _ => "true",
         };
         for k in EncoderOptions::KNOWN_KEYS {

@@ -13,13 +13,15 @@ use crate::json;
 use crate::relation::{ColumnSchema, TableSchema};
 use crate::Oid;
 
-pub const TX_KEY_SCHEMA: &str = r#"{"type":"struct","fields":[{"type":"string","optional":false,"field":"id"}],"optional":false,"name":"io.debezium.connector.common.TransactionMetadataKey"}"#;
-pub const TX_VALUE_SCHEMA: &str = r#"{"type":"struct","fields":[{"type":"string","optional":false,"field":"status"},{"type":"string","optional":false,"field":"id"},{"type":"int64","optional":true,"field":"event_count"},{"type":"array","items":{"type":"struct","fields":[{"type":"string","optional":false,"field":"data_collection"},{"type":"int64","optional":false,"field":"event_count"}],"optional":false,"name":"event.collection","version":1},"optional":true,"field":"data_collections"},{"type":"int64","optional":false,"field":"ts_ms"}],"optional":false,"name":"io.debezium.connector.common.TransactionMetadataValue","version":1}"#;
-pub const MESSAGE_KEY_SCHEMA: &str = r#"{"type":"struct","fields":[{"type":"string","optional":true,"field":"prefix"}],"optional":false,"name":"io.debezium.connector.postgresql.MessageKey"}"#;
+pub const TX_KEY_SCHEMA: &str = r#"{"type":"struct","fields":[{"type":"string","optional":false,"field":"id"}],"optional":false,"name":"io.debezium.connector.common.TransactionMetadataKey","version":1}"#;
+pub const TX_VALUE_SCHEMA: &str = r#"{"type":"struct","fields":[{"type":"string","optional":false,"field":"status"},{"type":"string","optional":false,"field":"id"},{"type":"int64","optional":true,"field":"event_count"},{"type":"array","items":{"type":"struct","fields":[{"type":"string","optional":false,"field":"data_collection"},{"type":"int64","optional":false,"field":"event_count"}],"optional":true,"name":"event.collection","version":1},"optional":true,"field":"data_collections"},{"type":"int64","optional":false,"field":"ts_ms"}],"optional":false,"name":"io.debezium.connector.common.TransactionMetadataValue","version":1}"#;
+pub const MESSAGE_KEY_SCHEMA: &str = r#"{"type":"struct","fields":[{"type":"string","optional":true,"field":"prefix"}],"optional":false,"name":"io.debezium.connector.postgresql.MessageKey","version":1}"#;
 
 const SOURCE_SCHEMA: &str = r#"{"type":"struct","fields":[{"type":"string","optional":false,"field":"version"},{"type":"string","optional":false,"field":"connector"},{"type":"string","optional":false,"field":"name"},{"type":"int64","optional":false,"field":"ts_ms"},{"type":"string","optional":true,"name":"io.debezium.data.Enum","version":1,"parameters":{"allowed":"true,first,first_in_data_collection,last_in_data_collection,last,false,incremental"},"default":"false","field":"snapshot"},{"type":"string","optional":false,"field":"db"},{"type":"string","optional":true,"field":"sequence"},{"type":"int64","optional":true,"field":"ts_us"},{"type":"int64","optional":true,"field":"ts_ns"},{"type":"string","optional":false,"field":"schema"},{"type":"string","optional":false,"field":"table"},{"type":"int64","optional":true,"field":"txId"},{"type":"int64","optional":true,"field":"lsn"},{"type":"int64","optional":true,"field":"xmin"},{"type":"string","optional":true,"field":"origin"},{"type":"int64","optional":true,"field":"origin_lsn"}],"optional":false,"name":"io.debezium.connector.postgresql.Source","version":1,"field":"source"}"#;
 const TRANSACTION_BLOCK_SCHEMA: &str = r#"{"type":"struct","fields":[{"type":"string","optional":false,"field":"id"},{"type":"int64","optional":false,"field":"total_order"},{"type":"int64","optional":false,"field":"data_collection_order"}],"optional":true,"name":"event.block","version":1,"field":"transaction"}"#;
 const ENVELOPE_TAIL: &str = r#"{"type":"string","optional":false,"field":"op"},{"type":"int64","optional":true,"field":"ts_ms"},{"type":"int64","optional":true,"field":"ts_us"},{"type":"int64","optional":true,"field":"ts_ns"}"#;
+/// The schema of a context header's value (Connect's `STRING_SCHEMA`).
+pub const HEADER_STRING_SCHEMA: &str = r#"{"type":"string","optional":false}"#;
 const UNCHANGED_COLUMNS_SCHEMA: &str =
     r#"{"type":"array","items":{"type":"string","optional":false},"optional":true,"field":"unchanged_columns"}"#;
 
@@ -36,7 +38,7 @@ pub fn wrap(schema: &str, payload: &str) -> String {
 
 /// The schema-wrapped value of a message event.
 pub fn message_value(opts: &EncoderOptions, value: &str) -> String {
-    let content = if opts.binary == BinaryMode::Bytes { "bytes" } else { "string" };
+    let content = bytes_or_string(opts);
     let schema = format!(
         r#"{{"type":"struct","fields":[{{"type":"string","optional":false,"field":"op"}},{{"type":"int64","optional":true,"field":"ts_ms"}},{src},{tx},{{"type":"struct","fields":[{{"type":"string","optional":true,"field":"prefix"}},{{"type":"{content}","optional":true,"field":"content"}}],"optional":false,"name":"io.debezium.connector.postgresql.Message","version":1,"field":"message"}}],"optional":false,"name":"io.debezium.connector.postgresql.MessageValue","version":1}}"#,
         src = SOURCE_SCHEMA,
@@ -58,6 +60,12 @@ impl SchemaCache {
         if !opts.key_schemas {
             return key;
         }
+        self.wrap_key(opts, table, &key)
+    }
+
+    /// The key wrapped with its schema, whatever the options (the `__debezium.newkey` and
+    /// `__debezium.oldkey` headers with header schemas on).
+    pub fn wrap_key(&self, opts: &EncoderOptions, table: &TableSchema, key: &str) -> String {
         let mut keys = self.keys.borrow_mut();
         let schema = keys.entry((table.id, table.version)).or_insert_with(|| {
             let fields: Vec<String> =
@@ -68,7 +76,7 @@ impl SchemaCache {
                 quoted(&format!("{}.{}.{}.Key", opts.topic_prefix, table.schema, table.table))
             )
         });
-        wrap(schema, &key)
+        wrap(schema, key)
     }
 
     /// The value as it goes out: wrapped with the envelope schema when value schemas are on.
@@ -111,11 +119,15 @@ fn quoted(s: &str) -> String {
 /// One column's field schema. Key columns are never optional.
 fn column_schema(opts: &EncoderOptions, column: &ColumnSchema, in_key: bool) -> String {
     let optional = !(in_key || column.not_null);
-    let mut s = type_schema(opts, &column.kind, optional);
+    let mut s = if opts.include_unknown_datatypes && has_no_converter(&column.kind) {
+        format!(r#"{{"type":"{}","optional":{optional}}}"#, bytes_or_string(opts))
+    } else {
+        type_schema(opts, &column.kind, optional)
+    };
     s.pop(); // reopen the object to add default and field
-    if let Some(default) = column.default_expr.as_deref().and_then(|d| default_literal(&column.kind, d)) {
+    if let Some(default) = &column.schema_default {
         s.push_str(",\"default\":");
-        s.push_str(&default);
+        s.push_str(default);
     }
     s.push_str(",\"field\":");
     json::write_str(&mut s, &column.name);
@@ -123,28 +135,18 @@ fn column_schema(opts: &EncoderOptions, column: &ColumnSchema, in_key: bool) -> 
     s
 }
 
-/// The JSON of a column default Debezium can interpret (a literal; `nextval` counts as 0).
-fn default_literal(kind: &TypeKind, expr: &str) -> Option<String> {
-    let numeric = matches!(kind, TypeKind::Int2 | TypeKind::Int4 | TypeKind::Int8 | TypeKind::Oid);
-    if numeric && expr.starts_with("nextval(") {
-        return Some("0".to_owned());
-    }
-    let literal = expr.split("::").next().unwrap_or(expr).trim();
-    match kind {
-        TypeKind::Int2 | TypeKind::Int4 | TypeKind::Int8 | TypeKind::Oid => {
-            let v: i64 = literal.trim_matches(|c| c == '(' || c == ')').parse().ok()?;
-            Some(v.to_string())
-        }
-        TypeKind::Bool => match literal {
-            "true" => Some("true".into()),
-            "false" => Some("false".into()),
-            _ => None,
-        },
-        TypeKind::Text | TypeKind::Enum { .. } | TypeKind::Uuid | TypeKind::Json | TypeKind::Jsonb => {
-            let inner = literal.strip_prefix('\'')?.strip_suffix('\'')?.replace("''", "'");
-            Some(quoted(&inner))
-        }
-        _ => None,
+/// Types Debezium has no converter for: it leaves such columns out unless
+/// `include.unknown.datatypes`, which sends the bytes of their text.
+pub fn has_no_converter(kind: &TypeKind) -> bool {
+    matches!(kind, TypeKind::Unknown { .. } | TypeKind::Composite { .. })
+}
+
+/// Connect `bytes`, or a string when `binary.handling.mode` renders bytes as text.
+fn bytes_or_string(opts: &EncoderOptions) -> &'static str {
+    if opts.binary == BinaryMode::Bytes {
+        "bytes"
+    } else {
+        "string"
     }
 }
 
@@ -155,7 +157,7 @@ fn logical(ty: &str, optional: bool, name: &str, extra: &str) -> String {
 /// The schema object of a type (without `field`).
 fn type_schema(opts: &EncoderOptions, kind: &TypeKind, optional: bool) -> String {
     let plain = |ty: &str| format!(r#"{{"type":"{ty}","optional":{optional}}}"#);
-    let bytes_or_string = if opts.binary == BinaryMode::Bytes { "bytes" } else { "string" };
+    let bytes_or_string = bytes_or_string(opts);
     let connect = opts.time_precision == TimePrecisionMode::Connect;
     match kind {
         TypeKind::Bool => plain("boolean"),
@@ -221,12 +223,8 @@ fn type_schema(opts: &EncoderOptions, kind: &TypeKind, optional: bool) -> String
         TypeKind::Bit { length: Some(1) } => plain("boolean"),
         TypeKind::Bit { length } => {
             let len = length.unwrap_or(i32::MAX as u32);
-            logical(
-                bytes_or_string,
-                optional,
-                "io.debezium.data.Bits",
-                &format!(r#","parameters":{{"length":"{len}"}}"#),
-            )
+            // Bits stay bytes whatever binary.handling.mode says, as in Debezium.
+            logical("bytes", optional, "io.debezium.data.Bits", &format!(r#","parameters":{{"length":"{len}"}}"#))
         }
         TypeKind::Point => format!(
             r#"{{"type":"struct","fields":[{{"type":"double","optional":false,"field":"x"}},{{"type":"double","optional":false,"field":"y"}},{{"type":"bytes","optional":true,"field":"wkb"}},{{"type":"int32","optional":true,"field":"srid"}}],"optional":{optional},"name":"io.debezium.data.geometry.Point","version":1,"doc":"Geometry (POINT)"}}"#

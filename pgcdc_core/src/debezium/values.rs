@@ -118,7 +118,8 @@ pub fn write_value(out: &mut String, kind: &TypeKind, value: &Value<'_>, opts: &
                 out.push_str(if bytes.first().is_some_and(|b| *b != 0) { "true" } else { "false" });
             } else {
                 let _ = length;
-                write_bytes(out, bytes, opts.binary);
+                // io.debezium.data.Bits is bytes whatever binary.handling.mode says.
+                write_bytes(out, bytes, BinaryMode::Bytes);
             }
         }
         Value::Point { x, y } => {
@@ -412,6 +413,16 @@ mod tests {
             enc(&TypeKind::Point, Value::Point { x: 1.5, y: 2.5 }, &EncoderOptions::default()),
             r#"{"x":1.5,"y":2.5,"wkb":"AQEAAAAAAAAAAAD4PwAAAAAAAARA","srid":null}"#
         );
+    }
+
+    #[test]
+    fn bits_stay_bytes_in_every_binary_mode() {
+        let bits = || Value::Bits { length: 4, bytes: vec![0x0a] };
+        for mode in [BinaryMode::Bytes, BinaryMode::Base64, BinaryMode::Base64UrlSafe, BinaryMode::Hex] {
+            let o = EncoderOptions { binary: mode, ..Default::default() };
+            assert_eq!(enc(&TypeKind::Bit { length: Some(4) }, bits(), &o), "\"Cg==\"", "{mode:?}");
+            assert_eq!(enc(&TypeKind::Bit { length: None }, bits(), &o), "\"Cg==\"", "{mode:?}");
+        }
     }
 
     #[test]

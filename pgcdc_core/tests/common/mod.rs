@@ -85,11 +85,15 @@ pub fn load_fixture(name: &str) -> Fixture {
 /// A fixed envelope time, so two encodings of the same WAL are identical.
 pub const FIXED_CLOCK_NANOS: i64 = 1_795_490_437_040_218_150;
 
+/// The run id the fixtures are encoded with (a UUIDv7, as the callers generate).
+pub const FIXED_RUN_ID: &str = "019ade2c-5b30-7a4e-9c1d-2f6e8b7a4c31";
+
 /// Decodes and encodes a whole fixture with the given options.
 pub fn encode_fixture(fixture: &Fixture, options: &[(&str, &str)]) -> Vec<Event> {
     let opts = EncoderOptions::from_pairs(options.iter().copied()).unwrap();
     let mut encoder = Encoder::new(opts, &fixture.database);
     encoder.set_clock(|| FIXED_CLOCK_NANOS);
+    encoder.set_run_id(FIXED_RUN_ID);
     let mut catalog = FixtureCatalog::new(fixture);
     let mut decoder = Decoder::new(fixture.protocol_version);
     let mut events = Vec::new();

@@ -46,6 +46,8 @@ class LogicalReplicationReader:
     Confirmations are batched (≤ 100 ms) and flushed by ``stop()``. Only row changes (``c``,
     ``u``, ``d``) are yielded unless ``include_truncate``/``include_messages`` ask for ``t``
     and ``m`` events. Leaving an ``async for`` and iterating again continues the stream.
+    Logical messages carry no identity (any role that can connect may emit one): admit the
+    prefixes you expect with ``debezium_options={"message.prefix.include.list": "outbox"}``.
 
     After the first successful connection, a lost connection, a silent one (nothing heard for
     twice the server's ``wal_sender_timeout``) or a server restart is retried
