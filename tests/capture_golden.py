@@ -9,7 +9,7 @@ logical slot created just before its DML, and writes what
 per fixture:
 
 =========================  ============================================================
-typematrix_proto1.json     shared/debezium/typematrix{,_dml}.sql, proto_version 1
+typematrix_proto1.json     tests/fixtures/debezium/typematrix{,_dml}.sql, proto_version 1
 typematrix_proto2.json     same WAL, proto_version 2 + streaming on (nothing is big enough
                            to be streamed: same messages as proto 1)
 streaming_proto2.json      logical_decoding_work_mem=64kB: a streamed commit, a streamed
@@ -34,8 +34,7 @@ Fixture format (pretty-printed, keys sorted)::
 element/base/attribute types); ``tables`` has one entry per published table (a partitioned
 table published via its root appears once, under the root's oid).
 
-The shared workload directory is ``<repo>/../shared/debezium`` (CI clones the repo with
-shared/ beside it); override with PGCDC_SHARED_DIR.
+The workload is ``tests/fixtures/debezium/typematrix{,_dml}.sql`` (``workload.py``).
 
 Importable: :func:`capture_all` writes the fixtures, :func:`structure` reduces a fixture to
 what must be identical run to run (message tags, relations, columns, tuple shapes) and leaves
@@ -57,15 +56,13 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from pgcluster import Cluster  # noqa: E402
+from workload import TYPEMATRIX_DML_SQL, TYPEMATRIX_SQL  # noqa: E402
 
 FIXTURES = ("typematrix_proto1", "typematrix_proto2", "streaming_proto2", "twophase_proto3")
 
 FIRST_USER_OID = 16384
 
 
-def shared_dir() -> Path:
-    env = os.environ.get("PGCDC_SHARED_DIR")
-    return Path(env) if env else REPO.parent / "shared" / "debezium"
 
 
 # ------------------------------------------------------------------ workloads
@@ -214,14 +211,13 @@ def _create_slot(cluster: Cluster, db: str, slot: str, two_phase: bool = False) 
 
 
 def capture_typematrix(cluster: Cluster) -> dict[str, dict[str, Any]]:
-    sd = shared_dir()
-    setup = (sd / "typematrix.sql").read_text()
-    dml = (sd / "typematrix_dml.sql").read_text()
+    setup = TYPEMATRIX_SQL.read_text()
+    dml = TYPEMATRIX_DML_SQL.read_text()
     db = "tmdb"
     cluster.execute(f"CREATE DATABASE {db}")
-    cluster.psql("-f", str(sd / "typematrix.sql"), dbname=db)
+    cluster.psql("-f", str(TYPEMATRIX_SQL), dbname=db)
     slot_sql = "".join(_create_slot(cluster, db, f"tm_proto{v}") for v in (1, 2))
-    cluster.psql("-f", str(sd / "typematrix_dml.sql"), dbname=db)
+    cluster.psql("-f", str(TYPEMATRIX_DML_SQL), dbname=db)
     workload = setup + SLOT_MARKER.format("tm_proto1, tm_proto2") + slot_sql + dml
     common = {"publication_names": "tm_pub", "messages": "true"}
     return {

@@ -24,7 +24,7 @@ def _interval(months: int, days: int, micros: int):
     return pgcdc.Interval(months, days, micros)
 
 
-#: Row 1 of shared/debezium/typematrix_dml.sql as Python values (exact types).
+#: Row 1 of tests/fixtures/debezium/typematrix_dml.sql as Python values (exact types).
 TYPEMATRIX_ROW1 = {
     "id": 1,
     "c_bool": True,

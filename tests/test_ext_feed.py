@@ -7,19 +7,16 @@ that restart or crash the server have their own clusters (test_ext_crash.py).
 from __future__ import annotations
 
 import json
-import os
 import re
 import select
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import psycopg
 import pytest
 
 from ext_support import (
-    REPO,
     install_trap,
     collect,
     event_json,
@@ -31,6 +28,7 @@ from ext_support import (
     status,
     wait_until,
 )
+from workload import TYPEMATRIX_DML_SQL, TYPEMATRIX_SQL
 
 pytestmark = [requires_extension, pytest.mark.timeout(300)]
 
@@ -73,9 +71,6 @@ def ids_of(events) -> list[int]:
 # ----------------------------------------------------------------------------- typematrix
 
 
-def shared_dir() -> Path:
-    env = os.environ.get("PGCDC_SHARED_DIR")
-    return Path(env) if env else REPO.parent / "shared" / "debezium"
 
 
 _TD_LINE = re.compile(r"^table (\S+?)\.(\S+?): (INSERT|UPDATE|DELETE|TRUNCATE): ?(.*)$")
@@ -169,19 +164,17 @@ SELECT pg_logical_emit_message(false, 'heartbeat', 'not in a transaction');
 
 
 def test_typematrix_every_table_and_operation_is_delivered(pg):
-    sd = shared_dir()
-    assert (sd / "typematrix.sql").exists(), f"shared workload not found in {sd} (set PGCDC_SHARED_DIR)"
     # The feed runs in pgcdc.database (postgres): use a schema of its own there.
     db = "postgres"
     pg.execute("DROP PUBLICATION IF EXISTS tm_pub")
-    pg.psql("-f", str(sd / "typematrix.sql"), dbname=db)
+    pg.psql("-f", str(TYPEMATRIX_SQL), dbname=db)
     pg.execute(
         "SELECT pgcdc.create_feed('tm', publication => 'tm_pub', "
         "options => '{\"skipped.operations\": \"none\"}')"
     )
     pg.execute("SELECT pg_create_logical_replication_slot('tm_reference', 'test_decoding')")
     try:
-        pg.psql("-f", str(sd / "typematrix_dml.sql"), dbname=db)
+        pg.psql("-f", str(TYPEMATRIX_DML_SQL), dbname=db)
         pg.psql("-c", EXTRA_DML, dbname=db)
         lines = [
             r[0]

@@ -21,10 +21,10 @@ except ImportError as e:  # make test builds it first; never skip
     raise ImportError("the Python package pgcdc is not built (run: make py-develop)") from e
 from ext_support import requires_extension, start_cluster
 from pyhelpers import TYPEMATRIX_ROW1, await_for, log_lines, nothing_within, prepend_hba, run, take, wait_for
+from workload import TYPEMATRIX_DML_SQL, TYPEMATRIX_SQL
 
 pytestmark = [requires_extension, pytest.mark.timeout(300)]
 
-SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "debezium")
 
 
 @pytest.fixture(scope="module")
@@ -222,11 +222,11 @@ def test_typematrix_values() -> None:
 
     c = start_cluster("pgcdc-pyfeed-types")
     try:
-        with open(os.path.join(SHARED, "typematrix.sql")) as fh:
+        with open(TYPEMATRIX_SQL) as fh:
             c.psql("-f", "-", input=fh.read())
         for name, options in TYPEMATRIX_OPTIONS.items():
             run(pgcdc.create_feed(c.dsn(), name, "tm_pub", options=options))
-        with open(os.path.join(SHARED, "typematrix_dml.sql")) as fh:
+        with open(TYPEMATRIX_DML_SQL) as fh:
             c.psql("-f", "-", input=fh.read())
         for name, options in TYPEMATRIX_OPTIONS.items():
 

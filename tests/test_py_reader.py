@@ -1,5 +1,5 @@
 """pgcdc.LogicalReplicationReader against real PostgreSQL 15 clusters: event kinds, every
-type of shared/debezium/typematrix.sql, acknowledgement, reconnects, shutdown, errors, auth,
+type of tests/fixtures/debezium/typematrix.sql, acknowledgement, reconnects, shutdown, errors, auth,
 TLS, and the seed library's API (`import pgcdc as pgoutput_decoder`)."""
 
 from __future__ import annotations
@@ -35,10 +35,8 @@ from pyhelpers import (
     take,
     wait_for,
 )
+from workload import TYPEMATRIX_DML_SQL, TYPEMATRIX_SQL
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "debezium"
-if not SHARED.exists():
-    SHARED = Path(__file__).resolve().parents[1] / "shared" / "debezium"
 
 
 _open: list[pgcdc.LogicalReplicationReader] = []
@@ -183,7 +181,7 @@ def test_replica_identity_full_and_unchanged_toast(cluster: Cluster, fresh_db: s
 
 
 def _typematrix(cluster: Cluster, db: str) -> None:
-    setup, dml = (SHARED / "typematrix.sql").read_text(), (SHARED / "typematrix_dml.sql").read_text()
+    setup, dml = TYPEMATRIX_SQL.read_text(), TYPEMATRIX_DML_SQL.read_text()
     cluster.psql("-f", "-", dbname=db, input=setup)
     cluster.execute("SELECT pg_create_logical_replication_slot('tm_slot', 'pgoutput')", db)
     cluster.psql("-f", "-", dbname=db, input=dml)

@@ -1,4 +1,4 @@
-//! Golden test: real pgoutput bytes of the shared workload (`shared/debezium/typematrix*.sql`,
+//! Golden test: real pgoutput bytes of the type-matrix workload (`tests/fixtures/debezium/typematrix*.sql`,
 //! captured from PostgreSQL 15 by `tests/capture_golden.py`) encode to the records real
 //! Debezium 3.6.3 produced for the same workload, byte for byte.
 //!
@@ -7,7 +7,7 @@
 //! our output with the correct value before it is mapped to Debezium's.
 //!
 //! Fixtures: `pgcdc_core/tests/fixtures/` or `$PGCDC_GOLDEN_DIR` (a fresh capture).
-//! Debezium's files: `../shared/debezium/` beside the repository or `$PGCDC_SHARED_DIR`.
+//! Debezium's files: `tests/fixtures/debezium/` (copied from Debezium 3.6.3's output; see its README).
 
 mod common;
 

@@ -2,7 +2,7 @@
 //!
 //! Feed it every message of a pgoutput stream in order with [`Encoder::handle`]. For each
 //! change it appends [`Event`]s whose `key`, `value` and `topic` are what Debezium's
-//! PostgreSQL connector (3.6, see `shared/debezium/FORMAT.md`) and Kafka's `JsonConverter`
+//! PostgreSQL connector (3.6, see `tests/fixtures/debezium/FORMAT.md`) and Kafka's `JsonConverter`
 //! would produce, byte for byte apart from run-dependent fields, except where Debezium loses
 //! data (see `values` and the README).
 //!

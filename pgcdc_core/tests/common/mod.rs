@@ -67,10 +67,9 @@ pub fn fixture_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"))
 }
 
+/// Debezium's records for the type-matrix workload (`tests/fixtures/debezium/`, in the repository).
 pub fn shared_dir() -> PathBuf {
-    std::env::var_os("PGCDC_SHARED_DIR")
-        .map(|d| PathBuf::from(d).join("debezium"))
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/debezium"))
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/debezium")
 }
 
 pub fn unhex(s: &str) -> Vec<u8> {
