@@ -452,6 +452,107 @@ def test_reconnects_after_server_restart_and_fast_shutdown_does_not_hang() -> No
         run(idle(), timeout=60)
 
 
+_READ_IN_A_NEW_PROCESS = """
+import asyncio, json, sys
+import pgcdc
+
+async def main():
+    port, store, quiet = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+    r = pgcdc.LogicalReplicationReader("pub", "slot", host="127.0.0.1", database="postgres", port=port,
+                                       auto_acknowledge=False, offset_store=store or None)
+    ids = []
+    it = r.__aiter__()
+    while True:
+        try:
+            e = await asyncio.wait_for(it.__anext__(), quiet)
+        except asyncio.TimeoutError:
+            break
+        ids.append(e.after["id"])
+    await r.acknowledge()
+    await r.stop()
+    print(json.dumps(ids))
+
+asyncio.run(main())
+"""
+
+
+def _read_in_a_new_process(c: Cluster, store: Path, quiet: float = 3.0) -> list[int]:
+    import json
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-c", _READ_IN_A_NEW_PROCESS, str(c.port), str(store), str(quiet)],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)
+
+
+def test_offset_store_keeps_acknowledged_events_acknowledged_across_a_server_restart(tmp_path: Path) -> None:
+    """PostgreSQL 15 writes a logical slot's confirmed_flush_lsn to disk only when its
+    restart_lsn or xmin moves, so after `pg_ctl restart -m fast` the slot resends what was
+    acknowledged. With offset_store the reader persists the acknowledged position itself and
+    skips what the server resends at or below it: nothing acknowledged comes back, nothing
+    unacknowledged is lost (also within a partly acknowledged transaction)."""
+    store = tmp_path / "offsets" / "slot.json"
+    store.parent.mkdir()
+    c = Cluster(name="pgcdc-offsets")
+    with c:
+        setup_simple(c, "postgres")
+        for t in range(100):  # 1,000 events in 100 transactions
+            c.execute("INSERT INTO items SELECT g, 'acked', g FROM generate_series(%s::int, %s::int) g", params=[t * 10 + 1, t * 10 + 10])
+        c.execute("INSERT INTO items SELECT g, 'partly', g FROM generate_series(1001, 1010) g")
+
+        async def first() -> None:
+            r = reader(c, "postgres", auto_acknowledge=False, offset_store=store)
+            evs = await take(r, 1004, timeout=60)
+            await r.acknowledge()  # 1,000 events and 4 of the last transaction's 10
+            assert [e.after["id"] for e in evs] == list(range(1, 1005))
+            more = await take(r, 2)  # delivered, never acknowledged
+            assert [e.after["id"] for e in more] == [1005, 1006]
+            await r.stop()
+
+        run(first(), timeout=120)
+        assert store.exists() and not list(store.parent.glob("*.tmp"))
+        c.restart(mode="fast")
+        c.execute("INSERT INTO items VALUES (2000, 'after restart', 1)")
+        assert _read_in_a_new_process(c, store) == list(range(1005, 1011)) + [2000]
+        # ... and that was acknowledged too: a third process gets nothing, even after another restart
+        c.restart(mode="fast")
+        assert _read_in_a_new_process(c, store, quiet=1.5) == []
+
+
+def test_offset_store_of_another_slot_or_cluster_is_refused(cluster: Cluster, fresh_db: str, tmp_path: Path) -> None:
+    """Skipping by somebody else's positions would lose events: a store of another slot,
+    database or cluster is an error, and so is a file that is not an offset store."""
+    import json
+
+    setup_simple(cluster, fresh_db)
+    store = tmp_path / "o.json"
+    store.write_text(json.dumps({"slot": "slot", "database": fresh_db, "system_identifier": "1", "flushed": "0/1"}))
+
+    async def main() -> None:
+        with pytest.raises(pgcdc.OperationalError, match="system identifier 1") as ei:
+            await take(reader(cluster, fresh_db, offset_store=store), 1)
+        assert ei.value.sqlstate == "55000" and ei.value.hint
+        with pytest.raises(pgcdc.InterfaceError, match='belongs to slot "slot"'):
+            reader(cluster, fresh_db, slot="other", offset_store=store)
+        store.write_text("not json")
+        with pytest.raises(pgcdc.OperationalError, match="not an offset file"):
+            reader(cluster, fresh_db, offset_store=store)
+        # a new store is bound to this cluster with the first acknowledgement
+        store.unlink()
+        cluster.execute("INSERT INTO items VALUES (1, 'a', 1)", fresh_db)
+        r = reader(cluster, fresh_db, offset_store=store, auto_acknowledge=False)
+        (e,) = await take(r, 1)
+        await r.acknowledge()
+        await r.stop()
+        saved = json.loads(store.read_text())
+        (sysid,) = cluster.execute("SELECT system_identifier::text FROM pg_control_system()")[0]
+        assert saved["system_identifier"] == sysid and saved["acknowledged"] == [e.commit_lsn, e.ordinal]
+
+    run(main())
+
+
 def test_reconnect_false_raises_when_the_server_ends_the_stream() -> None:
     """A server that ends the stream (CopyDone) while the next connection would work:
     reconnect=False raises instead of reconnecting."""

@@ -29,6 +29,7 @@ mod conninfo;
 mod errors;
 mod feed;
 mod message;
+mod offsets;
 mod reader;
 mod signal;
 mod tls;
@@ -148,7 +149,8 @@ impl PyReader {
     #[pyo3(signature = (
         publications, slot_name, host, database, port, user, password, start_lsn, auto_acknowledge,
         *, sslmode, sslrootcert, connect_timeout, application_name, include_truncate, include_messages,
-        create_slot, debezium_options, reconnect, reconnect_timeout, max_buffered, allow_cleartext_password=false
+        create_slot, debezium_options, reconnect, reconnect_timeout, max_buffered, allow_cleartext_password=false,
+        offset_store=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -173,6 +175,7 @@ impl PyReader {
         reconnect_timeout: Option<f64>,
         max_buffered: usize,
         allow_cleartext_password: bool,
+        offset_store: Option<PathBuf>,
     ) -> PyResult<Self> {
         if publications.is_empty() {
             return Err(PgError::Interface("publication_name is required".into()).into());
@@ -199,6 +202,7 @@ impl PyReader {
         let mut encoder = encoder_options(debezium_options.as_ref())?;
         // The reader decides what to yield; the encoder must produce every kind.
         encoder.skipped.truncate = false;
+        let offsets = offset_store.map(|p| offsets::OffsetStore::new(p, &slot_name, &conn.database));
         Ok(PyReader {
             reader: Reader::new(ReaderConfig {
                 conn,
@@ -213,7 +217,8 @@ impl PyReader {
                 reconnect,
                 reconnect_timeout: reconnect_timeout.map(|s| seconds("reconnect_timeout", s)).transpose()?,
                 max_buffered: max_buffered.max(16),
-            }),
+                offsets,
+            })?,
         })
     }
 
