@@ -34,6 +34,20 @@ class LogicalReplicationReader:
     'pgoutput')``) unless ``create_slot=True``; the publication must exist. The user needs the
     REPLICATION attribute (and SELECT on the published tables for catalog lookups).
 
+    Values and JSON (both tables in README.md, "The reader's values and JSON"):
+
+    * default: the ``pgoutput-decoder`` library's. ``message.after`` holds its types (dates,
+      times, timestamps, uuid and intervals as PostgreSQL's ISO text, json/jsonb as
+      ``dict``/``list``, bytea as ``bytes``), except that numeric and money are exact
+      ``Decimal`` s, never floats. ``message.json()``/``message_to_debezium_json`` give its
+      event: ``{"op", "before", "after", "source", "ts_ms", "ts_us", "ts_ns"}`` with numbers as
+      exact JSON numbers and json/jsonb nested, and ``message_to_dict(message)`` equals
+      ``json.loads`` of it for every message.
+    * ``rich_types=True``: ``datetime``, ``date``, ``time``, :class:`Interval`, ``(x, y)``
+      points, hstore ``dict`` (the feed client's table); the JSON does not change.
+    * ``format="debezium"`` (implied by ``debezium_options``): the JSON is Debezium's, byte
+      for byte what a pgcdc feed stages with the same options.
+
     Acknowledgement (what the slot's ``confirmed_flush_lsn`` advances to):
 
     * ``auto_acknowledge=True`` (default): an event counts as processed once the loop asks for
@@ -106,6 +120,8 @@ class LogicalReplicationReader:
         max_buffered: int = 16384,
         allow_cleartext_password: bool = False,
         offset_store: Optional[Union[str, os.PathLike[str]]] = None,
+        format: Optional[str] = None,
+        rich_types: bool = False,
     ) -> None:
         publications = [publication_name] if isinstance(publication_name, str) else list(publication_name)
         self._core = _pgcdc._Reader(
@@ -131,6 +147,8 @@ class LogicalReplicationReader:
             max_buffered=max_buffered,
             allow_cleartext_password=allow_cleartext_password,
             offset_store=os.fspath(offset_store) if offset_store is not None else None,
+            format=format,
+            rich_types=bool(rich_types),
         )
         self._waker = Waker(self._core)
         self.auto_acknowledge = bool(auto_acknowledge)
