@@ -254,6 +254,33 @@ def test_typematrix_seed_json_equals_its_dict_for_every_message(cluster: Cluster
     assert pgcdc.message_to_dict(msg)["message"]["prefix"] == "outbox"
 
 
+def test_debezium_format_is_debeziums_own_encoding(cluster: Cluster, fresh_db: str) -> None:
+    """format="debezium": the first type-matrix row's value as real Debezium 3.6.3 wrote it
+    (tests/fixtures/debezium/default_noschema.jsonl), key for key and in its order, apart from
+    the two documented differences (README "Differences from Debezium")."""
+    import json
+
+    from workload import DEBEZIUM_DIR
+
+    _typematrix(cluster, fresh_db)
+    golden = json.loads((DEBEZIUM_DIR / "default_noschema.jsonl").read_text().splitlines()[0])["value"]
+
+    async def main() -> list:
+        r = reader(cluster, fresh_db, pub="tm_pub", slot="tm_slot", format="debezium")
+        (e,) = await take(r, 1, timeout=30)
+        await r.stop()
+        return e
+
+    e = run(main())
+    ours = json.loads(e.json())
+    assert list(ours) == list(golden) and list(ours["source"]) == list(golden["source"])
+    differ = {"c_2d_arr", "c_composite"}  # Debezium: [null,null] and the column dropped
+    assert [(k, v) for k, v in ours["after"].items() if k not in differ] == [
+        (k, v) for k, v in golden["after"].items() if k not in differ]
+    assert "c_composite" not in golden["after"]
+    assert ours["after"]["c_2d_arr"] == [[1, 2], [3, 4]] and golden["after"]["c_2d_arr"] == [None, None]
+
+
 def test_debezium_options_change_the_json(cluster: Cluster, fresh_db: str) -> None:
     cluster.execute("CREATE TABLE m (id int PRIMARY KEY, price numeric(10,2))", fresh_db)
     cluster.execute("CREATE PUBLICATION pub FOR TABLE m", fresh_db)
