@@ -190,43 +190,20 @@ pub fn write_value(out: &mut String, v: &Value<'_>, text: Option<&str>) {
         }
         Value::Bytes(b) => write_str(out, &base64::engine::general_purpose::STANDARD.encode(b)),
         Value::Json(s) => compact_json(out, s),
-        Value::Hstore(pairs) => {
-            out.push('{');
-            for (i, (k, v)) in pairs.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_str(out, k);
-                out.push(':');
-                match v {
-                    Some(v) => write_str(out, v),
-                    None => out.push_str("null"),
-                }
+        Value::Hstore(pairs) => write_seq(out, ('{', '}'), pairs, |out, (k, v)| {
+            write_str(out, k);
+            out.push(':');
+            match v {
+                Some(v) => write_str(out, v),
+                None => out.push_str("null"),
             }
-            out.push('}');
-        }
-        Value::Composite(fields) => {
-            out.push('{');
-            for (i, (k, f)) in fields.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_str(out, k);
-                out.push(':');
-                write_value(out, f, None);
-            }
-            out.push('}');
-        }
-        Value::Array(items) => {
-            out.push('[');
-            for (i, it) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_value(out, it, None);
-            }
-            out.push(']');
-        }
+        }),
+        Value::Composite(fields) => write_seq(out, ('{', '}'), fields, |out, (k, f)| {
+            write_str(out, k);
+            out.push(':');
+            write_value(out, f, None);
+        }),
+        Value::Array(items) => write_seq(out, ('[', ']'), items, |out, it| write_value(out, it, None)),
         // Spelled by `as_text` above.
         Value::Date(_)
         | Value::Time(_)
@@ -304,6 +281,18 @@ fn write_row(out: &mut String, m: &RowMsg, after: bool) -> Result<(), PgError> {
     }
     out.push('}');
     Ok(())
+}
+
+/// `items` between `open` and `close`, separated by commas.
+fn write_seq<T>(out: &mut String, (open, close): (char, char), items: &[T], mut write: impl FnMut(&mut String, &T)) {
+    out.push(open);
+    for (i, it) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write(out, it);
+    }
+    out.push(close);
 }
 
 /// Copies JSON text (a json/jsonb value, valid as the server checked it) without the
