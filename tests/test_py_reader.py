@@ -191,7 +191,8 @@ def test_typematrix_values_round_trip(cluster: Cluster, fresh_db: str) -> None:
     _typematrix(cluster, fresh_db)
 
     async def main() -> None:
-        r = reader(cluster, fresh_db, pub="tm_pub", slot="tm_slot", include_truncate=True, include_messages=True)
+        r = reader(cluster, fresh_db, pub="tm_pub", slot="tm_slot", include_truncate=True, include_messages=True,
+                   rich_types=True)
         evs = await take(r, 29, timeout=30)
         assert await nothing_within(r, 0.5)
         await r.stop()
@@ -225,6 +226,59 @@ def test_typematrix_values_round_trip(cluster: Cluster, fresh_db: str) -> None:
     assert [e.op for e in by_table["public.tm_nopk"]] == ["c", "u", "d", "t"]
     assert [e.message["prefix"] for e in evs if e.op == "m"] == ["outbox"]
     assert all(e.after["id"] != 11 for e in by_table["public.tm_default"] if e.after)  # rolled back
+
+
+def test_typematrix_seed_json_equals_its_dict_for_every_message(cluster: Cluster, fresh_db: str) -> None:
+    """Every type, TOAST, truncate and messages: the seed JSON and message_to_dict agree."""
+    import json
+
+    _typematrix(cluster, fresh_db)
+
+    async def main() -> list:
+        r = reader(cluster, fresh_db, pub="tm_pub", slot="tm_slot", include_truncate=True, include_messages=True)
+        evs = await take(r, 29, timeout=30)
+        await r.stop()
+        return evs
+
+    evs = run(main())
+    for m in evs:
+        assert json.loads(m.json()) == pgcdc.message_to_dict(m), m
+        assert list(json.loads(m.json()))[:7] == SEED_ENVELOPE
+    row1 = evs[0].after
+    assert evs[0].table == "public.tm_types"
+    assert {k: row1[k] for k in ("c_date", "c_ts", "c_tstz", "c_timetz", "c_uuid", "c_numeric")} == {
+        "c_date": "2024-02-29", "c_ts": "2024-01-15 10:30:00.000001", "c_tstz": "2024-01-15 10:30:00+00",
+        "c_timetz": "13:45:59+05:30", "c_uuid": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+        "c_numeric": Decimal("12345678.1234")}
+    (msg,) = [m for m in evs if m.op == "m"]
+    assert pgcdc.message_to_dict(msg)["message"]["prefix"] == "outbox"
+
+
+def test_debezium_format_is_debeziums_own_encoding(cluster: Cluster, fresh_db: str) -> None:
+    """format="debezium": the first type-matrix row's value as real Debezium 3.6.3 wrote it
+    (tests/fixtures/debezium/default_noschema.jsonl), key for key and in its order, apart from
+    the two documented differences (README "Differences from Debezium")."""
+    import json
+
+    from workload import DEBEZIUM_DIR
+
+    _typematrix(cluster, fresh_db)
+    golden = json.loads((DEBEZIUM_DIR / "default_noschema.jsonl").read_text().splitlines()[0])["value"]
+
+    async def main() -> list:
+        r = reader(cluster, fresh_db, pub="tm_pub", slot="tm_slot", format="debezium")
+        (e,) = await take(r, 1, timeout=30)
+        await r.stop()
+        return e
+
+    e = run(main())
+    ours = json.loads(e.json())
+    assert list(ours) == list(golden) and list(ours["source"]) == list(golden["source"])
+    differ = {"c_2d_arr", "c_composite"}  # Debezium: [null,null] and the column dropped
+    assert [(k, v) for k, v in ours["after"].items() if k not in differ] == [
+        (k, v) for k, v in golden["after"].items() if k not in differ]
+    assert "c_composite" not in golden["after"]
+    assert ours["after"]["c_2d_arr"] == [[1, 2], [3, 4]] and golden["after"]["c_2d_arr"] == [None, None]
 
 
 def test_debezium_options_change_the_json(cluster: Cluster, fresh_db: str) -> None:
@@ -289,6 +343,121 @@ def test_message_prefix_lists_choose_the_logical_messages(cluster: Cluster, fres
             reader(cluster, fresh_db, slot="slot_inc", include_messages=True, debezium_options=both)
         with pytest.raises(pgcdc.InterfaceError, match="invalid regular expression"):
             reader(cluster, fresh_db, slot="slot_inc", debezium_options={"message.prefix.include.list": "(x"})
+
+
+#: What pgoutput-decoder 0.1.0 gives (its PyPI sdist, read for these facts: README "Message
+#: Format" and "Supported PostgreSQL Types", python/pgoutput_decoder/__init__.py
+#: message_to_dict, tests/test_json_serialization.py): these envelope keys in this order, no
+#: "transaction"; numbers as JSON numbers, json/jsonb nested, dates, times, timestamps and uuid
+#: as ISO 8601 text, and message_to_dict(m) == json.loads(message_to_debezium_json(m)).
+SEED_ENVELOPE = ["op", "before", "after", "source", "ts_ms", "ts_us", "ts_ns"]
+
+
+def _seed_table(cluster: Cluster, db: str) -> None:
+    cluster.execute(
+        "CREATE TABLE acct (id int PRIMARY KEY, name varchar(100), balance numeric(10,2), big numeric(30,10),"
+        " small numeric, score float8, ratio real, active bool, metadata jsonb, doc json, tags text[],"
+        " created_at timestamp, seen timestamptz, day date, at time, uid uuid, blob bytea, span interval,"
+        " nums numeric[], days date[])", db)
+    cluster.execute("ALTER TABLE acct REPLICA IDENTITY FULL", db)
+    cluster.execute("CREATE PUBLICATION pub FOR TABLE acct", db)
+    cluster.execute("SELECT pg_create_logical_replication_slot('slot', 'pgoutput')", db)
+    cluster.execute(
+        "INSERT INTO acct VALUES (1, 'Diana', 750.00, 12345678901234567890.1234567890, 0.1, 0.1, 3.14, true,"
+        """ '{"role": "admin", "count": 42, "n": [1, 2.5, {"x": null}]}', '{"a": [1, 2], "s": "x y"}', '{a,"b c",NULL}',"""
+        " '2024-01-15 10:30:00.5', '2024-01-15 10:30:00+00', '2024-02-29', '13:45:59',"
+        " 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '\\xdeadbeef00', '1 year 2 mons 3 days 04:05:06.789',"
+        " '{1.10,NaN}', '{2024-02-29,infinity}')", db)
+    cluster.execute("UPDATE acct SET balance = 800.00, score = 'Infinity', small = 'NaN' WHERE id = 1", db)
+    cluster.execute("DELETE FROM acct WHERE id = 1", db)
+
+
+def test_seed_format_is_the_libraries_json_and_exact(cluster: Cluster, fresh_db: str) -> None:
+    import json
+
+    _seed_table(cluster, fresh_db)
+
+    async def main() -> list:
+        r = reader(cluster, fresh_db)
+        evs = await take(r, 3)
+        await r.stop()
+        return evs
+
+    ins, upd, dele = run(main())
+    for m in (ins, upd, dele):
+        text = pgcdc.message_to_debezium_json(m)
+        assert json.loads(text) == pgcdc.message_to_dict(m)  # plain json, every message
+        for indent in (None, 0, 2, 4):
+            assert json.loads(pgcdc.message_to_debezium_json(m, indent=indent)) == pgcdc.message_to_dict(m)
+        assert list(json.loads(text)) == SEED_ENVELOPE and list(pgcdc.message_to_dict(m)) == SEED_ENVELOPE
+        assert pgcdc.message_to_debezium_json(m, indent=None) == m.json()
+    event = json.loads(pgcdc.message_to_debezium_json(upd))
+    assert event["before"]["balance"] == 750.0 and event["after"]["balance"] == 800.0
+    # numerics are the exact digits, never through a float
+    assert '"big":12345678901234567890.1234567890' in ins.json() and '"balance":750.00' in ins.json()
+    exact = json.loads(ins.json(), parse_float=Decimal)["after"]
+    assert str(exact["big"]) == "12345678901234567890.1234567890" and exact["small"] == Decimal("0.1")
+    assert ins.after["big"] == Decimal("12345678901234567890.1234567890") and type(ins.after["big"]) is Decimal
+    view = pgcdc.message_to_dict(ins)["after"]
+    assert isinstance(view["big"], Decimal) and str(view["big"]) == "12345678901234567890.1234567890"
+    # json/jsonb nested (whitespace gone: one compact line), arrays as lists
+    assert '"doc":{"a":[1,2],"s":"x y"}' in ins.json() and "\n" not in ins.json()
+    assert event["after"]["metadata"] == {"role": "admin", "count": 42, "n": [1, 2.5, {"x": None}]}
+    # the library's Python types (README table), exact where it lost data
+    a = ins.after
+    expected = {
+        "id": 1, "name": "Diana", "balance": Decimal("750.00"), "big": Decimal("12345678901234567890.1234567890"),
+        "small": Decimal("0.1"), "score": 0.1, "ratio": 3.14, "active": True,
+        "metadata": {"role": "admin", "count": 42, "n": [1, 2.5, {"x": None}]}, "doc": {"a": [1, 2], "s": "x y"},
+        "tags": ["a", "b c", None], "created_at": "2024-01-15 10:30:00.5", "seen": "2024-01-15 10:30:00+00",
+        "day": "2024-02-29", "at": "13:45:59", "uid": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+        "blob": b"\xde\xad\xbe\xef\x00", "span": "1 year 2 mons 3 days 04:05:06.789",
+        "days": ["2024-02-29", "infinity"],
+    }
+    assert {k: v for k, v in a.items() if k != "nums"} == expected
+    for k, v in expected.items():
+        assert type(a[k]) is type(v), k
+    assert a["nums"][0] == Decimal("1.10") and a["nums"][1].is_nan()
+    # what JSON cannot hold: bytea as base64, NaN and infinities as strings, in the JSON and the dict
+    assert view["blob"] == "3q2+7wA=" and view["nums"] == [Decimal("1.10"), "NaN"]
+    assert upd.after["score"] == float("inf") and pgcdc.message_to_dict(upd)["after"]["score"] == "Infinity"
+    assert upd.after["small"].is_nan() and json.loads(upd.json())["after"]["small"] == "NaN"
+    assert dele.before["name"] == "Diana" and dele.after is None
+    assert "transaction" not in json.loads(dele.json())
+
+
+def test_rich_types_and_debezium_format_are_opt_ins(cluster: Cluster, fresh_db: str) -> None:
+    import base64
+    import json
+
+    _seed_table(cluster, fresh_db)
+
+    async def main() -> None:
+        r = reader(cluster, fresh_db, rich_types=True)
+        (ins,) = await take(r, 1)
+        await r.stop()
+        assert ins.after["created_at"] == dt.datetime(2024, 1, 15, 10, 30, 0, 500000)
+        assert ins.after["seen"] == dt.datetime(2024, 1, 15, 10, 30, tzinfo=dt.timezone.utc)
+        assert ins.after["day"] == dt.date(2024, 2, 29) and ins.after["at"] == dt.time(13, 45, 59)
+        assert isinstance(ins.after["span"], pgcdc.Interval)
+        assert json.loads(ins.json()) == pgcdc.message_to_dict(ins)  # the JSON does not change
+        cluster.execute("SELECT pg_drop_replication_slot('slot')", fresh_db)
+        cluster.execute("SELECT pg_create_logical_replication_slot('slot', 'pgoutput')", fresh_db)
+        cluster.execute("INSERT INTO acct (id, balance, metadata) VALUES (2, 750.00, '{\"a\": 1}')", fresh_db)
+        r = reader(cluster, fresh_db, format="debezium")
+        (dbz,) = await take(r, 1)
+        await r.stop()
+        # Debezium's encoding: precise decimals as Connect Decimal bytes, jsonb as a string
+        env = json.loads(dbz.json())
+        assert list(env)[:5] == ["before", "after", "source", "transaction", "op"] and env["transaction"] is None
+        assert env["after"]["balance"] == base64.b64encode((75000).to_bytes(3, "big", signed=True)).decode()
+        assert env["after"]["metadata"] == '{"a": 1}'
+        assert pgcdc.message_to_debezium_json(dbz, indent=None) == dbz.json()
+        assert dbz.after["balance"] == Decimal("750.00")
+        with pytest.raises(pgcdc.InterfaceError, match="format"):
+            reader(cluster, fresh_db, format="avro")
+        with pytest.raises(pgcdc.InterfaceError, match="debezium_options"):
+            reader(cluster, fresh_db, format="seed", debezium_options={"topic.prefix": "x"})
 
     run(main())
 
@@ -498,6 +667,107 @@ def test_reconnects_after_server_restart_and_fast_shutdown_does_not_hang() -> No
             await r.stop()
 
         run(idle(), timeout=60)
+
+
+_READ_IN_A_NEW_PROCESS = """
+import asyncio, json, sys
+import pgcdc
+
+async def main():
+    port, store, quiet = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+    r = pgcdc.LogicalReplicationReader("pub", "slot", host="127.0.0.1", database="postgres", port=port,
+                                       auto_acknowledge=False, offset_store=store or None)
+    ids = []
+    it = r.__aiter__()
+    while True:
+        try:
+            e = await asyncio.wait_for(it.__anext__(), quiet)
+        except asyncio.TimeoutError:
+            break
+        ids.append(e.after["id"])
+    await r.acknowledge()
+    await r.stop()
+    print(json.dumps(ids))
+
+asyncio.run(main())
+"""
+
+
+def _read_in_a_new_process(c: Cluster, store: Path, quiet: float = 3.0) -> list[int]:
+    import json
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-c", _READ_IN_A_NEW_PROCESS, str(c.port), str(store), str(quiet)],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)
+
+
+def test_offset_store_keeps_acknowledged_events_acknowledged_across_a_server_restart(tmp_path: Path) -> None:
+    """PostgreSQL 15 writes a logical slot's confirmed_flush_lsn to disk only when its
+    restart_lsn or xmin moves, so after `pg_ctl restart -m fast` the slot resends what was
+    acknowledged. With offset_store the reader persists the acknowledged position itself and
+    skips what the server resends at or below it: nothing acknowledged comes back, nothing
+    unacknowledged is lost (also within a partly acknowledged transaction)."""
+    store = tmp_path / "offsets" / "slot.json"
+    store.parent.mkdir()
+    c = Cluster(name="pgcdc-offsets")
+    with c:
+        setup_simple(c, "postgres")
+        for t in range(100):  # 1,000 events in 100 transactions
+            c.execute("INSERT INTO items SELECT g, 'acked', g FROM generate_series(%s::int, %s::int) g", params=[t * 10 + 1, t * 10 + 10])
+        c.execute("INSERT INTO items SELECT g, 'partly', g FROM generate_series(1001, 1010) g")
+
+        async def first() -> None:
+            r = reader(c, "postgres", auto_acknowledge=False, offset_store=store)
+            evs = await take(r, 1004, timeout=60)
+            await r.acknowledge()  # 1,000 events and 4 of the last transaction's 10
+            assert [e.after["id"] for e in evs] == list(range(1, 1005))
+            more = await take(r, 2)  # delivered, never acknowledged
+            assert [e.after["id"] for e in more] == [1005, 1006]
+            await r.stop()
+
+        run(first(), timeout=120)
+        assert store.exists() and not list(store.parent.glob("*.tmp"))
+        c.restart(mode="fast")
+        c.execute("INSERT INTO items VALUES (2000, 'after restart', 1)")
+        assert _read_in_a_new_process(c, store) == list(range(1005, 1011)) + [2000]
+        # ... and that was acknowledged too: a third process gets nothing, even after another restart
+        c.restart(mode="fast")
+        assert _read_in_a_new_process(c, store, quiet=1.5) == []
+
+
+def test_offset_store_of_another_slot_or_cluster_is_refused(cluster: Cluster, fresh_db: str, tmp_path: Path) -> None:
+    """Skipping by somebody else's positions would lose events: a store of another slot,
+    database or cluster is an error, and so is a file that is not an offset store."""
+    import json
+
+    setup_simple(cluster, fresh_db)
+    store = tmp_path / "o.json"
+    store.write_text(json.dumps({"slot": "slot", "database": fresh_db, "system_identifier": "1", "flushed": "0/1"}))
+
+    async def main() -> None:
+        with pytest.raises(pgcdc.OperationalError, match="system identifier 1") as ei:
+            await take(reader(cluster, fresh_db, offset_store=store), 1)
+        assert ei.value.sqlstate == "55000" and ei.value.hint
+        with pytest.raises(pgcdc.InterfaceError, match='belongs to slot "slot"'):
+            reader(cluster, fresh_db, slot="other", offset_store=store)
+        store.write_text("not json")
+        with pytest.raises(pgcdc.OperationalError, match="not an offset file"):
+            reader(cluster, fresh_db, offset_store=store)
+        # a new store is bound to this cluster with the first acknowledgement
+        store.unlink()
+        cluster.execute("INSERT INTO items VALUES (1, 'a', 1)", fresh_db)
+        r = reader(cluster, fresh_db, offset_store=store, auto_acknowledge=False)
+        (e,) = await take(r, 1)
+        await r.acknowledge()
+        await r.stop()
+        saved = json.loads(store.read_text())
+        (sysid,) = cluster.execute("SELECT system_identifier::text FROM pg_control_system()")[0]
+        assert saved["system_identifier"] == sysid and saved["acknowledged"] == [e.commit_lsn, e.ordinal]
+
+    run(main())
 
 
 def test_reconnect_false_raises_when_the_server_ends_the_stream() -> None:

@@ -6,9 +6,11 @@
 //! (see [`message`]). Errors are mapped to the `pgcdc.Error` hierarchy once ([`errors`]).
 //!
 //! Modules: [`conninfo`] (parameters), [`tls`], [`wire`] (replication protocol),
-//! [`catalog`] (type and table lookups), [`reader`] (LogicalReplicationReader), [`message`]
-//! (ReplicationMessage), [`values`] (PostgreSQL values as Python objects), [`feed`] (the feed
-//! client), [`errors`] (the exception mapping).
+//! [`catalog`] (type and table lookups), [`reader`] (LogicalReplicationReader), [`offsets`]
+//! (its durable offsets), [`message`] (ReplicationMessage), [`seed`] (the reader's default
+//! values and JSON, the `pgoutput-decoder` library's), [`values`] (PostgreSQL values as
+//! Python objects), [`pgtext`] (PostgreSQL's text forms), [`feed`] (the feed client),
+//! [`errors`] (the exception mapping).
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -29,7 +31,10 @@ mod conninfo;
 mod errors;
 mod feed;
 mod message;
+mod offsets;
+mod pgtext;
 mod reader;
+mod seed;
 mod signal;
 mod tls;
 mod values;
@@ -37,7 +42,7 @@ mod wire;
 
 use conninfo::{ConnParams, SslMode};
 use errors::PgError;
-use message::{Interval, ReplicationMessage};
+use message::{Interval, Mode, ReplicationMessage};
 use reader::{NextError, Reader, ReaderConfig};
 use signal::Op;
 
@@ -140,6 +145,7 @@ pub(crate) fn encoder_options(options: Option<&Bound<'_, PyDict>>) -> PyResult<E
 #[pyclass(module = "pgcdc._pgcdc", name = "_Reader")]
 struct PyReader {
     reader: Reader,
+    mode: Mode,
 }
 
 #[pymethods]
@@ -148,7 +154,8 @@ impl PyReader {
     #[pyo3(signature = (
         publications, slot_name, host, database, port, user, password, start_lsn, auto_acknowledge,
         *, sslmode, sslrootcert, connect_timeout, application_name, include_truncate, include_messages,
-        create_slot, debezium_options, reconnect, reconnect_timeout, max_buffered, allow_cleartext_password=false
+        create_slot, debezium_options, reconnect, reconnect_timeout, max_buffered, allow_cleartext_password=false,
+        offset_store=None, format=None, rich_types=false
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -173,6 +180,9 @@ impl PyReader {
         reconnect_timeout: Option<f64>,
         max_buffered: usize,
         allow_cleartext_password: bool,
+        offset_store: Option<PathBuf>,
+        format: Option<String>,
+        rich_types: bool,
     ) -> PyResult<Self> {
         if publications.is_empty() {
             return Err(PgError::Interface("publication_name is required".into()).into());
@@ -199,6 +209,11 @@ impl PyReader {
         let mut encoder = encoder_options(debezium_options.as_ref())?;
         // The reader decides what to yield; the encoder must produce every kind.
         encoder.skipped.truncate = false;
+        let mode = Mode {
+            format: output_format(format.as_deref(), debezium_options.is_some())?,
+            types: if rich_types { seed::Types::Rich } else { seed::Types::Seed },
+        };
+        let offsets = offset_store.map(|p| offsets::OffsetStore::new(p, &slot_name, &conn.database));
         Ok(PyReader {
             reader: Reader::new(ReaderConfig {
                 conn,
@@ -213,7 +228,9 @@ impl PyReader {
                 reconnect,
                 reconnect_timeout: reconnect_timeout.map(|s| seconds("reconnect_timeout", s)).transpose()?,
                 max_buffered: max_buffered.max(16),
-            }),
+                offsets,
+            })?,
+            mode,
         })
     }
 
@@ -222,7 +239,7 @@ impl PyReader {
     fn next_ready(&self, py: Python<'_>) -> PyResult<Option<Py<ReplicationMessage>>> {
         self.reader.ensure_started();
         match self.reader.next_ready() {
-            Ok(Some(m)) => Ok(Some(Py::new(py, ReplicationMessage::new(*m))?)),
+            Ok(Some(m)) => Ok(Some(Py::new(py, ReplicationMessage::new(*m, self.mode))?)),
             Ok(None) => Ok(None),
             Err(NextError::Ended) => Err(PyStopAsyncIteration::new_err(())),
             Err(NextError::Failed(e)) => Err(e.to_py(py)),
@@ -286,19 +303,38 @@ impl PyReader {
     }
 }
 
-/// The message as Debezium JSON (`indent=None`: compact).
+/// `format=`: the seed library's event (default) or Debezium's; Debezium options mean the
+/// latter, and make no sense with the former.
+fn output_format(format: Option<&str>, debezium_options: bool) -> Result<seed::Format, PgError> {
+    match (format, debezium_options) {
+        (Some("debezium"), _) | (None, true) => Ok(seed::Format::Debezium),
+        (Some("seed") | None, false) => Ok(seed::Format::Seed),
+        (Some("seed"), true) => Err(PgError::Interface(
+            "debezium_options apply to format=\"debezium\" only: the seed format has no encoding options".into(),
+        )),
+        (Some(other), _) => Err(PgError::Interface(format!("format must be \"seed\" or \"debezium\", not {other:?}"))),
+    }
+}
+
+/// The message as JSON: a reader's message in its format (`indent=None`: compact).
 #[pyfunction]
 #[pyo3(signature = (message, indent=2))]
 fn message_to_debezium_json(message: &Bound<'_, PyAny>, indent: Option<usize>) -> PyResult<String> {
     if let Ok(m) = message.cast::<ReplicationMessage>() {
-        let json = &m.get().inner.json;
+        let json = m.get().event_json()?;
         return Ok(match indent {
-            None => json.clone(),
-            Some(n) => values::indent_json(json, n),
+            None => json.into_owned(),
+            Some(n) => values::indent_json(&json, n),
         });
     }
     // Feed events and anything else with .json(indent=...)
     message.call_method1("json", (indent,))?.extract()
+}
+
+/// A reader's message as the seed library's dict, equal to `json.loads` of its seed JSON.
+#[pyfunction]
+fn message_to_dict<'py>(message: &Bound<'py, ReplicationMessage>) -> PyResult<Bound<'py, PyDict>> {
+    message.get().seed_dict(message.py())
 }
 
 /// For the test suite: a task that panics must end as an `InternalError`, never a hang.
@@ -322,6 +358,7 @@ fn _pgcdc(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Interval>()?;
     m.add_class::<Op>()?;
     m.add_function(wrap_pyfunction!(message_to_debezium_json, m)?)?;
+    m.add_function(wrap_pyfunction!(message_to_dict, m)?)?;
     m.add_function(wrap_pyfunction!(_json_loads, m)?)?;
     m.add_function(wrap_pyfunction!(_selftest_panic, m)?)?;
     feed::register(m)?;

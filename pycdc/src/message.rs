@@ -3,7 +3,9 @@
 //! The Rust side fills in everything while the GIL is free: the Debezium JSON (from
 //! `pgcdc_core::debezium::Encoder`), the event's position, and the row columns as the bytes
 //! pgoutput sent. Python objects are made on first access and cached: `before`/`after` from
-//! the columns with exact types (see [`crate::values`]), `source`/`transaction` from the JSON.
+//! the columns (the seed library's types, [`crate::seed`], or with `rich_types` those of
+//! [`crate::values`]), `source`/`transaction` from the Debezium JSON. `json()` is the seed
+//! library's event made from the columns on demand, or (`format="debezium"`) the encoder's.
 //!
 //! Unchanged TOAST columns (an UPDATE that did not touch a large value, without REPLICA
 //! IDENTITY FULL) are never faked: they are absent from `after` and named in
@@ -11,15 +13,17 @@
 
 use std::sync::Arc;
 
+use base64::Engine as _;
 use bytes::Bytes;
 use pgcdc_core::debezium::Op;
-use pgcdc_core::relation::TableSchema;
+use pgcdc_core::relation::{ColumnSchema, TableSchema};
 use pgcdc_core::Lsn;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyString};
+use pyo3::types::{PyDict, PyList, PyString};
 
 use crate::errors::PgError;
+use crate::seed::{self, Format, Types, View};
 use crate::values::{self, Col};
 
 /// A logical decoding message (`pg_logical_emit_message`).
@@ -54,6 +58,49 @@ impl RowMsg {
     /// Position for acknowledgement and deduplication: (commit LSN, ordinal).
     pub fn position(&self) -> (Lsn, u32) {
         (self.commit_lsn, self.ordinal)
+    }
+
+    /// A row's columns with their schema; an unchanged TOAST column takes the full old row's
+    /// value when there is one (REPLICA IDENTITY FULL). None without a row.
+    pub fn columns(&self, after: bool) -> Option<Vec<(&ColumnSchema, &Col)>> {
+        let table = self.table.as_ref()?;
+        let (cols, fallback) =
+            if after { (self.after.as_ref()?, self.fallback.as_ref()) } else { (self.before.as_ref()?, None) };
+        Some(
+            cols.iter()
+                .zip(&table.columns)
+                .enumerate()
+                .map(|(i, (col, schema))| match (col, fallback.and_then(|f| f.get(i))) {
+                    (Col::Unchanged, Some(f @ (Col::Text(_) | Col::Binary(_) | Col::Null))) => (schema, f),
+                    _ => (schema, col),
+                })
+                .collect(),
+        )
+    }
+
+    /// Columns of `after` whose TOASTed value did not change and was not sent.
+    pub fn unchanged_columns(&self) -> Vec<&str> {
+        self.columns(true)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(_, c)| matches!(c, Col::Unchanged))
+            .map(|(s, _)| s.name.as_str())
+            .collect()
+    }
+
+    /// The `source` (or `transaction`) block of the Debezium event, as JSON text.
+    pub fn envelope_raw(&self, name: &str) -> Result<Option<&str>, PgError> {
+        #[derive(serde::Deserialize)]
+        struct Envelope<'a> {
+            #[serde(borrow)]
+            source: Option<&'a serde_json::value::RawValue>,
+            #[serde(borrow)]
+            transaction: Option<&'a serde_json::value::RawValue>,
+        }
+        let env: Envelope<'_> =
+            serde_json::from_str(&self.json).map_err(|e| PgError::Data(format!("event JSON: {e}")))?;
+        let raw = if name == "source" { env.source } else { env.transaction };
+        Ok(raw.map(|r| r.get()).filter(|r| *r != "null"))
     }
 }
 
@@ -100,6 +147,7 @@ impl Interval {
 #[pyclass(frozen, module = "pgcdc._pgcdc")]
 pub struct ReplicationMessage {
     pub inner: RowMsg,
+    pub mode: Mode,
     before: PyOnceLock<Py<PyAny>>,
     after: PyOnceLock<Py<PyAny>>,
     source: PyOnceLock<Py<PyAny>>,
@@ -107,10 +155,18 @@ pub struct ReplicationMessage {
     unchanged: PyOnceLock<Py<PyAny>>,
 }
 
+/// How a reader renders its messages (`format=`, `rich_types=`).
+#[derive(Debug, Clone, Copy)]
+pub struct Mode {
+    pub format: Format,
+    pub types: Types,
+}
+
 impl ReplicationMessage {
-    pub fn new(inner: RowMsg) -> Self {
+    pub fn new(inner: RowMsg, mode: Mode) -> Self {
         ReplicationMessage {
             inner,
+            mode,
             before: PyOnceLock::new(),
             after: PyOnceLock::new(),
             source: PyOnceLock::new(),
@@ -119,17 +175,20 @@ impl ReplicationMessage {
         }
     }
 
-    fn row(&self, py: Python<'_>, cols: Option<&Vec<Col>>, fallback: Option<&Vec<Col>>) -> PyResult<Py<PyAny>> {
-        let (Some(cols), Some(table)) = (cols, self.inner.table.as_ref()) else {
-            return Ok(py.None());
-        };
+    /// A row as a dict of Python values (`view`: as the seed JSON holds them).
+    fn row(&self, py: Python<'_>, after: bool, view: View) -> PyResult<Py<PyAny>> {
+        let Some(columns) = self.inner.columns(after) else { return Ok(py.None()) };
+        let table = self.table();
         let d = PyDict::new(py);
-        for (i, (col, schema)) in cols.iter().zip(&table.columns).enumerate() {
-            let col = match (col, fallback.and_then(|f| f.get(i))) {
-                (Col::Unchanged, Some(f @ (Col::Text(_) | Col::Binary(_) | Col::Null))) => f,
-                _ => col,
+        for (schema, col) in columns {
+            let v = match (view, self.mode.types) {
+                (View::Python, Types::Rich) => values::column(py, &schema.kind, col, &table, &schema.name)?,
+                _ => match seed::parse_col(&schema.kind, col, &table, &schema.name)? {
+                    Some(p) => Some(seed::py_value(py, &p.value, p.text, view)?),
+                    None => None,
+                },
             };
-            if let Some(v) = values::column(py, &schema.kind, col, &table.data_collection, &schema.name)? {
+            if let Some(v) = v {
                 d.set_item(PyString::intern(py, &schema.name), v)?;
             }
         }
@@ -137,23 +196,42 @@ impl ReplicationMessage {
     }
 
     fn envelope_field(&self, py: Python<'_>, name: &str) -> PyResult<Py<PyAny>> {
-        #[derive(serde::Deserialize)]
-        struct Envelope<'a> {
-            #[serde(borrow)]
-            source: Option<&'a serde_json::value::RawValue>,
-            #[serde(borrow)]
-            transaction: Option<&'a serde_json::value::RawValue>,
-        }
-        let env: Envelope<'_> =
-            serde_json::from_str(&self.inner.json).map_err(|e| PgError::Data(format!("event JSON: {e}")))?;
-        let raw = match name {
-            "source" => env.source,
-            _ => env.transaction,
-        };
-        match raw {
-            Some(r) => Ok(values::json(py, r.get())?.unbind()),
+        match self.inner.envelope_raw(name)? {
+            Some(raw) => Ok(values::json(py, raw)?.unbind()),
             None => Ok(py.None()),
         }
+    }
+
+    /// The event as `message.json()` gives it: the seed shape or Debezium's (compact).
+    pub fn event_json(&self) -> Result<std::borrow::Cow<'_, str>, PgError> {
+        match self.mode.format {
+            Format::Debezium => Ok(self.inner.json.as_str().into()),
+            Format::Seed => seed::event_json(&self.inner).map(Into::into),
+        }
+    }
+
+    /// `message_to_dict(message)`: the seed event as a dict, equal to `json.loads` of its JSON.
+    pub fn seed_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        d.set_item("op", self.op(py))?;
+        d.set_item("before", self.row(py, false, View::Json)?)?;
+        d.set_item("after", self.row(py, true, View::Json)?)?;
+        d.set_item("source", self.source(py)?)?;
+        d.set_item("ts_ms", self.ts_ms())?;
+        d.set_item("ts_us", self.ts_us())?;
+        d.set_item("ts_ns", self.ts_ns())?;
+        let unchanged = self.inner.unchanged_columns();
+        if !unchanged.is_empty() {
+            d.set_item("unchanged_columns", PyList::new(py, unchanged)?)?;
+        }
+        if let Some(m) = &self.inner.message {
+            let md = PyDict::new(py);
+            md.set_item("prefix", &m.prefix)?;
+            md.set_item("content", base64::engine::general_purpose::STANDARD.encode(&m.content))?;
+            md.set_item("transactional", m.transactional)?;
+            d.set_item("message", md)?;
+        }
+        Ok(d)
     }
 
     pub fn op_code(&self) -> &'static str {
@@ -173,15 +251,13 @@ impl ReplicationMessage {
     /// REPLICA IDENTITY FULL) for updates and deletes; None for inserts.
     #[getter]
     fn before(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        self.before.get_or_try_init(py, || self.row(py, self.inner.before.as_ref(), None)).map(|v| v.clone_ref(py))
+        self.before.get_or_try_init(py, || self.row(py, false, View::Python)).map(|v| v.clone_ref(py))
     }
 
     /// The new row; unchanged TOAST columns are left out (see `unchanged_columns`).
     #[getter]
     fn after(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        self.after
-            .get_or_try_init(py, || self.row(py, self.inner.after.as_ref(), self.inner.fallback.as_ref()))
-            .map(|v| v.clone_ref(py))
+        self.after.get_or_try_init(py, || self.row(py, true, View::Python)).map(|v| v.clone_ref(py))
     }
 
     /// Debezium's `source` block: version, connector, name, ts_ms, snapshot, db, sequence,
@@ -202,21 +278,7 @@ impl ReplicationMessage {
     fn unchanged_columns(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         self.unchanged
             .get_or_try_init(py, || {
-                let mut names = Vec::new();
-                if let (Some(cols), Some(table)) = (&self.inner.after, &self.inner.table) {
-                    for (i, c) in cols.iter().enumerate() {
-                        let from_fallback = self
-                            .inner
-                            .fallback
-                            .as_ref()
-                            .and_then(|f| f.get(i))
-                            .is_some_and(|f| !matches!(f, Col::Unchanged));
-                        if matches!(c, Col::Unchanged) && !from_fallback {
-                            names.push(table.columns[i].name.clone());
-                        }
-                    }
-                }
-                Ok::<_, PyErr>(pyo3::types::PyTuple::new(py, names)?.into_any().unbind())
+                Ok::<_, PyErr>(pyo3::types::PyTuple::new(py, self.inner.unchanged_columns())?.into_any().unbind())
             })
             .map(|v| v.clone_ref(py))
     }
@@ -277,14 +339,15 @@ impl ReplicationMessage {
         Ok(Some(d))
     }
 
-    /// The Debezium event as JSON text (compact when `indent` is None), exactly as the
-    /// encoder wrote it: same key order, same numbers.
+    /// The event as JSON text (compact when `indent` is None): the seed library's shape, or
+    /// with `format="debezium"` Debezium's exactly as the encoder wrote it.
     #[pyo3(signature = (indent=None))]
-    fn json(&self, indent: Option<usize>) -> String {
-        match indent {
-            None => self.inner.json.clone(),
-            Some(n) => values::indent_json(&self.inner.json, n),
-        }
+    fn json(&self, indent: Option<usize>) -> PyResult<String> {
+        let json = self.event_json()?;
+        Ok(match indent {
+            None => json.into_owned(),
+            Some(n) => values::indent_json(&json, n),
+        })
     }
 
     /// op, before, after, source, transaction, ts_ms, ts_us, ts_ns (and unchanged_columns,

@@ -35,8 +35,11 @@
 //! unreachable host within `connect_timeout`). Once streaming, a lost connection or a server
 //! restart reconnects with exponential backoff (0.1 s doubling to 30 s) and resumes from the
 //! confirmed position; events already delivered in this process are skipped by position, so
-//! the consumer sees each event once per process (and again after a restart only if it was
-//! not acknowledged). A server that waits for a confirmation we cannot give (fast shutdown
+//! the consumer sees each event once per process. A new process gets again what was not
+//! confirmed, and, after a server restart, also what the slot forgot it had confirmed (up to
+//! PostgreSQL 16 the slot's position reaches disk only when its restart_lsn moves): with an
+//! offset store ([`crate::offsets`]) the acknowledged position is kept in a file and
+//! everything at or below it is skipped, so nothing acknowledged comes back. A server that waits for a confirmation we cannot give (fast shutdown
 //! with unacknowledged events) gets the connection closed instead of a hang.
 
 use std::collections::{HashMap, VecDeque};
@@ -55,6 +58,7 @@ use crate::catalog::CatalogConn;
 use crate::conninfo::ConnParams;
 use crate::errors::PgError;
 use crate::message::{LogicalMessage, RowMsg};
+use crate::offsets::{Offset, OffsetStore, Pos};
 use crate::signal::{Signal, Stop};
 use crate::values::Col;
 use crate::wire::{quote_ident, quote_literal, tag, ReplConn};
@@ -75,6 +79,8 @@ pub struct ReaderConfig {
     /// Give up reconnecting after this long without a working connection (None: never).
     pub reconnect_timeout: Option<Duration>,
     pub max_buffered: usize,
+    /// Where the acknowledged position is kept across processes and server restarts.
+    pub offsets: Option<OffsetStore>,
 }
 
 /// An entry of the delivery queue.
@@ -86,8 +92,6 @@ pub enum Item {
         end_lsn: Lsn,
     },
 }
-
-type Pos = (Lsn, u32);
 
 /// Acknowledgement bookkeeping, shared by the Python thread and the stream task.
 #[derive(Debug, Default)]
@@ -122,6 +126,8 @@ struct State {
     last_failure: Option<PgError>,
     /// Set when the task ends with a confirmation it could not send; raised by `stop()`.
     unconfirmed: Option<PgError>,
+    /// What the offset store holds (with an offset store).
+    saved: Option<Offset>,
 }
 
 /// What the Python object and the stream task share.
@@ -153,11 +159,23 @@ pub struct Reader {
 }
 
 impl Reader {
-    pub fn new(config: ReaderConfig) -> Reader {
+    /// Fails when the offset store cannot be read or belongs to another slot.
+    pub fn new(config: ReaderConfig) -> Result<Reader, PgError> {
+        let saved = config.offsets.as_ref().map(OffsetStore::load).transpose()?.flatten();
         let mut state = State::default();
         state.acks.flush = config.start_lsn.unwrap_or(Lsn::ZERO);
+        if let Some(saved) = &saved {
+            // Everything at or below the stored position counts as delivered and acknowledged:
+            // the first session resumes after it (see `session`).
+            state.acks.flush = state.acks.flush.max(saved.flushed);
+            state.acks.acked = saved.acknowledged;
+            state.acks.last_delivered = saved.acknowledged;
+        }
+        if config.offsets.is_some() {
+            state.saved = Some(saved.unwrap_or_default());
+        }
         state.reported = state.acks.flush;
-        Reader {
+        Ok(Reader {
             config,
             shared: Arc::new(Shared {
                 state: Mutex::new(state),
@@ -168,7 +186,7 @@ impl Reader {
                 run_id: uuid::Uuid::now_v7().to_string(),
             }),
             pid: std::process::id(),
-        }
+        })
     }
 
     pub fn check_process(&self) -> Result<(), PgError> {
@@ -439,8 +457,14 @@ async fn run(shared: Arc<Shared>, config: ReaderConfig) {
         }
         shared.stop.backoff(&mut backoff).await;
     }
+    if let Err(e) = persist(&shared, &config) {
+        let mut st = shared.lock();
+        if st.error.is_none() {
+            st.unconfirmed = Some(e);
+        }
+    }
     let mut st = shared.lock();
-    if st.error.is_none() && st.acks.flush > st.reported && streamed_once {
+    if st.error.is_none() && st.acks.flush > st.reported && streamed_once && st.unconfirmed.is_none() {
         let why = st.last_failure.as_ref().map(|e| format!(": {e}")).unwrap_or_default();
         st.unconfirmed = Some(PgError::Operational(format!(
             "the confirmation of {} (what was acknowledged) could not be sent to the server before the reader stopped{why}; the slot stays at {} and those events will be delivered again",
@@ -450,6 +474,52 @@ async fn run(shared: Arc<Shared>, config: ReaderConfig) {
     st.finished = true;
     drop(st);
     shared.signal.notify();
+}
+
+/// Writes the acknowledged position to the offset store when it moved since the last write.
+fn persist(shared: &Shared, config: &ReaderConfig) -> Result<(), PgError> {
+    let Some(store) = &config.offsets else { return Ok(()) };
+    let (offset, changed) = {
+        let st = shared.lock();
+        let saved = st.saved.clone().unwrap_or_default();
+        let offset = Offset { flushed: st.acks.flush, acknowledged: st.acks.acked, ..saved.clone() };
+        let changed = offset != saved;
+        (offset, changed)
+    };
+    if !changed {
+        return Ok(());
+    }
+    tokio::task::block_in_place(|| store.save(&offset))?;
+    shared.lock().saved = Some(offset);
+    Ok(())
+}
+
+/// The offset store must belong to the server's cluster (its positions would skip unrelated
+/// events otherwise); a store without one is bound to this cluster.
+async fn check_system_identifier(conn: &mut ReplConn, shared: &Shared, config: &ReaderConfig) -> Result<(), PgError> {
+    let Some(store) = &config.offsets else { return Ok(()) };
+    let rows = conn.simple_query("IDENTIFY_SYSTEM").await?;
+    let server = rows.first().and_then(|r| r.first().cloned().flatten()).unwrap_or_default();
+    let mut st = shared.lock();
+    let saved = st.saved.get_or_insert_with(Offset::default);
+    match &saved.system_identifier {
+        Some(id) if *id != server => Err(PgError::server(
+            "55000",
+            format!(
+                "offset store {} belongs to the cluster with system identifier {id}, not to this server ({server})",
+                store.path().display()
+            ),
+            Some(
+                "Use the store of this server's slot, or remove the file to start from the slot's own position.".into(),
+            ),
+        )),
+        Some(_) => Ok(()),
+        None => {
+            // Bound at the next write (with the first acknowledgement).
+            saved.system_identifier = Some(server);
+            Ok(())
+        }
+    }
 }
 
 /// Something is acknowledged that the server has not heard yet.
@@ -590,6 +660,7 @@ async fn session(shared: &Arc<Shared>, config: &ReaderConfig, streamed_once: &mu
                 Some("Use include_messages=False with this server.".into()),
             ));
         }
+        check_system_identifier(&mut conn, shared, config).await?;
         let liveness = Liveness::from_wal_sender_timeout(&mut conn).await?;
         let (start, resume_after) = {
             let st = shared.lock();
@@ -791,6 +862,8 @@ impl Stream<'_> {
     }
 
     async fn send_status(&mut self, conn: &mut ReplConn, reply: bool) -> Result<(), PgError> {
+        // The offset store first: the server may forget what it is told (see `crate::offsets`).
+        persist(self.shared, self.config)?;
         let flush = self.shared.lock().acks.flush;
         let update = StandbyStatusUpdate {
             written: self.received.max(flush),

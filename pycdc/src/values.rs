@@ -33,6 +33,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyList, PyString, PyTuple};
 
 use crate::errors::PgError;
+use crate::pgtext::{self, hms, MICROS_PER_DAY};
 
 /// One column of a row as pgoutput sent it, owning its bytes (a slice of the frame).
 #[derive(Debug, Clone)]
@@ -116,7 +117,7 @@ pub fn value<'py>(py: Python<'py>, v: &Value<'_>, text: Option<&str>) -> PyResul
                 if (1..=9999).contains(&y) {
                     types(py)?.date.bind(py).call1((y, m, d))?
                 } else {
-                    PyString::new(py, text.unwrap_or(&format_date(y, m, d))).into_any()
+                    PyString::new(py, text.unwrap_or(&pgtext::date(y, m, d))).into_any()
                 }
             }
             Infinite::PosInfinity => PyString::new(py, "infinity").into_any(),
@@ -128,7 +129,7 @@ pub fn value<'py>(py: Python<'py>, v: &Value<'_>, text: Option<&str>) -> PyResul
                 Infinite::Finite(micros) => match timestamp(py, *micros, tz)? {
                     Some(o) => o,
                     None => {
-                        let fallback = format_timestamp(*micros, tz);
+                        let fallback = pgtext::timestamp(*micros, tz);
                         PyString::new(py, text.unwrap_or(&fallback)).into_any()
                     }
                 },
@@ -178,7 +179,7 @@ pub fn value<'py>(py: Python<'py>, v: &Value<'_>, text: Option<&str>) -> PyResul
     })
 }
 
-fn decimal<'py>(py: Python<'py>, n: &Numeric<'_>) -> PyResult<Bound<'py, PyAny>> {
+pub fn decimal<'py>(py: Python<'py>, n: &Numeric<'_>) -> PyResult<Bound<'py, PyAny>> {
     let s: Cow<'_, str> = match n {
         Numeric::NaN => "NaN".into(),
         Numeric::PosInfinity => "Infinity".into(),
@@ -212,8 +213,6 @@ pub fn numeric_text(negative: bool, digits: &str, scale: u32) -> String {
     s
 }
 
-const MICROS_PER_DAY: i64 = 86_400_000_000;
-
 fn timestamp<'py>(py: Python<'py>, micros: i64, tz: bool) -> PyResult<Option<Bound<'py, PyAny>>> {
     let days = micros.div_euclid(MICROS_PER_DAY);
     let rem = micros.rem_euclid(MICROS_PER_DAY);
@@ -239,11 +238,6 @@ fn timestamp<'py>(py: Python<'py>, micros: i64, tz: bool) -> PyResult<Option<Bou
     Ok(Some(t.datetime.bind(py).call1(args)?))
 }
 
-fn hms(micros: i64) -> (i64, i64, i64, i64) {
-    let secs = micros / 1_000_000;
-    (secs / 3600, secs / 60 % 60, secs % 60, micros % 1_000_000)
-}
-
 fn time<'py>(py: Python<'py>, micros: i64, tz: Option<Bound<'py, PyAny>>) -> PyResult<Option<Bound<'py, PyAny>>> {
     if !(0..MICROS_PER_DAY).contains(&micros) {
         return Ok(None);
@@ -256,36 +250,8 @@ fn time<'py>(py: Python<'py>, micros: i64, tz: Option<Bound<'py, PyAny>>) -> PyR
     }))
 }
 
-fn format_date(y: i64, m: u32, d: u32) -> String {
-    if y <= 0 {
-        format!("{:04}-{m:02}-{d:02} BC", 1 - y)
-    } else {
-        format!("{y:04}-{m:02}-{d:02}")
-    }
-}
-
-fn format_timestamp(micros: i64, tz: bool) -> String {
-    let days = micros.div_euclid(MICROS_PER_DAY);
-    let (y, mo, d) = civil_from_days(days);
-    let (h, mi, s, us) = hms(micros.rem_euclid(MICROS_PER_DAY));
-    let mut out = if y <= 0 { format!("{:04}-{mo:02}-{d:02}", 1 - y) } else { format!("{y:04}-{mo:02}-{d:02}") };
-    out.push_str(&format!(" {h:02}:{mi:02}:{s:02}"));
-    if us != 0 {
-        let frac = format!("{us:06}");
-        out.push('.');
-        out.push_str(frac.trim_end_matches('0'));
-    }
-    if tz {
-        out.push_str("+00");
-    }
-    if y <= 0 {
-        out.push_str(" BC");
-    }
-    out
-}
-
 /// The bit string back from Debezium's BitSet bytes (see `pgcdc_core::value::Value::Bits`).
-fn bits(length: u32, bytes: &[u8]) -> String {
+pub fn bits(length: u32, bytes: &[u8]) -> String {
     (0..length as usize)
         .map(|i| {
             let bit = length as usize - 1 - i;
@@ -656,12 +622,5 @@ mod tests {
             s,
             "{\n  \"a\": [\n    1,\n    {\n      \"b\": \"x, {y}: \\\"z\\\"\"\n    }\n  ],\n  \"c\": {},\n  \"d\": []\n}"
         );
-    }
-
-    #[test]
-    fn bc_dates_and_timestamps_format_like_postgres() {
-        assert_eq!(format_date(-43, 3, 15), "0044-03-15 BC");
-        let micros = pgcdc_core::value::days_from_civil(-43, 3, 15) * MICROS_PER_DAY + 12 * 3_600_000_000;
-        assert_eq!(format_timestamp(micros, true), "0044-03-15 12:00:00+00 BC");
     }
 }

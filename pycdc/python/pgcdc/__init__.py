@@ -4,9 +4,10 @@
 * :class:`LogicalReplicationReader` reads a pgoutput replication slot directly (no extension)
   with the API of the ``pgoutput-decoder`` library: ``import pgcdc as pgoutput_decoder``.
 
-Events follow Debezium's envelope (``op``, ``before``, ``after``, ``source``, ``ts_ms``...);
-values are Python objects with exact types (``Decimal`` for numeric, ``bytes`` for bytea,
-``datetime`` for dates and times, ``dict``/``list`` for JSON; see ``pgcdc._pgcdc``).
+Events follow Debezium's envelope (``op``, ``before``, ``after``, ``source``, ``ts_ms``...).
+Feed events hold exact Python types (``Decimal`` for numeric, ``bytes`` for bytea,
+``datetime`` for dates and times, ``dict``/``list`` for JSON); the reader follows the
+``pgoutput-decoder`` library's types and JSON by default (see ``LogicalReplicationReader``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ._feed import (
     pause_feed,
     resume_feed,
 )
+from ._jsonview import JsonNumber
 from ._pgcdc import DEBEZIUM_VERSION, Event, Interval, ReplicationMessage
 from ._reader import LogicalReplicationReader
 from .errors import (
@@ -57,6 +59,7 @@ __all__ = [
     "InterfaceError",
     "InternalError",
     "Interval",
+    "JsonNumber",
     "LogicalReplicationReader",
     "NoPendingLSNError",
     "NotSupportedError",
@@ -92,18 +95,29 @@ _OPERATIONS = {
 
 
 def message_to_debezium_json(message: Any, indent: Optional[int] = 2) -> str:
-    """The message as Debezium JSON text (``indent=None``: compact), made in Rust."""
+    """The message as JSON text (``indent=None``: compact), made in Rust.
+
+    A reader's message in its ``format``: by default the ``pgoutput-decoder`` library's event
+    (``op``, ``before``, ``after``, ``source``, ``ts_ms``, ``ts_us``, ``ts_ns``; numbers as
+    exact JSON numbers, json/jsonb nested), with ``format="debezium"`` Debezium's encoding,
+    byte for byte the feed's. A feed event: its Debezium JSON.
+    """
     return _pgcdc.message_to_debezium_json(message, indent)
 
 
 def message_to_dict(message: Any) -> Dict[str, Any]:
     """The message as a dict with exactly the keys ``pgoutput-decoder`` gave: ``op``,
-    ``before``, ``after``, ``source``, ``ts_ms``, and ``ts_us``/``ts_ns`` when known.
+    ``before``, ``after``, ``source``, ``ts_ms``, ``ts_us``, ``ts_ns`` (and, when they apply,
+    ``unchanged_columns`` and ``message``).
 
-    ``message.to_dict()`` has everything (also ``transaction``, ``unchanged_columns`` and
-    ``message``); this function keeps the seed library's shape so code comparing dicts keeps
-    working.
+    For a reader's message it is the library's JSON as a dict, equal to
+    ``json.loads(message_to_debezium_json(message))`` (default format) for every message:
+    values as the JSON holds them (bytea as base64, NaN/infinities as strings, numeric as an
+    exact :class:`JsonNumber`). ``message.to_dict()`` has the Python values and
+    ``transaction``.
     """
+    if isinstance(message, ReplicationMessage):
+        return _pgcdc.message_to_dict(message)
     source = message.source
     result: Dict[str, Any] = {
         "op": message.op,
