@@ -3,20 +3,31 @@
 -- primary_key: key column names in key order ('{}' without a primary key);
 -- default_columns/default_exprs: columns with a DEFAULT and its expression text;
 -- not_null_columns: columns declared NOT NULL (for the schemas' "optional" flags).
-SELECT coalesce((SELECT array_agg(a.attname::text ORDER BY k.ord)
-                 FROM pg_index i
-                 CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
-                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-                 WHERE i.indrelid = $1 AND i.indisprimary), '{}') AS primary_key,
-       coalesce((SELECT array_agg(a.attname::text ORDER BY a.attnum)
-                 FROM pg_attribute a JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-                 WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
-                   AND a.attgenerated = ''), '{}') AS default_columns,
-       coalesce((SELECT array_agg(pg_get_expr(d.adbin, d.adrelid) ORDER BY a.attnum)
-                 FROM pg_attribute a JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-                 WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
-                   AND a.attgenerated = ''), '{}') AS default_exprs,
-       coalesce((SELECT array_agg(a.attname::text ORDER BY a.attnum)
-                 FROM pg_attribute a
-                 WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attnotnull),
+-- Every name is schema-qualified (operators too): it runs in consumers' sessions, where
+-- objects on their search_path must never be picked.
+SELECT coalesce((SELECT pg_catalog.array_agg(a.attname::pg_catalog.text ORDER BY k.ord)
+                 FROM pg_catalog.pg_index i
+                 CROSS JOIN LATERAL pg_catalog.unnest(i.indkey::pg_catalog.int2[]) WITH ORDINALITY AS k(attnum, ord)
+                 JOIN pg_catalog.pg_attribute a
+                   ON a.attrelid OPERATOR(pg_catalog.=) i.indrelid AND a.attnum OPERATOR(pg_catalog.=) k.attnum
+                 WHERE i.indrelid OPERATOR(pg_catalog.=) $1::pg_catalog.oid AND i.indisprimary),
+                '{}') AS primary_key,
+       coalesce((SELECT pg_catalog.array_agg(a.attname::pg_catalog.text ORDER BY a.attnum)
+                 FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_attrdef d
+                   ON d.adrelid OPERATOR(pg_catalog.=) a.attrelid AND d.adnum OPERATOR(pg_catalog.=) a.attnum
+                 WHERE a.attrelid OPERATOR(pg_catalog.=) $1::pg_catalog.oid
+                   AND a.attnum OPERATOR(pg_catalog.>) 0::pg_catalog.int2 AND NOT a.attisdropped
+                   AND a.attgenerated OPERATOR(pg_catalog.=) ''),
+                '{}') AS default_columns,
+       coalesce((SELECT pg_catalog.array_agg(pg_catalog.pg_get_expr(d.adbin, d.adrelid) ORDER BY a.attnum)
+                 FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_attrdef d
+                   ON d.adrelid OPERATOR(pg_catalog.=) a.attrelid AND d.adnum OPERATOR(pg_catalog.=) a.attnum
+                 WHERE a.attrelid OPERATOR(pg_catalog.=) $1::pg_catalog.oid
+                   AND a.attnum OPERATOR(pg_catalog.>) 0::pg_catalog.int2 AND NOT a.attisdropped
+                   AND a.attgenerated OPERATOR(pg_catalog.=) ''),
+                '{}') AS default_exprs,
+       coalesce((SELECT pg_catalog.array_agg(a.attname::pg_catalog.text ORDER BY a.attnum)
+                 FROM pg_catalog.pg_attribute a
+                 WHERE a.attrelid OPERATOR(pg_catalog.=) $1::pg_catalog.oid
+                   AND a.attnum OPERATOR(pg_catalog.>) 0::pg_catalog.int2 AND NOT a.attisdropped AND a.attnotnull),
                 '{}') AS not_null_columns;

@@ -296,3 +296,103 @@ def pg_message(tag: bytes, body: bytes) -> bytes:
 
 def auth_request(code: int, extra: bytes = b"") -> bytes:
     return pg_message(b"R", code.to_bytes(4, "big") + extra)
+
+
+# ----------------------------------------------------------------------------- search_path traps
+
+#: Objects an unprivileged role can create in a schema on someone's search_path, each beating
+#: or shadowing a built-in that SQL sent by pgcdc could use. Those in WINS_AFTER_PG_CATALOG
+#: win even with pg_catalog implicitly first in the path (an exact argument-type match beats
+#: pg_catalog's polymorphic or cross-type candidates); the others win only where pg_catalog
+#: is listed after the schema. Each one records itself in <schema>.fired, then does what the
+#: built-in does, so a client that runs one still works and the test sees that it ran.
+WINS_AFTER_PG_CATALOG = (
+    "unnest(oid[])",
+    "unnest(int2[])",
+    "array_agg(text)",
+    "array_agg(oid)",
+    "array_agg(integer)",
+    "json_agg(record)",
+    "oid <> integer",
+)
+
+
+def plant_search_path_traps(cluster: Cluster, schema: str = "mallory", dbname: str = "postgres") -> None:
+    """Creates the role and schema `schema` (not a superuser) and, as that role, the traps."""
+    note = f"{schema}.note"
+    fn = "LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp"
+    body = lambda what, ret: f"$$ BEGIN PERFORM {note}('{what}'); {ret}; END $$"  # noqa: E731
+    statements = [
+        "SET search_path = pg_catalog, pg_temp",  # this session must not trap itself
+        f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = '{schema}') "
+        f"THEN CREATE ROLE {schema} NOLOGIN; END IF; END $$",
+        f"CREATE SCHEMA {schema} AUTHORIZATION {schema}",
+        f"GRANT USAGE ON SCHEMA {schema} TO PUBLIC",
+        f"SET ROLE {schema}",
+        f"CREATE TABLE {schema}.fired (what text, who text, backend text, application text)",
+        f"GRANT INSERT ON {schema}.fired TO PUBLIC",
+        f"""CREATE FUNCTION {note}(what pg_catalog.text) RETURNS void LANGUAGE sql
+            SET search_path = pg_catalog, pg_temp AS $$
+            INSERT INTO {schema}.fired SELECT what, current_user, backend_type, application_name
+            FROM pg_catalog.pg_stat_activity WHERE pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid() $$""",
+        # exact matches that beat pg_catalog's polymorphic ones
+        f"CREATE FUNCTION {schema}.unnest(a pg_catalog.oid[]) RETURNS SETOF pg_catalog.oid {fn} AS "
+        + body("unnest(oid[])", "RETURN QUERY SELECT pg_catalog.unnest(a)"),
+        f"CREATE FUNCTION {schema}.unnest(a pg_catalog.int2[]) RETURNS SETOF pg_catalog.int2 {fn} AS "
+        + body("unnest(int2[])", "RETURN QUERY SELECT pg_catalog.unnest(a)"),
+        f"CREATE FUNCTION {schema}.json_step(s pg_catalog.text, r record) RETURNS pg_catalog.text {fn} AS "
+        + body("json_agg(record)", "RETURN pg_catalog.concat_ws(',', s, pg_catalog.row_to_json(r)::pg_catalog.text)"),
+        f"CREATE FUNCTION {schema}.json_final(s pg_catalog.text) RETURNS pg_catalog.json LANGUAGE sql AS "
+        "$$ SELECT pg_catalog.concat('[', s, ']')::pg_catalog.json $$",
+        f"CREATE AGGREGATE {schema}.json_agg(record) (SFUNC = {schema}.json_step, STYPE = pg_catalog.text, "
+        f"FINALFUNC = {schema}.json_final)",
+        # an exact match for `oid <> 0` (pg_catalog only has oid <> oid)
+        f"CREATE FUNCTION {schema}.oid_ne_int(a pg_catalog.oid, b pg_catalog.int4) RETURNS boolean {fn} AS "
+        + body("oid <> integer", "RETURN a OPERATOR(pg_catalog.<>) b::pg_catalog.oid"),
+        f"CREATE OPERATOR {schema}.<> (LEFTARG = pg_catalog.oid, RIGHTARG = pg_catalog.int4, "
+        f"FUNCTION = {schema}.oid_ne_int)",
+        # same signatures as pg_catalog's: they win where pg_catalog comes later in the path
+        f"CREATE FUNCTION {schema}.pg_backend_pid() RETURNS pg_catalog.int4 {fn} AS "
+        + body("pg_backend_pid()", "RETURN pg_catalog.pg_backend_pid()"),
+        f"CREATE FUNCTION {schema}.pg_get_expr(e pg_catalog.pg_node_tree, r pg_catalog.oid) RETURNS pg_catalog.text "
+        f"{fn} AS " + body("pg_get_expr()", "RETURN pg_catalog.pg_get_expr(e, r)"),
+        f"CREATE FUNCTION {schema}.format_type(t pg_catalog.oid, m pg_catalog.int4) RETURNS pg_catalog.text "
+        f"{fn} AS " + body("format_type()", "RETURN pg_catalog.format_type(t, m)"),
+    ]
+    for typ, builtin in (("text", "text"), ("oid", "oid"), ("integer", "int4"), ("int2", "int2")):
+        statements += [
+            f"CREATE FUNCTION {schema}.array_step(s pg_catalog.{builtin}[], v pg_catalog.{builtin}) "
+            f"RETURNS pg_catalog.{builtin}[] {fn} AS "
+            + body(f"array_agg({typ})", "RETURN pg_catalog.array_append(s, v)"),
+            f"CREATE AGGREGATE {schema}.array_agg(pg_catalog.{builtin}) (SFUNC = {schema}.array_step, "
+            f"STYPE = pg_catalog.{builtin}[])",
+        ]
+    for typ in ("text", "oid", "int4", "int2", "name"):
+        statements += [
+            f"CREATE FUNCTION {schema}.eq(a pg_catalog.{typ}, b pg_catalog.{typ}) RETURNS boolean {fn} AS "
+            + body(f"{typ} = {typ}", "RETURN a OPERATOR(pg_catalog.=) b"),
+            f"CREATE OPERATOR {schema}.= (LEFTARG = pg_catalog.{typ}, RIGHTARG = pg_catalog.{typ}, "
+            f"FUNCTION = {schema}.eq)",
+        ]
+    # a type named like a built-in one, for casts such as `x::text`
+    statements += [
+        f"CREATE FUNCTION {schema}.noted(what pg_catalog.text) RETURNS boolean {fn} AS "
+        f"$$ BEGIN PERFORM {note}(what); RETURN true; END $$",
+        f"CREATE DOMAIN {schema}.text AS pg_catalog.text CHECK ({schema}.noted('::text'))",
+        "RESET ROLE",
+    ]
+    with cluster.connect(dbname) as conn:
+        for s in statements:
+            conn.execute(s)
+
+
+def search_path_traps_fired(cluster: Cluster, schema: str = "mallory", dbname: str = "postgres") -> list[tuple]:
+    """What ran of the traps: (trap, role, backend type, application name) per call."""
+    return cluster.execute(f"SELECT DISTINCT what, who, backend, application FROM {schema}.fired ORDER BY 1", dbname)
+
+
+def trapped_superuser(cluster: Cluster, role: str, search_path: str, dbname: str = "postgres") -> str:
+    """A superuser whose sessions have `search_path`; returns its DSN."""
+    cluster.execute(f"CREATE ROLE {role} LOGIN SUPERUSER")
+    cluster.execute(f"ALTER ROLE {role} SET search_path = {search_path}")
+    return cluster.dsn(dbname, user=role)

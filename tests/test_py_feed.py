@@ -20,7 +20,19 @@ try:
 except ImportError as e:  # make test builds it first; never skip
     raise ImportError("the Python package pgcdc is not built (run: make py-develop)") from e
 from ext_support import requires_extension, start_cluster
-from pyhelpers import TYPEMATRIX_ROW1, await_for, log_lines, nothing_within, prepend_hba, run, take, wait_for
+from pyhelpers import (
+    TYPEMATRIX_ROW1,
+    await_for,
+    log_lines,
+    nothing_within,
+    plant_search_path_traps,
+    prepend_hba,
+    run,
+    search_path_traps_fired,
+    take,
+    trapped_superuser,
+    wait_for,
+)
 from workload import TYPEMATRIX_DML_SQL, TYPEMATRIX_SQL
 
 pytestmark = [requires_extension, pytest.mark.timeout(300)]
@@ -561,3 +573,148 @@ def test_connection_strings(pg, tmp_path) -> None:
             await pgcdc.connect(pg.dsn(user="feed_scram", passfile=str(passfile)), feed="no_such_feed")
 
     run(main())
+
+
+# ----------------------------------------------------------------------------- search_path
+
+
+def test_planted_objects_never_run_as_the_consumer(pg, tmp_path) -> None:
+    """An unprivileged role plants functions, aggregates, operators and a type named like the
+    built-ins that the client's SQL uses, in a schema on a superuser consumer's search_path
+    (after pg_catalog's implicit place, and before an explicit pg_catalog). Streaming a table
+    of user-defined types, every helper and the CLI must never run any of them."""
+    plant_search_path_traps(pg, "mallory")
+    pg.execute("CREATE TYPE sp_mood AS ENUM ('sad', 'ok')")
+    pg.execute("CREATE DOMAIN sp_posint AS int CHECK (VALUE > 0)")
+    pg.execute("CREATE TYPE sp_pair AS (a int, b text)")
+    dsns = {
+        "pg_catalog implicitly first": trapped_superuser(pg, "victim_implicit", '"$user", mallory, public'),
+        "pg_catalog listed late": trapped_superuser(pg, "victim_late", "mallory, pg_catalog, public"),
+    }
+    for n, (case, dsn) in enumerate(dsns.items()):
+        t = f"sp_t{n}"
+        pg.execute(f"CREATE TABLE {t} (id int PRIMARY KEY, m sp_mood, p sp_posint, pair sp_pair, ms sp_mood[])")
+        pg.execute(f"CREATE PUBLICATION {t} FOR TABLE {t}")
+
+        async def helpers() -> None:
+            await pgcdc.create_feed(dsn, t, t)
+            assert [f["name"] for f in await pgcdc.feeds(dsn) if f["name"] == t] == [t]
+            assert (await pgcdc.feed_status(dsn, t))[0]["name"] == t
+            assert any(s["name"] == t for s in await pgcdc.feed_status(dsn))
+            assert await pgcdc.alter_feed(dsn, t, {"decimal.handling.mode": "string"}) == {
+                "decimal.handling.mode": "string"}
+            await pgcdc.pause_feed(dsn, t)
+            await pgcdc.resume_feed(dsn, t)
+
+        run(helpers())
+        pg.execute(f"INSERT INTO {t} VALUES (1, 'ok', 7, ROW(1, 'x'), '{{sad,ok}}'), (2, 'sad', 8, NULL, NULL)")
+
+        async def stream() -> None:
+            async with await pgcdc.connect(dsn, feed=t) as s:
+                e1, e2 = await take(s, 2, timeout=30)
+                assert e1.after == {"id": 1, "m": "ok", "p": 7, "pair": {"a": 1, "b": "x"}, "ms": ["sad", "ok"]}, case
+                assert e2.after["m"] == "sad", case
+                await s.ack(e1)
+            await pgcdc.ack(dsn, t, e2.commit_lsn, e2.ordinal)
+
+        run(stream())
+        env = {**os.environ, "PGCDC_DSN": dsn}
+        pg.execute(f"INSERT INTO {t} VALUES (3, 'ok', 9, NULL, NULL)")
+        for args in (["list", "--json"], ["status"], ["status", t], ["tail", t, "--limit", "1", "--ack"]):
+            r = subprocess.run([sys.executable, "-m", "pgcdc", *args], capture_output=True, text=True, env=env,
+                               timeout=60)
+            assert r.returncode == 0, (case, args, r.stderr)
+        assert json.loads(r.stdout)["after"]["id"] == 3
+        assert run(pgcdc.drop_feed(dsn, t)) is True
+        assert search_path_traps_fired(pg, "mallory") == [], case
+
+
+# ----------------------------------------------------------------------------- feed identity
+
+
+def staged(pg, feed: str) -> int:
+    return pg.execute("SELECT count(*) FROM pgcdc.event e JOIN pgcdc.feed f ON f.id = e.feed_id WHERE f.name = %s",
+                      params=[feed])[0][0]
+
+
+def test_ack_refuses_an_event_of_another_feed(pg) -> None:
+    """`stream.ack(event)` with an event of another feed would acknowledge this feed up to
+    that position (deleting events never delivered): it is an InterfaceError, nothing lost."""
+    a, b = new_feed(pg), new_feed(pg)
+    insert(pg, a, 1)
+    insert(pg, a, 2)
+    insert(pg, b, 1)  # its position: after a's #2, before a's #3 (both staged, unacknowledged)
+    insert(pg, a, 3)
+
+    async def main() -> None:
+        async with await pgcdc.connect(pg.dsn(), feed=a) as sa, await pgcdc.connect(pg.dsn(), feed=b) as sb:
+            (a1,) = await take(sa, 1)
+            (b1,) = await take(sb, 1)
+            assert b1.position > a1.position
+            with pytest.raises(pgcdc.InterfaceError, match=f'feed "{b}".*"{a}"'):
+                await sa.ack(b1)
+            assert (a1.feed, b1.feed) == (a, b)
+            await sa.ack(a1)  # the stream goes on
+            await await_for(lambda: sa.acknowledged == a1.position, what="the acknowledgement of a1")
+            assert [e.after["id"] for e in await take(sa, 2)] == [2, 3]
+
+    run(main())
+    assert acked(pg, a) != acked(pg, b) and staged(pg, a) == 2
+
+    async def again() -> list:
+        async with await pgcdc.connect(pg.dsn(), feed=a) as s:
+            return await take(s, 2)
+
+    assert [e.after["id"] for e in run(again())] == [2, 3]
+
+
+def test_a_feed_dropped_and_created_again_is_another_feed(pg) -> None:
+    """Same name, another feed: its stream refuses events of the dropped one, and a stream
+    of the dropped one ends with a ProgrammingError instead of delivering the new feed's
+    events as its own."""
+    f = new_feed(pg)
+    insert(pg, f, 1)
+
+    async def main() -> None:
+        async with await pgcdc.connect(pg.dsn(), feed=f) as old:
+            (e_old,) = await take(old, 1)
+            await pgcdc.drop_feed(pg.dsn(), f)
+            await pgcdc.create_feed(pg.dsn(), f, f)
+            insert(pg, f, 2, 3)
+            with pytest.raises(pgcdc.ProgrammingError, match="dropped and created again"):
+                await take(old, 1, timeout=45)  # woken by the new feed's NOTIFY (or the 30 s poll)
+        async with await pgcdc.connect(pg.dsn(), feed=f) as new:
+            assert e_old.feed == f
+            with pytest.raises(pgcdc.InterfaceError, match="another feed named"):
+                await new.ack(e_old)
+            e2, e3 = await take(new, 2)
+            assert (e2.after["id"], e3.after["id"]) == (2, 3)
+
+    run(main(), timeout=90)
+    assert staged(pg, f) == 2
+
+
+def test_headers_on_a_primary_key_change(pg) -> None:
+    """Event.headers: the `headers` pgcdc.read returns (`__debezium.newkey` on the delete,
+    `__debezium.oldkey` on the create of a key change), read-only."""
+    f = new_feed(pg)
+    insert(pg, f, 1)
+    pg.execute(f"UPDATE {f} SET id = 10 WHERE id = 1")
+    wait_for(lambda: staged(pg, f) == 4, what="the insert and the key change (d, tombstone, c) to be staged")
+    rows = pg.execute("SELECT op, headers::text FROM pgcdc.read(%s, 100)", params=[f])
+
+    async def main() -> list:
+        async with await pgcdc.connect(pg.dsn(), feed=f) as s:
+            return await take(s, len(rows))
+
+    evs = run(main())
+    assert [e.op for e in evs] == [op for op, _ in rows]
+    for e, (_, headers) in zip(evs, rows):
+        assert dict(e.headers) == (json.loads(headers) if headers else {})
+    ins, create = [e for e in evs if e.op == "c"]
+    (delete,) = [e for e in evs if e.op == "d"]
+    assert delete.headers["__debezium.newkey"] == {"id": 10} and "__debezium.oldkey" not in delete.headers
+    assert create.headers["__debezium.oldkey"] == {"id": 1} and "__debezium.newkey" not in create.headers
+    assert not {"__debezium.newkey", "__debezium.oldkey"} & set(ins.headers)
+    with pytest.raises(TypeError):
+        delete.headers["x"] = 1  # type: ignore[index]

@@ -30,9 +30,12 @@ from pyhelpers import (
     make_server_cert,
     nothing_within,
     pg_message,
+    plant_search_path_traps,
     prepend_hba,
     run,
+    search_path_traps_fired,
     take,
+    trapped_superuser,
     wait_for,
 )
 from workload import TYPEMATRIX_DML_SQL, TYPEMATRIX_SQL
@@ -1165,3 +1168,33 @@ def test_stubtest() -> None:
     with contextlib.redirect_stdout(out):
         code = stubtest.test_stubs(stubtest.parse_options(["pgcdc._pgcdc", "--ignore-missing-stub"]))
     assert code == 0, out.getvalue()
+
+
+def test_planted_objects_never_run_as_the_reader(cluster: Cluster, fresh_db: str) -> None:
+    """Functions, aggregates, operators and a type planted by an unprivileged role in a schema
+    on a superuser reader's search_path (after pg_catalog's implicit place, and before an
+    explicit pg_catalog) never run in the reader's sessions (replication and catalog)."""
+    plant_search_path_traps(cluster, "mallory", fresh_db)
+    cluster.execute("CREATE TYPE mood AS ENUM ('sad', 'ok')", fresh_db)
+    cluster.execute("CREATE TYPE pair AS (a int, b text)", fresh_db)
+    cluster.execute("CREATE TABLE items (id int PRIMARY KEY, m mood, pair pair, n text DEFAULT 'n/a')", fresh_db)
+    cluster.execute("CREATE PUBLICATION pub FOR TABLE items", fresh_db)
+    paths = {"implicit": '"$user", mallory, public', "late": "mallory, pg_catalog, public"}
+    for case, path in paths.items():
+        role = f"reader_{case}_{fresh_db[-12:]}"
+        trapped_superuser(cluster, role, path, fresh_db)
+        cluster.execute(f"ALTER ROLE {role} REPLICATION")
+        slot = f"slot_{case}"
+        cluster.execute(f"SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')", fresh_db)
+        cluster.execute(f"INSERT INTO items VALUES (1, 'ok', ROW(1, 'x')), (2, 'sad', NULL)", fresh_db)
+        cluster.execute("DELETE FROM items", fresh_db)
+
+        async def main() -> None:
+            r = reader(cluster, fresh_db, slot=slot, user=role, auto_acknowledge=True)
+            e1, e2, _, _ = await take(r, 4)
+            assert e1.after == {"id": 1, "m": "ok", "pair": {"a": 1, "b": "x"}, "n": "n/a"}, case
+            assert e2.after["m"] == "sad", case
+            await r.stop()
+
+        run(main())
+        assert search_path_traps_fired(cluster, "mallory", fresh_db) == [], case

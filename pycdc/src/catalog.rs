@@ -38,6 +38,7 @@ impl CatalogConn {
                 let _ = conn.await;
             });
             let err = |e| PgError::from_tokio_postgres(e, &self.params);
+            crate::tls::pin_search_path(&client).await.map_err(err)?;
             self.type_stmt = Some(client.prepare(TYPE_INFO_SQL).await.map_err(err)?);
             self.table_stmt = Some(client.prepare(TABLE_INFO_SQL).await.map_err(err)?);
             self.client = Some(client);

@@ -34,6 +34,14 @@
 //! `InterfaceError`. Liveness: TCP keepalives are on, and every query has a deadline
 //! ([`QUERY_TIMEOUT`]), so a half-open connection ends in a reconnect, not a hang.
 //!
+//! Feed identity: an event carries its feed ([`FeedIdentity`]: name and creation time), and
+//! `ack(event)` refuses one of another feed, whose position would acknowledge events of this
+//! one never delivered. A feed dropped and created again under the stream's name is another
+//! feed: a session that finds it (at a reconnect, or in a read) ends the stream.
+//!
+//! Names: every session pins `search_path` first ([`crate::tls::pin_search_path`]) and every
+//! statement is schema-qualified, so nothing planted on the user's `search_path` runs.
+//!
 //! Values: the event JSON is turned into Python with the column types from the catalog and
 //! the feed's Debezium options (see [`typed`]), so numeric is a `Decimal`, bytea `bytes`,
 //! timestamps `datetime`... Where Debezium's format itself loses information the result says
@@ -43,7 +51,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine;
 use futures_util::StreamExt;
@@ -99,9 +107,18 @@ impl Columns {
     }
 }
 
+/// Which feed an event belongs to. A feed dropped and created again under the same name is
+/// another feed (its positions name other events), told apart by when it was created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedIdentity {
+    pub name: String,
+    pub created_at: SystemTime,
+}
+
 /// One event as read from the feed, before any Python object is made.
 #[derive(Debug, Clone)]
 pub struct FeedRow {
+    pub feed: Arc<FeedIdentity>,
     pub commit_lsn: Lsn,
     pub ordinal: u32,
     pub lsn: Lsn,
@@ -112,6 +129,8 @@ pub struct FeedRow {
     pub topic: String,
     pub key: Option<String>,
     pub value: Option<String>,
+    /// The Kafka headers as a JSON object (`__debezium.newkey`...), None without any.
+    pub headers: Option<String>,
     /// Staged in pgcdc.event (always for table feeds; for NOTIFY feeds only big events).
     pub staged: bool,
     pub columns: Option<Arc<Columns>>,
@@ -126,6 +145,8 @@ impl FeedRow {
 
 #[derive(Default)]
 struct State {
+    /// The feed this stream reads, as its first session found it.
+    feed: Option<Arc<FeedIdentity>>,
     queue: VecDeque<Box<FeedRow>>,
     last_delivered: Option<Pos>,
     /// Highest position acknowledged by the consumer / sent to the server.
@@ -396,7 +417,14 @@ impl PyFeed {
             .to_py(py));
         }
         let pos = match &event {
-            Some(e) => Some(e.get().row.position()),
+            Some(e) => {
+                let row = &e.get().row;
+                if let Some(why) = foreign_event(&self.config.feed, st.feed.as_deref(), &row.feed) {
+                    drop(st);
+                    return Err(PgError::Interface(why).to_py(py));
+                }
+                Some(row.position())
+            }
             None => st.last_delivered,
         };
         if let Some(p) = pos {
@@ -459,6 +487,23 @@ impl PyFeed {
         } else {
             "table"
         }
+    }
+}
+
+/// Why `event_feed`'s event must not be acknowledged on a stream of `feed` (`stream`: its
+/// identity, once known): its position would remove events of this feed never delivered.
+fn foreign_event(feed: &str, stream: Option<&FeedIdentity>, event_feed: &FeedIdentity) -> Option<String> {
+    if event_feed.name != feed {
+        Some(format!(
+            "this event belongs to feed \"{}\", not to this stream's feed \"{feed}\": acknowledge it on a stream of its own feed",
+            event_feed.name
+        ))
+    } else if stream.is_some_and(|s| s != event_feed) {
+        Some(format!(
+            "this event belongs to another feed named \"{feed}\" (dropped and created again since): its position means nothing to this one"
+        ))
+    } else {
+        None
     }
 }
 
@@ -1002,6 +1047,26 @@ impl FeedEvent {
     fn topic(&self) -> &str {
         &self.row.topic
     }
+    /// Name of the feed the event belongs to (`stream.ack` refuses events of another feed).
+    #[getter]
+    fn feed(&self) -> &str {
+        &self.row.feed.name
+    }
+    /// The Kafka headers (`__debezium.newkey`/`__debezium.oldkey` on a primary-key change...)
+    /// as a read-only mapping of header name to its JSON value; empty without any.
+    #[getter]
+    fn headers<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        static PROXY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        let proxy =
+            PROXY.get_or_try_init(py, || py.import("types")?.getattr("MappingProxyType").map(|p| p.unbind()))?;
+        let d = match &self.row.headers {
+            Some(h) => values::json(py, h)?
+                .cast_into::<PyDict>()
+                .map_err(|_| PgError::Data(format!("event headers are not a JSON object: {}", preview(h))))?,
+            None => PyDict::new(py),
+        };
+        proxy.bind(py).call1((d,))
+    }
     /// `schema.table` (empty for messages and transaction records).
     #[getter]
     fn table(&self) -> String {
@@ -1046,7 +1111,8 @@ impl FeedEvent {
     }
     fn __repr__(&self) -> String {
         format!(
-            "Event(op={:?}, table={:?}, position=('{}', {}))",
+            "Event(feed={:?}, op={:?}, table={:?}, position=('{}', {}))",
+            self.row.feed.name,
             self.row.op,
             self.table(),
             self.row.commit_lsn,
@@ -1115,6 +1181,7 @@ struct Session<'a> {
     shared: &'a Shared,
     config: &'a FeedConfig,
     client: tokio_postgres::Client,
+    feed: Arc<FeedIdentity>,
     options: Arc<EncoderOptions>,
     tables: HashMap<(String, String), Arc<Columns>>,
     last_ack: Instant,
@@ -1162,15 +1229,9 @@ async fn session(shared: &Arc<Shared>, config: &FeedConfig) -> Result<(), PgErro
             let _ = notes_tx.send(Err(PgError::Io(format!("connection to {} closed", params.endpoint()))));
         });
         let opened = async {
-            let row = bounded(
-                &config.conn,
-                "the feed lookup",
-                client.query_opt(
-                    "SELECT sink, channel, options::text, pg_backend_pid() FROM pgcdc.feeds WHERE name = $1",
-                    &[&config.feed],
-                ),
-            )
-            .await
+            bounded(&config.conn, "SET search_path", crate::tls::pin_search_path(&client)).await?;
+            let row = bounded(&config.conn, "the feed lookup", client.query_opt(FEED_SQL, &[&config.feed]))
+                .await
             .map_err(|e| match e {
                 PgError::Server(s) if s.code == "3F000" || s.code == "42P01" => PgError::server(
                     "42704",
@@ -1207,9 +1268,19 @@ async fn session(shared: &Arc<Shared>, config: &FeedConfig) -> Result<(), PgErro
     let sink: String = row.get(0);
     let options_text: String = row.get(2);
     let pid: i32 = row.get(3);
+    let feed = Arc::new(FeedIdentity { name: config.feed.clone(), created_at: row.get(4) });
     let options = Arc::new(encoder_options_of(&config.feed, &options_text));
     {
         let mut st = shared.lock();
+        match &st.feed {
+            Some(known) if **known != *feed => {
+                drop(st);
+                driver.abort();
+                return Err(recreated(&config.feed));
+            }
+            Some(_) => {}
+            None => st.feed = Some(feed.clone()),
+        }
         st.sessions += 1;
         st.backend_pid = pid;
         st.sink_notify = sink == "notify";
@@ -1219,6 +1290,7 @@ async fn session(shared: &Arc<Shared>, config: &FeedConfig) -> Result<(), PgErro
         shared,
         config,
         client,
+        feed,
         options,
         tables: HashMap::new(),
         last_ack: Instant::now() - ACK_INTERVAL,
@@ -1231,6 +1303,19 @@ async fn session(shared: &Arc<Shared>, config: &FeedConfig) -> Result<(), PgErro
     };
     driver.abort();
     result
+}
+
+/// The stream's feed is gone; one of the same name took its place (whose positions name other
+/// events, so nothing read from it may pass for this stream's).
+fn recreated(feed: &str) -> PgError {
+    PgError::server(
+        "42704",
+        format!("feed \"{feed}\" was dropped and created again while this stream was open"),
+        Some(
+            "Open a new stream: the events this one delivered belong to the dropped feed and cannot be acknowledged."
+                .into(),
+        ),
+    )
 }
 
 /// The feed's encoder options from its `options` (the feed-only keys are skipped).
@@ -1249,10 +1334,19 @@ fn encoder_options_of(feed: &str, text: &str) -> EncoderOptions {
     o
 }
 
-const READ_SQL: &str = "SELECT commit_lsn::text, ordinal, lsn::text, xid, op, schema_name, table_name, topic, \
-     key::text, event::text FROM pgcdc.read($1, $2, $3::text::pg_lsn, $4)";
+// Every name schema-qualified (the session's search_path is pinned too, see crate::tls).
+const FEED_SQL: &str = "SELECT sink, channel, options::pg_catalog.text, pg_catalog.pg_backend_pid(), created_at \
+     FROM pgcdc.feeds WHERE name OPERATOR(pg_catalog.=) $1::pg_catalog.text";
 
-const ACK_SQL: &str = "SELECT pgcdc.ack($1, $2::text::pg_lsn, $3)";
+/// The last column tells which feed of that name the rows belong to (see [`Session::check_feed`]).
+const READ_SQL: &str = "SELECT commit_lsn::pg_catalog.text, ordinal, lsn::pg_catalog.text, xid, op, schema_name, \
+     table_name, topic, key::pg_catalog.text, event::pg_catalog.text, headers::pg_catalog.text, \
+     (SELECT f.created_at FROM pgcdc.feeds f WHERE f.name OPERATOR(pg_catalog.=) $1::pg_catalog.text) \
+     FROM pgcdc.read($1::pg_catalog.text, $2::pg_catalog.int4, $3::pg_catalog.text::pg_catalog.pg_lsn, \
+     $4::pg_catalog.int4)";
+
+const ACK_SQL: &str =
+    "SELECT pgcdc.ack($1::pg_catalog.text, $2::pg_catalog.text::pg_catalog.pg_lsn, $3::pg_catalog.int4)";
 
 /// A read that returned this much JSON may have been cut short by `pgcdc.read`'s 64 MB cap
 /// (half of it, so a change of the cap's exact value does not matter): read again at once.
@@ -1318,6 +1412,7 @@ impl Session<'_> {
                 r = read => r?,
                 _ = self.shared.stop.requested() => return Ok(()),
             };
+            self.check_feed(&rows)?;
             let got = rows.len();
             let bytes: usize = rows
                 .iter()
@@ -1338,6 +1433,7 @@ impl Session<'_> {
                     r.get(7),
                     r.get(8),
                     r.get(9),
+                    r.get(10),
                     true,
                 ));
             }
@@ -1415,6 +1511,7 @@ impl Session<'_> {
                 ),
             )
             .await?;
+            self.check_feed(&rows)?;
             for r in rows {
                 let row = self.row(
                     r.get(0),
@@ -1427,6 +1524,7 @@ impl Session<'_> {
                     r.get(7),
                     r.get(8),
                     r.get(9),
+                    r.get(10),
                     true,
                 );
                 if row.position() == (commit, ordinal) {
@@ -1466,8 +1564,18 @@ impl Session<'_> {
             text("topic")?.unwrap_or_default(),
             raw("key"),
             value,
+            raw("headers"),
             false,
         )))
+    }
+
+    /// Rows of `READ_SQL` come from this session's feed, not from one created under its name
+    /// since (`pgcdc.read` finds feeds by name).
+    fn check_feed(&self, rows: &[tokio_postgres::Row]) -> Result<(), PgError> {
+        match rows.first().map(|r| r.get::<_, Option<SystemTime>>(11)) {
+            Some(created_at) if created_at != Some(self.feed.created_at) => Err(recreated(&self.feed.name)),
+            _ => Ok(()),
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1483,9 +1591,11 @@ impl Session<'_> {
         topic: String,
         key: Option<String>,
         value: Option<String>,
+        headers: Option<String>,
         staged: bool,
     ) -> FeedRow {
         FeedRow {
+            feed: self.feed.clone(),
             commit_lsn: commit_lsn.parse().unwrap_or_default(),
             ordinal: ordinal.max(0) as u32,
             lsn: lsn.parse().unwrap_or_default(),
@@ -1496,6 +1606,7 @@ impl Session<'_> {
             topic,
             key,
             value,
+            headers,
             staged,
             columns: None,
             options: self.options.clone(),
@@ -1528,10 +1639,12 @@ impl Session<'_> {
             &self.config.conn,
             "a catalog lookup",
             self.client.query(
-                "SELECT a.attname::text, a.atttypid, a.atttypmod FROM pg_catalog.pg_attribute a \
-                 JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
-                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped \
+                "SELECT a.attname::pg_catalog.text, a.atttypid, a.atttypmod FROM pg_catalog.pg_attribute a \
+                 JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) a.attrelid \
+                 JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
+                 WHERE n.nspname OPERATOR(pg_catalog.=) $1::pg_catalog.name \
+                   AND c.relname OPERATOR(pg_catalog.=) $2::pg_catalog.name \
+                   AND a.attnum OPERATOR(pg_catalog.>) 0::pg_catalog.int2 AND NOT a.attisdropped \
                  ORDER BY a.attnum",
                 &[&schema, &table],
             ),
@@ -1696,10 +1809,15 @@ fn _query_json(dsn: &str, sql: String, params: Vec<Option<String>>, connect_time
     Ok(Op::spawn(async move {
         let (client, connection) = crate::tls::connect_sql(&conn).await?;
         let driver = tokio::spawn(connection);
-        let wrapped = format!("SELECT coalesce(json_agg(q), '[]')::text FROM ({sql}) q");
+        let wrapped =
+            format!("SELECT coalesce(pg_catalog.json_agg(q), '[]'::pg_catalog.json)::pg_catalog.text FROM ({sql}) q");
         let p: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
             params.iter().map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
-        let r = client.query_one(&wrapped, &p).await.map_err(|e| PgError::from_tokio_postgres(e, &conn));
+        let r = match crate::tls::pin_search_path(&client).await {
+            Ok(()) => client.query_one(&wrapped, &p).await,
+            Err(e) => Err(e),
+        }
+        .map_err(|e| PgError::from_tokio_postgres(e, &conn));
         drop(client);
         let _ = driver.await;
         Ok(r?.get::<_, String>(0))
@@ -1763,6 +1881,17 @@ mod tests {
         assert!(matches!(st.ack_target(), AckTarget::Send(x) if x == p(10)), "a failed ack is sent again");
         st.acked(p(10));
         assert!(st.staged_notify.is_empty() && st.ack_sent == Some(p(13)));
+    }
+
+    #[test]
+    fn acks_of_another_feed_are_refused() {
+        let at = |s| FeedIdentity { name: "a".into(), created_at: SystemTime::UNIX_EPOCH + Duration::from_secs(s) };
+        let b = FeedIdentity { name: "b".into(), ..at(1) };
+        assert_eq!(foreign_event("a", Some(&at(1)), &at(1)), None);
+        assert_eq!(foreign_event("a", None, &at(1)), None, "before the first session: by name");
+        assert!(foreign_event("a", Some(&at(1)), &b).unwrap().contains("feed \"b\", not to this stream's feed \"a\""));
+        assert!(foreign_event("a", None, &b).is_some());
+        assert!(foreign_event("a", Some(&at(1)), &at(2)).unwrap().contains("dropped and created again"));
     }
 
     #[test]

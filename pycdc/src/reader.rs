@@ -537,7 +537,7 @@ fn past_stop_deadline(shared: &Shared) -> bool {
 async fn check_slot(conn: &mut ReplConn, config: &ReaderConfig) -> Result<(), PgError> {
     let rows = conn
         .simple_query(&format!(
-            "SELECT plugin, database FROM pg_catalog.pg_replication_slots WHERE slot_name = {}",
+            "SELECT plugin, database FROM pg_catalog.pg_replication_slots WHERE slot_name OPERATOR(pg_catalog.=) {}",
             quote_literal(&config.slot)
         ))
         .await?;
@@ -590,7 +590,7 @@ async fn check_slot(conn: &mut ReplConn, config: &ReaderConfig) -> Result<(), Pg
     for publication in &config.publications {
         let rows = conn
             .simple_query(&format!(
-                "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = {}",
+                "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname OPERATOR(pg_catalog.=) {}",
                 quote_literal(publication)
             ))
             .await?;

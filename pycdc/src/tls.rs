@@ -236,8 +236,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for RustlsStream<S> {
 /// A tokio-postgres session whose stream may or may not be TLS.
 pub type SqlConnection = tokio_postgres::Connection<tokio_postgres::Socket, RustlsStream<tokio_postgres::Socket>>;
 
+/// Sent first in every SQL session pgcdc opens (see [`pin_search_path`]).
+const PIN_SEARCH_PATH: &str = "SET search_path = pg_catalog, pg_temp";
+
+/// Pins the session's `search_path` to the system catalog, before any other statement: names
+/// in what pgcdc sends (all schema-qualified as well) then never resolve to objects someone
+/// planted in a schema on the user's `search_path` (a `public.unnest(oid[])`, an operator
+/// `=`, a type `text`), which would run as the connecting role.
+pub async fn pin_search_path(client: &tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
+    client.batch_execute(PIN_SEARCH_PATH).await
+}
+
 /// Opens an ordinary SQL session with the TLS `params` asks for. The caller drives the
-/// returned connection (spawn it, or poll it for notifications).
+/// returned connection (spawn it, or poll it for notifications), then calls
+/// [`pin_search_path`].
 pub async fn connect_sql(
     params: &ConnParams,
 ) -> Result<(tokio_postgres::Client, SqlConnection), crate::errors::PgError> {

@@ -40,7 +40,8 @@ class FeedStream:
     resumes after the last event it delivered; a new stream resumes after the last
     acknowledged event. Delivery is at-least-once: only unacknowledged events can come twice.
     Events are ordered by ``position`` (``(commit_lsn, ordinal)``); ordinals increase within
-    a transaction but are not consecutive.
+    a transaction but are not consecutive. A stream whose feed is dropped and created again
+    under its name ends with ``ProgrammingError`` (the new feed's events are not its own).
 
     ``auto_acknowledge=True`` acknowledges an event when the loop asks for the next one.
     """
@@ -61,7 +62,9 @@ class FeedStream:
         """Acknowledges ``event`` and everything before it (default: all delivered so far).
 
         Sent to the server in batches (at most every 50 ms) and flushed by ``close()``;
-        raises ``InterfaceError`` once the stream is closed.
+        raises ``InterfaceError`` once the stream is closed, and for an event of another
+        feed (``event.feed``) or of a feed of this name that was dropped and created again
+        (its position would acknowledge events of this feed never delivered).
         """
         self._core.ack(event)
 
@@ -153,6 +156,8 @@ async def connect(
 
 
 async def _query(dsn: str, sql: str, *params: Optional[str], connect_timeout: Optional[float] = None) -> list[dict[str, Any]]:
+    """Runs ``sql`` with ``search_path`` pinned to pg_catalog; every name in it is qualified
+    (``pg_catalog.text``, ``OPERATOR(pg_catalog.=)``, ``pgcdc.*``) all the same."""
     text = await run_op(_pgcdc._query_json(dsn, sql, list(params), connect_timeout))
     return _pgcdc._json_loads(text)  # type: ignore[no-any-return]
 
@@ -173,7 +178,8 @@ async def create_feed(
     """``pgcdc.create_feed``: returns the slot's consistent point (LSN ``X/Y``)."""
     rows = await _query(
         dsn,
-        "SELECT pgcdc.create_feed($1::text, $2::text, $3::text, $4::text::jsonb, $5::text)::text AS lsn",
+        "SELECT pgcdc.create_feed($1::pg_catalog.text, $2::pg_catalog.text, $3::pg_catalog.text, "
+        "$4::pg_catalog.text::pg_catalog.jsonb, $5::pg_catalog.text)::pg_catalog.text AS lsn",
         name,
         publication,
         sink,
@@ -185,21 +191,31 @@ async def create_feed(
 
 async def drop_feed(dsn: str, name: str, *, if_exists: bool = False) -> bool:
     """``pgcdc.drop_feed``: drops the feed, its slot and its staged events."""
-    rows = await _query(dsn, "SELECT pgcdc.drop_feed($1::text, $2::text::bool) AS dropped", name, str(bool(if_exists)).lower())
+    rows = await _query(
+        dsn,
+        "SELECT pgcdc.drop_feed($1::pg_catalog.text, $2::pg_catalog.text::pg_catalog.bool) AS dropped",
+        name,
+        str(bool(if_exists)).lower(),
+    )
     return bool(rows[0]["dropped"])
 
 
 async def pause_feed(dsn: str, name: str) -> None:
-    await _query(dsn, "SELECT pgcdc.pause_feed($1::text)::text AS r", name)
+    await _query(dsn, "SELECT pgcdc.pause_feed($1::pg_catalog.text)::pg_catalog.text AS r", name)
 
 
 async def resume_feed(dsn: str, name: str) -> None:
-    await _query(dsn, "SELECT pgcdc.resume_feed($1::text)::text AS r", name)
+    await _query(dsn, "SELECT pgcdc.resume_feed($1::pg_catalog.text)::pg_catalog.text AS r", name)
 
 
 async def alter_feed(dsn: str, name: str, options: Mapping[str, Any]) -> dict[str, Any]:
     """``pgcdc.alter_feed``: merges ``options`` (a None value removes one); returns them all."""
-    rows = await _query(dsn, "SELECT pgcdc.alter_feed($1::text, $2::text::jsonb) AS options", name, json.dumps(dict(options)))
+    rows = await _query(
+        dsn,
+        "SELECT pgcdc.alter_feed($1::pg_catalog.text, $2::pg_catalog.text::pg_catalog.jsonb) AS options",
+        name,
+        json.dumps(dict(options)),
+    )
     return dict(rows[0]["options"])
 
 
@@ -212,10 +228,19 @@ async def feed_status(dsn: str, name: Optional[str] = None) -> list[dict[str, An
     """Live state of the feeds (the ``pgcdc.feed_status`` view): worker, lag, last error."""
     if name is None:
         return await _query(dsn, "SELECT * FROM pgcdc.feed_status ORDER BY name")
-    return await _query(dsn, "SELECT * FROM pgcdc.feed_status WHERE name = $1::text", name)
+    return await _query(
+        dsn, "SELECT * FROM pgcdc.feed_status WHERE name OPERATOR(pg_catalog.=) $1::pg_catalog.text", name
+    )
 
 
 async def ack(dsn: str, name: str, lsn: str, ordinal: Optional[int] = None) -> int:
     """``pgcdc.ack`` on a short-lived connection; returns how many staged events it removed."""
-    rows = await _query(dsn, "SELECT pgcdc.ack($1::text, $2::text::pg_lsn, $3::text::int) AS n", name, lsn, _opt(ordinal))
+    rows = await _query(
+        dsn,
+        "SELECT pgcdc.ack($1::pg_catalog.text, $2::pg_catalog.text::pg_catalog.pg_lsn, "
+        "$3::pg_catalog.text::pg_catalog.int4) AS n",
+        name,
+        lsn,
+        _opt(ordinal),
+    )
     return int(rows[0]["n"])

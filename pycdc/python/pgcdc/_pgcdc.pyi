@@ -1,6 +1,6 @@
 """Typing stubs for the native module ``pgcdc._pgcdc`` (checked against it by the tests)."""
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any, Optional, Union, final
 
@@ -138,6 +138,13 @@ class Event:
     def xid(self) -> Optional[int]: ...
     @property
     def topic(self) -> str: ...
+    @property
+    def feed(self) -> str:
+        """The feed the event came from (``FeedStream.ack`` refuses events of another)."""
+    @property
+    def headers(self) -> Mapping[str, Any]:
+        """The Kafka headers, read-only: ``__debezium.newkey``/``__debezium.oldkey`` on a
+        primary-key change (values as JSON makes them); empty without any."""
     @property
     def table(self) -> str: ...
     @property
