@@ -86,4 +86,17 @@ COMMENT ON FUNCTION pgcdc.alter_feed(text, jsonb) IS
 COMMENT ON FUNCTION pgcdc.read(text, integer, pg_lsn, integer) IS
     'read(feed, max_events => 100, after_lsn, after_ordinal): the next staged events after the acknowledged position (or after the given one), in position order (commit_lsn, ordinal). event is the Debezium value JSON, key the Debezium key. Does not consume: acknowledge with pgcdc.ack. LISTEN pgcdc_<feed> to be woken when events are staged. Returns no more rows once their JSON reaches 64 MB (at least one row): fewer rows than max_events do not mean the queue is drained. Needs SELECT on every table the publication publishes and every table of the returned events, without row-level security applying.';
 COMMENT ON FUNCTION pgcdc.ack(text, pg_lsn, integer) IS
-    'ack(feed, lsn, ordinal => NULL): with ordinal, every event at position <= (lsn, ordinal) is consumed; without, every event of the transactions committed at or before lsn (they must be completely staged). Removes those events; the slot advances past fully acknowledged transactions. Returns the number of events removed. Idempotent.';
+    'ack(feed, lsn, ordinal => NULL): with ordinal, every event at position <= (lsn, ordinal) is consumed (the position must be an event staged for this feed, as pgcdc.read returned it); without, every event of the transactions committed at or before lsn (lsn must be the commit_lsn of events staged for this feed, and those transactions completely staged). Removes those events; the slot advances past fully acknowledged transactions. Returns the number of events removed. Idempotent.';
+COMMENT ON FUNCTION pgcdc.reset_feed(text) IS
+    'reset_feed(name): discards the feed''s backlog: every change committed up to now, staged or not, is acknowledged (staged events are removed, the worker skips the rest). Returns the new acknowledged LSN. The supported way to empty a feed''s queue (DELETE and TRUNCATE of pgcdc.event are refused).';
+
+-- Only pgcdc removes staged events (pgcdc.ack, pgcdc.reset_feed, pgcdc.drop_feed): rows
+-- removed by hand would be lost, the workers have moved past them. ALWAYS: also with
+-- session_replication_role = replica.
+CREATE TRIGGER event_guard BEFORE DELETE OR TRUNCATE ON pgcdc.event
+    FOR EACH STATEMENT EXECUTE FUNCTION pgcdc.event_guard();
+ALTER TABLE pgcdc.event ENABLE ALWAYS TRIGGER event_guard;
+ALTER FUNCTION pgcdc.event_guard() SET search_path = pg_catalog, pg_temp;
+REVOKE EXECUTE ON FUNCTION pgcdc.event_guard() FROM PUBLIC;
+COMMENT ON FUNCTION pgcdc.event_guard() IS
+    'Trigger on pgcdc.event: refuses DELETE and TRUNCATE except by pgcdc itself (pgcdc.ack, pgcdc.reset_feed, pgcdc.drop_feed), because staged events removed by hand are never staged again.';

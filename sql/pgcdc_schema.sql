@@ -49,6 +49,7 @@ CREATE UNLOGGED TABLE pgcdc.event (
     op          text        NOT NULL,
     schema_name text        NOT NULL,
     table_name  text        NOT NULL,
+    relid       oid,
     topic       text        NOT NULL,
     key         text,
     value       text,
@@ -63,7 +64,9 @@ CREATE UNLOGGED TABLE pgcdc.event (
     autovacuum_analyze_scale_factor = 0.02, autovacuum_analyze_threshold = 1000
 );
 COMMENT ON TABLE pgcdc.event IS
-    'Staged Debezium events, one row per event, in position order (commit_lsn, ordinal). Read with pgcdc.read, remove with pgcdc.ack.';
+    'Staged Debezium events, one row per event, in position order (commit_lsn, ordinal). Read with pgcdc.read, remove with pgcdc.ack (DELETE and TRUNCATE by hand are refused: see pgcdc.event_guard).';
+COMMENT ON COLUMN pgcdc.event.relid IS
+    'OID of the table the event comes from (NULL for messages and transaction records): pgcdc.read checks the reader''s privileges on this relation, so a table created later under the same name grants nothing on these events.';
 
 -- What each feed worker is doing now. UNLOGGED: it describes running processes only.
 CREATE UNLOGGED TABLE pgcdc.feed_runtime (

@@ -335,3 +335,101 @@ def test_a_hot_standby_runs_no_pgcdc_process_and_feeds_resume_safely_after_promo
     finally:
         standby.stop()
         c.stop()
+
+
+def test_queue_counters_stay_exact_when_an_ack_commits_while_the_worker_starts():
+    """The worker counts the queue when it starts; an ack committed meanwhile (here: inside the
+    consumer's own transaction, committed while the new worker starts) must not be lost."""
+    c = start_cluster("pgcdc-counters")
+    try:
+        make_feed(c, "cntf")
+        insert(c, "cntf_t", 1, 100, per_tx=10)
+        evs = collect(c, "cntf", 100)
+        pid = wait_until(lambda: status(c, "cntf")["worker_pid"], 20, "a worker")
+        with c.connect(autocommit=False) as consumer:
+            assert consumer.execute(
+                "SELECT pgcdc.ack('cntf', %s, %s)", [evs[29]["commit_lsn"], evs[29]["ordinal"]]
+            ).fetchone() == (30,)
+            c.execute("SELECT pg_terminate_backend(%s)", params=[pid])
+            # The new worker starts while the ack is not committed yet, and waits for it.
+            wait_until(
+                lambda: c.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pgcdc feed' "
+                    "AND pid <> %s AND wait_event_type = 'Lock'",
+                    params=[pid],
+                ),
+                20,
+                "the new worker to wait for the consumer's transaction",
+            )
+            consumer.commit()
+        wait_until(lambda: status(c, "cntf")["phase"] == "streaming", 20, "the new worker to stream")
+        assert c.execute("SELECT count(*) FROM pgcdc.event") == [(70,)]
+        st = status(c, "cntf")
+        real_bytes = c.execute(
+            "SELECT sum(coalesce(octet_length(value), 0) + coalesce(octet_length(key), 0)) FROM pgcdc.event"
+        )[0][0]
+        assert (st["staged_events"], st["staged_bytes"]) == (70, real_bytes), st
+        # And they stay exact as the feed goes on.
+        insert(c, "cntf_t", 101, 110, per_tx=10)
+        collect(c, "cntf", 80)
+        assert status(c, "cntf")["staged_events"] == 80
+    finally:
+        c.stop()
+
+
+PAGE = 8192
+
+
+def test_acks_ending_on_a_wal_page_boundary_do_not_restart_the_worker():
+    """After an ack the worker flushes the WAL up to it. When the ack's commit record ends
+    exactly on a WAL page boundary, the next insert position lies past the next page's header:
+    flushing to it fails ("xlog flush request ... is not satisfied") and the worker restarted.
+    Each round pads the acknowledging transaction so that it ends exactly on a boundary."""
+    c = start_cluster("pgcdc-walpage", autovacuum="off")
+    try:
+        make_feed(c, "wpf")
+        c.execute("CREATE TABLE wp_pad (v text)")  # not published: WAL only
+        pid = wait_until(lambda: status(c, "wpf")["worker_pid"], 20, "a worker")
+        with c.connect() as meter, c.connect(autocommit=False) as consumer:
+
+            def insert_lsn() -> int:
+                return lsn_int(meter.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0])
+
+            def pad(n: int) -> None:
+                consumer.execute("INSERT INTO wp_pad VALUES (repeat('x', %s))", [n])
+
+            base = None  # WAL bytes of an acknowledging transaction beyond its pad's length
+            hits = rounds = 0
+            next_id = 1
+            while hits < 5 and rounds < 200:
+                rounds += 1
+                insert(c, "wpf_t", next_id, next_id, per_tx=1)
+                (ev,) = collect(c, "wpf", 1)
+                assert event_json(ev)["after"]["id"] == next_id
+                next_id += 1
+                time.sleep(0.05)
+                for _ in range(20):  # move the insert position until the pad fits the room left
+                    p0 = insert_lsn()
+                    room = PAGE - p0 % PAGE
+                    n = 200 if base is None else room - base
+                    if 127 < n < 1800:  # one-byte varlena headers below 127, TOAST above ~2000
+                        break
+                    pad(1800 if n <= 127 else min(1800, n - 900))
+                    consumer.commit()
+                pad(n)
+                consumer.execute("SELECT pgcdc.ack('wpf', %s, %s)", [ev["commit_lsn"], ev["ordinal"]])
+                consumer.commit()
+                p1 = insert_lsn()
+                crossed = (p1 - 1) // PAGE - p0 // PAGE  # page headers inserted in between
+                base = (p1 - p0 - 24 * crossed) - n
+                if p1 % PAGE == 24:
+                    hits += 1
+                    time.sleep(0.3)  # the worker sees the ack and flushes
+        assert hits == 5, f"only {hits} of {rounds} acknowledgements ended on a page boundary"
+        time.sleep(1.0)
+        log = c.log_tail(100000)
+        assert "is not satisfied" not in log, log[-3000:]
+        assert status(c, "wpf")["worker_pid"] == pid, "the worker restarted"
+        print(f"walpage: {hits} acks ended on a page boundary in {rounds} rounds")
+    finally:
+        c.stop()

@@ -955,3 +955,175 @@ def test_feeds_need_a_utf8_database():
             assert conn.execute("SELECT count(*) FROM pg_replication_slots").fetchone() == (0,)
     finally:
         c.stop()
+
+
+# ------------------------------------------------------------------- misuse and catalog versions
+
+
+def test_events_of_a_dropped_table_stay_hidden_from_a_new_table_of_its_name(pg):
+    """read checks privileges by relation OID: a table created later under the same name
+    (and SELECT granted on it) grants nothing on the dropped table's events."""
+    pg.execute("CREATE TABLE dd_t (id int PRIMARY KEY, secret text)")
+    pg.execute("CREATE PUBLICATION dd_p FOR TABLE dd_t")
+    pg.execute("CREATE ROLE dd_reader LOGIN IN ROLE pgcdc_admin")
+    pg.execute("GRANT SELECT ON dd_t TO dd_reader")
+    pg.execute("SELECT pgcdc.create_feed('ddf', publication => 'dd_p')")
+    insert_rows(pg, "dd_t", [1])
+    old = collect(pg, "ddf", 1)
+
+    def reader(sql: str, *params):
+        with psycopg.connect(pg.dsn(user="dd_reader"), autocommit=True) as conn:
+            return conn.execute(sql, params).fetchall()
+
+    assert len(reader("SELECT * FROM pgcdc.read('ddf')")) == 1
+    pg.execute("DROP TABLE dd_t")
+    pg.execute("CREATE TABLE dd_t (id int PRIMARY KEY, secret text)")
+    pg.execute("GRANT SELECT ON dd_t TO dd_reader")
+    pg.execute("ALTER PUBLICATION dd_p ADD TABLE dd_t")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege) as e:
+        reader("SELECT * FROM pgcdc.read('ddf')")
+    assert "public.dd_t" in str(e.value) and "dropped" in str(e.value)
+    assert "superuser" in e.value.diag.message_hint
+    assert len(read_events(pg, "ddf")) == 1, "a superuser still reads them"
+    # The reader can acknowledge past them, then reads the new table's events.
+    reader("SELECT pgcdc.ack('ddf', %s, %s)", old[0]["commit_lsn"], old[0]["ordinal"])
+    insert_rows(pg, "dd_t", [2])
+    collect(pg, "ddf", 1)
+    assert [json.loads(r[0])["after"]["id"] for r in reader("SELECT event::text FROM pgcdc.read('ddf')")] == [2]
+    # A renamed table is the same table: its events stay readable to those who may read it.
+    pg.execute("ALTER TABLE dd_t RENAME TO dd_renamed")
+    assert len(reader("SELECT * FROM pgcdc.read('ddf')")) == 1
+    pg.execute("SELECT pgcdc.drop_feed('ddf')")
+
+
+def test_ack_refuses_positions_this_feed_never_staged(pg):
+    """An event of another feed (or a computed position) would acknowledge events nobody read."""
+    for t in ("as_a", "as_b"):
+        setup_table(pg, t)
+        pg.execute(f"SELECT pgcdc.create_feed('{t}f', publication => '{t}')")
+    insert_rows(pg, "as_a", [1])
+    insert_rows(pg, "as_b", [1])
+    insert_rows(pg, "as_a", [2])
+    a = collect(pg, "as_af", 2)
+    (b,) = collect(pg, "as_bf", 1)
+    assert lsn_int(a[0]["commit_lsn"]) < lsn_int(b["commit_lsn"]) < lsn_int(a[1]["commit_lsn"])
+    wait_until(lambda: status(pg, "as_af")["complete_lsn"] == a[1]["commit_lsn"], 10, "a[1] complete")
+    refused = [
+        ("SELECT pgcdc.ack('as_af', %s, %s)", [b["commit_lsn"], b["ordinal"]]),  # the other feed's event
+        ("SELECT pgcdc.ack('as_af', %s)", [b["commit_lsn"]]),  # the other feed's transaction
+        ("SELECT pgcdc.ack('as_af', %s, %s)", [a[0]["commit_lsn"], a[0]["ordinal"] + 1]),  # computed
+        ("SELECT pgcdc.ack('as_af', %s, %s)", [a[1]["commit_lsn"], a[1]["ordinal"] + 3]),  # computed, complete tx
+    ]
+    for sql, params in refused:
+        with pytest.raises(psycopg.errors.InvalidParameterValue) as e:
+            pg.execute(sql, params=params)
+        assert "this feed" in e.value.diag.message_hint, (sql, params, e.value)
+    assert [(e["commit_lsn"], e["ordinal"]) for e in read_events(pg, "as_af")] == [
+        (e["commit_lsn"], e["ordinal"]) for e in a
+    ], "nothing was removed"
+    assert status(pg, "as_af")["acked_lsn"] == "0/0"
+    # Its own positions are fine, by position and by transaction.
+    assert pg.execute("SELECT pgcdc.ack('as_af', %s, %s)", params=[a[0]["commit_lsn"], a[0]["ordinal"]]) == [(1,)]
+    assert pg.execute("SELECT pgcdc.ack('as_af', %s)", params=[a[1]["commit_lsn"]]) == [(1,)]
+    assert pg.execute("SELECT pgcdc.ack('as_af', %s)", params=[a[0]["commit_lsn"]]) == [(0,)], "below: a no-op"
+    for t in ("as_a", "as_b"):
+        pg.execute(f"SELECT pgcdc.drop_feed('{t}f')")
+
+
+def test_the_queue_refuses_truncate_and_delete_and_reset_feed_discards_the_backlog(pg):
+    pub = setup_table(pg, "tq_t")
+    pg.execute(f"SELECT pgcdc.create_feed('tqf', publication => '{pub}')")
+    insert_rows(pg, "tq_t", [1, 2, 3])
+    collect(pg, "tqf", 3)
+    for sql in ("TRUNCATE pgcdc.event", "DELETE FROM pgcdc.event",
+                "DELETE FROM pgcdc.event WHERE feed_id = (SELECT id FROM pgcdc.feed WHERE name = 'tqf')"):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as e:
+            pg.execute(sql)
+        assert "only pgcdc removes staged events" in str(e.value)
+        assert "pgcdc.ack" in e.value.diag.message_hint and "pgcdc.reset_feed" in e.value.diag.message_hint
+    with pg.connect() as conn:  # triggers set to ENABLE ALWAYS fire in replica mode too
+        conn.execute("SET session_replication_role = replica")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("TRUNCATE pgcdc.event")
+    # Nothing was lost, also across a worker restart after a new change.
+    insert_rows(pg, "tq_t", [4])
+    assert ids_of(collect(pg, "tqf", 4)) == [1, 2, 3, 4]
+    pid = status(pg, "tqf")["worker_pid"]
+    pg.execute("SELECT pg_terminate_backend(%s)", params=[pid])
+    wait_until(lambda: status(pg, "tqf")["worker_pid"] not in (None, pid), 20, "a new worker")
+    insert_rows(pg, "tq_t", [5])
+    assert ids_of(collect(pg, "tqf", 5)) == [1, 2, 3, 4, 5]
+    # reset_feed: the supported way to discard a backlog, staged or not yet staged.
+    pg.execute("SELECT pgcdc.pause_feed('tqf')")
+    wait_until(lambda: status(pg, "tqf")["worker_pid"] is None, 10, "the worker to stop")
+    insert_rows(pg, "tq_t", [6, 7])
+    written = lsn_int(pg.execute("SELECT pg_current_wal_insert_lsn()::text")[0][0])
+    (reset_to,) = pg.execute("SELECT pgcdc.reset_feed('tqf')::text")[0]
+    assert lsn_int(reset_to) >= written
+    st = status(pg, "tqf")
+    assert read_events(pg, "tqf") == [] and st["staged_events"] == 0 and st["staged_bytes"] == 0, st
+    pg.execute("SELECT pgcdc.resume_feed('tqf')")
+    insert_rows(pg, "tq_t", [8])
+    assert ids_of(collect(pg, "tqf", 1)) == [8]
+    time.sleep(1.0)
+    assert ids_of(read_events(pg, "tqf")) == [8], "6 and 7 were discarded"
+    pg.execute("SELECT pgcdc.drop_feed('tqf')")
+
+
+def _field(schema: dict, name: str) -> dict:
+    return next(f for f in schema["fields"] if f["field"] == name)
+
+
+def test_catalog_facts_come_from_the_changed_relation_version_not_an_older_snapshot(pg):
+    """The worker's staging transaction can begin before a DDL whose Relation message it then
+    handles: defaults, new types and the new primary key must still be the DDL's."""
+    pg.execute("CREATE TYPE cv_tone AS ENUM ('low', 'high')")
+    pg.execute("CREATE TABLE cv_t (id int PRIMARY KEY, v text, tone cv_tone)")
+    pg.execute("CREATE PUBLICATION cv_p FOR TABLE cv_t")
+    pg.execute("SELECT pgcdc.create_feed('cvf', publication => 'cv_p', options => '{\"schemas.enable\": true}')")
+    pg.execute("INSERT INTO cv_t VALUES (1, 'a', 'low')")
+    first = collect(pg, "cvf", 1)[0]
+    assert _field(_field(event_json(first)["schema"], "after"), "tone")["parameters"]["allowed"] == "low,high"
+    pid = status(pg, "cvf")["worker_pid"]
+    with pg.connect(autocommit=False) as locker:
+        # The worker's next staging transaction takes its snapshot, then waits for this lock.
+        locker.execute("LOCK TABLE pgcdc.feed IN ACCESS EXCLUSIVE MODE")
+        wait_until(
+            lambda: pg.execute("SELECT count(*) FROM pg_locks WHERE pid = %s AND NOT granted", params=[pid])[0][0],
+            10,
+            "the worker to wait inside a staging transaction",
+        )
+        pg.execute("CREATE TYPE cv_mood AS ENUM ('happy', 'sad')")
+        pg.execute("ALTER TABLE cv_t ADD COLUMN note text DEFAULT 'n/a', ADD COLUMN mood cv_mood, "
+                   "ADD COLUMN code int NOT NULL DEFAULT 7")
+        pg.execute("ALTER TABLE cv_t DROP CONSTRAINT cv_t_pkey, ADD PRIMARY KEY (code, id)")
+        pg.execute("INSERT INTO cv_t (id, v, tone, mood) VALUES (2, 'b', 'high', 'sad')")
+        target = lsn_int(pg.execute("SELECT pg_current_wal_lsn()::text")[0][0])
+        wait_until(
+            lambda: any(
+                lsn_int(r[0]) >= target
+                for r in pg.execute(
+                    "SELECT sent_lsn::text FROM pg_stat_replication WHERE application_name = 'pgcdc feed cvf'"
+                )
+            ),
+            10,
+            "the walsender to send the insert",
+        )
+        time.sleep(0.5)  # the replication thread hands it to the waiting worker
+        locker.rollback()
+    ev = collect(pg, "cvf", 2)[1]
+    after = _field(event_json(ev)["schema"], "after")
+    assert _field(after, "note").get("default") == "n/a", _field(after, "note")
+    assert _field(after, "mood")["name"] == "io.debezium.data.Enum", _field(after, "mood")
+    assert _field(after, "mood")["parameters"]["allowed"] == "happy,sad"
+    assert event_json(ev)["payload"]["after"]["mood"] == "sad"
+    key = json.loads(ev["key"]) if isinstance(ev["key"], str) else ev["key"]
+    assert key["payload"] == {"code": 7, "id": 2}, key
+    # A type keeps its OID through ALTER TYPE ... ADD VALUE: the next version of the table
+    # must not use the labels read for the previous one.
+    pg.execute("ALTER TYPE cv_tone ADD VALUE 'mid'")
+    pg.execute("ALTER TABLE cv_t ADD COLUMN extra int")
+    pg.execute("INSERT INTO cv_t (id, v, tone) VALUES (3, 'c', 'mid')")
+    ev = collect(pg, "cvf", 3)[2]
+    assert _field(_field(event_json(ev)["schema"], "after"), "tone")["parameters"]["allowed"] == "low,high,mid"
+    pg.execute("SELECT pgcdc.drop_feed('cvf')")

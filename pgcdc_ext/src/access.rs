@@ -176,19 +176,23 @@ pub fn with_safe_search_path<R>(f: impl FnOnce() -> R) -> R {
     with_settings(&[(c"search_path", SAFE_SEARCH_PATH)], f)
 }
 
-/// Pins `search_path` for the rest of this process (background workers, right after they
-/// connect; database and role settings were applied by the connection).
-pub fn pin_search_path_for_process() {
-    // SAFETY: GUC call on the main thread of a worker; PGC_S_OVERRIDE keeps a reload of
-    // postgresql.conf from changing it.
-    unsafe {
-        pg_sys::SetConfigOption(
-            c"search_path".as_ptr(),
-            SAFE_SEARCH_PATH.as_ptr(),
-            pg_sys::GucContext::PGC_SUSET,
-            pg_sys::GucSource::PGC_S_OVERRIDE,
-        )
-    };
+/// Pins `search_path` (and READ COMMITTED as the default isolation) for the rest of this
+/// process (background workers, right after they connect; database and role settings were
+/// applied by the connection). The workers rely on every statement of a write transaction
+/// seeing what committed before it (see `queue::count_locked`).
+pub fn pin_settings_for_process() {
+    for (name, value) in [(c"search_path", SAFE_SEARCH_PATH), (c"default_transaction_isolation", c"read committed")] {
+        // SAFETY: GUC call on the main thread of a worker; PGC_S_OVERRIDE keeps a reload of
+        // postgresql.conf from changing it.
+        unsafe {
+            pg_sys::SetConfigOption(
+                name.as_ptr(),
+                value.as_ptr(),
+                pg_sys::GucContext::PGC_SUSET,
+                pg_sys::GucSource::PGC_S_OVERRIDE,
+            )
+        };
+    }
 }
 
 /// The extension's owner: the role that owns pgcdc's tables.

@@ -18,10 +18,16 @@
 //! `FOR NO KEY UPDATE` (they serialise with each other), `drop_feed` takes `FOR UPDATE`, and
 //! the feed's worker takes `FOR KEY SHARE` in every transaction that stages events or writes
 //! `pgcdc.feed_runtime`: so `drop_feed` waits for a staging step to commit and then deletes
-//! what it staged, and the worker's next step finds the feed gone (no orphan rows).
+//! what it staged, and the worker's next step finds the feed gone (no orphan rows). The worker
+//! takes `FOR NO KEY UPDATE` too, first thing, in a transaction that counts the queue
+//! ([`crate::queue::count_locked`]): no ack commits between its count and its counters.
+//!
+//! Only pgcdc removes rows from `pgcdc.event` (`ack`, `reset_feed`, `drop_feed`, the
+//! launcher's clean-up of dropped feeds; [`crate::queue::removing`]): a trigger refuses any
+//! other DELETE or TRUNCATE.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::{CStr, CString};
+use std::collections::BTreeMap;
+use std::ffi::CStr;
 
 use pgcdc_core::debezium::{EncoderOptions, OptionError};
 use pgcdc_core::Lsn;
@@ -35,6 +41,7 @@ use crate::access;
 use crate::datum::{JsonText, PgLsn};
 use crate::gucs;
 use crate::position::{AckError, AckTarget, Delivered, Position};
+use crate::queue;
 use crate::slot;
 
 /// Longest feed name: the slot name `pgcdc_<name>` must fit in NAMEDATALEN.
@@ -728,7 +735,7 @@ fn drop_feed(name: Option<&str>, if_exists: default!(Option<bool>, false)) -> bo
         wake_at_commit(true, Some(feed.id));
         spi_ok(Spi::connect_mut(|c| {
             let args = [feed.id.into()];
-            c.update("DELETE FROM pgcdc.event WHERE feed_id = $1", None, &args)?;
+            queue::removing(|| c.update("DELETE FROM pgcdc.event WHERE feed_id = $1", None, &args))?;
             c.update("DELETE FROM pgcdc.feed_runtime WHERE feed_id = $1", None, &args)?;
             c.update("DELETE FROM pgcdc.feed WHERE id = $1", None, &args)?;
             Ok(())
@@ -876,7 +883,7 @@ fn read(
             Position::new(l.0, o.map_or(crate::position::WHOLE_TRANSACTION, |o| o.max(0) as u32)).max(f.acked)
         }
     };
-    let rows: Vec<ReadRow> = access::as_extension_owner(|| {
+    let rows: Vec<(ReadRow, Option<pg_sys::Oid>)> = access::as_extension_owner(|| {
         // The primary key (feed_id, commit_lsn, ordinal) answers this in order whatever the
         // statistics say: without ANALYZE the planner may otherwise sort the whole queue.
         access::with_settings(
@@ -893,7 +900,7 @@ fn read(
                     let mut bytes = 0usize;
                     let cursor_rows = c.select(
                         "SELECT commit_lsn, ordinal, lsn, xid, op, schema_name, table_name, topic, key, value, \
-                     headers::text FROM pgcdc.event \
+                     headers::text, relid FROM pgcdc.event \
                      WHERE feed_id = $1 AND (commit_lsn, ordinal) > ($2, $3) \
                      ORDER BY commit_lsn, ordinal LIMIT $4",
                         None,
@@ -907,17 +914,20 @@ fn read(
                             + value.as_ref().map_or(0, String::len)
                             + headers.as_ref().map_or(0, String::len);
                         rows.push((
-                            row.get::<PgLsn>(1)?.unwrap_or_default(),
-                            row.get::<i32>(2)?.unwrap_or_default(),
-                            row.get::<PgLsn>(3)?.unwrap_or_default(),
-                            row.get::<i64>(4)?,
-                            row.get::<String>(5)?.unwrap_or_default(),
-                            row.get::<String>(6)?.unwrap_or_default(),
-                            row.get::<String>(7)?.unwrap_or_default(),
-                            row.get::<String>(8)?.unwrap_or_default(),
-                            key.map(JsonText),
-                            value.map(JsonText),
-                            headers.map(JsonText),
+                            (
+                                row.get::<PgLsn>(1)?.unwrap_or_default(),
+                                row.get::<i32>(2)?.unwrap_or_default(),
+                                row.get::<PgLsn>(3)?.unwrap_or_default(),
+                                row.get::<i64>(4)?,
+                                row.get::<String>(5)?.unwrap_or_default(),
+                                row.get::<String>(6)?.unwrap_or_default(),
+                                row.get::<String>(7)?.unwrap_or_default(),
+                                row.get::<String>(8)?.unwrap_or_default(),
+                                key.map(JsonText),
+                                value.map(JsonText),
+                                headers.map(JsonText),
+                            ),
+                            row.get::<pg_sys::Oid>(12)?,
                         ));
                         if bytes >= READ_BYTE_BUDGET {
                             break;
@@ -928,18 +938,20 @@ fn read(
             },
         )
     });
-    // The tables the returned events come from (they may have left the publication since).
-    let tables: BTreeSet<(String, String)> =
-        rows.iter().filter(|r| !r.5.is_empty() && !r.6.is_empty()).map(|r| (r.5.clone(), r.6.clone())).collect();
+    // The relations the returned events come from, by OID (they may have left the
+    // publication since, been renamed, or been dropped: a table created later under the same
+    // name is another table and grants nothing on these events).
+    let tables: BTreeMap<Option<u32>, String> = rows
+        .iter()
+        .filter(|(r, _)| !r.6.is_empty())
+        .map(|(r, relid)| (relid.map(u32::from), format!("{}.{}", quote_ident(&r.5), quote_ident(&r.6))))
+        .collect();
     let tables = tables
         .into_iter()
-        .map(|(schema, table)| {
-            let display = format!("{}.{}", quote_ident(&schema), quote_ident(&table));
-            (relation_oid(&schema, &table), display)
-        })
+        .map(|(relid, display)| (relid.map(pg_sys::Oid::from).filter(|&oid| relation_exists(oid)), display))
         .collect();
     require_readable(caller, &f, tables);
-    TableIterator::new(rows)
+    TableIterator::new(rows.into_iter().map(|(r, _)| r))
 }
 
 /// The tables `publication` publishes now: (oid, display name).
@@ -962,18 +974,10 @@ fn publication_tables(publication: &str) -> Vec<(Option<pg_sys::Oid>, String)> {
     }))
 }
 
-/// The oid of `schema.table`, if it exists.
-fn relation_oid(schema: &str, table: &str) -> Option<pg_sys::Oid> {
-    let (schema, table) = (CString::new(schema).ok()?, CString::new(table).ok()?);
-    // SAFETY: syscache lookups with NUL-terminated names; missing_ok = true.
-    unsafe {
-        let nsp = pg_sys::get_namespace_oid(schema.as_ptr(), true);
-        if nsp == pg_sys::InvalidOid {
-            return None;
-        }
-        let rel = pg_sys::get_relname_relid(table.as_ptr(), nsp);
-        (rel != pg_sys::InvalidOid).then_some(rel)
-    }
+/// Whether a relation with this OID exists now.
+fn relation_exists(oid: pg_sys::Oid) -> bool {
+    // SAFETY: a syscache lookup; NULL when there is no such relation.
+    !unsafe { pg_sys::get_rel_name(oid) }.is_null()
 }
 
 fn quote_ident(s: &str) -> String {
@@ -988,7 +992,8 @@ fn quote_ident(s: &str) -> String {
 
 /// 42501 unless `role` may see every row of every table in `tables` (oid, display name):
 /// SELECT on the table, and row-level security does not apply to it (pgcdc cannot apply
-/// policies to change events). A table that no longer exists can be read by superusers only.
+/// policies to change events). A table that no longer exists (None) can be read by superusers
+/// only.
 fn require_readable(role: pg_sys::Oid, feed: &Feed, tables: Vec<(Option<pg_sys::Oid>, String)>) {
     if access::is_superuser(role) {
         return;
@@ -1037,11 +1042,11 @@ fn require_readable(role: pg_sys::Oid, feed: &Feed, tables: Vec<(Option<pg_sys::
         raise(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             format!(
-                "permission denied to read feed \"{}\": its events come from {}, which no longer exist(s)",
+                "permission denied to read feed \"{}\": its events come from {}, dropped since",
                 feed.name,
                 gone.join(", ")
             ),
-            Some("Only a superuser can read events of dropped or renamed tables; acknowledge past them with pgcdc.ack(feed, commit_lsn, ordinal) to skip them.".into()),
+            Some("Only a superuser can read events of dropped tables (a table created later under the same name is another table); acknowledge past them with pgcdc.ack(feed, commit_lsn, ordinal) to skip them.".into()),
         );
     }
 }
@@ -1069,7 +1074,7 @@ fn ack(feed: Option<&str>, lsn: Option<PgLsn>, ordinal: default!(Option<i32>, "N
     };
     access::as_extension_owner(|| {
         let f = lock_by_id(id, RowLock::NoKeyUpdate).unwrap_or_else(|| missing_feed(feed));
-        let (last_staged, complete_lsn): (Option<Position>, Lsn) = spi_ok(Spi::connect(|c| {
+        let (last_staged, complete_lsn, target_staged): (Option<Position>, Lsn, bool) = spi_ok(Spi::connect(|c| {
             let args = [f.id.into()];
             let mut last = None;
             for row in c.select(
@@ -1091,16 +1096,32 @@ fn ack(feed: Option<&str>, lsn: Option<PgLsn>, ordinal: default!(Option<i32>, "N
                 .flatten()
                 .map(|l| l.0)
                 .unwrap_or_default();
-            Ok((last, complete))
+            // Is the target itself staged for this feed: that event, or (whole transactions)
+            // an event of that transaction?
+            let wanted = target.position();
+            let args = [f.id.into(), PgLsn(wanted.commit_lsn).into(), (wanted.ordinal as i32).into()];
+            let staged = match target {
+                AckTarget::UpTo(_) => c.select(
+                    "SELECT 1 FROM pgcdc.event WHERE feed_id = $1 AND commit_lsn = $2 AND ordinal = $3",
+                    Some(1),
+                    &args,
+                )?,
+                AckTarget::Transactions(_) => c.select(
+                    "SELECT 1 FROM pgcdc.event WHERE feed_id = $1 AND commit_lsn = $2 LIMIT 1",
+                    Some(1),
+                    &args[..2],
+                )?,
+            };
+            Ok((last, complete, !staged.is_empty()))
         }));
-        let delivered = Delivered { acked: f.acked, last_staged, complete_lsn };
+        let delivered = Delivered { acked: f.acked, last_staged, complete_lsn, target_staged };
         let new_acked = match delivered.resolve(target) {
             Ok(None) => return 0,
             Ok(Some(p)) => p,
             Err(e) => {
                 let hint = match e {
-                    AckError::BeyondDelivered { .. } => {
-                        "Acknowledge a position pgcdc.read returned: its commit_lsn and ordinal, or a commit_lsn alone once the whole transaction was read."
+                    AckError::BeyondDelivered { .. } | AckError::NotStaged { .. } => {
+                        "Acknowledge a position pgcdc.read returned for this feed: its commit_lsn and ordinal, or a commit_lsn alone once the whole transaction was read."
                     }
                     AckError::TransactionIncomplete { .. } => {
                         "Acknowledge by position: pgcdc.ack(feed, commit_lsn, ordinal) of the last event you read."
@@ -1109,48 +1130,76 @@ fn ack(feed: Option<&str>, lsn: Option<PgLsn>, ordinal: default!(Option<i32>, "N
                 raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, e.to_string(), Some(hint.into()))
             }
         };
-        let removed = spi_ok(Spi::connect_mut(|c| {
-            let args = [
-                f.id.into(),
-                PgLsn(new_acked.commit_lsn).into(),
-                (new_acked.ordinal as i32).into(),
-                PgLsn(f.acked.commit_lsn).into(),
-                (f.acked.ordinal as i32).into(),
-            ];
-            // Everything at or below the previous acknowledged position is gone already: the
-            // lower bound keeps the index scan to the newly acknowledged range.
-            let row = c
-                .update(
-                    "WITH gone AS (DELETE FROM pgcdc.event WHERE feed_id = $1 \
-                     AND (commit_lsn, ordinal) > ($4, $5) AND (commit_lsn, ordinal) <= ($2, $3) \
-                     RETURNING coalesce(octet_length(value), 0) + coalesce(octet_length(key), 0) AS bytes) \
-                     SELECT count(*), coalesce(sum(bytes), 0)::int8 FROM gone",
-                    None,
-                    &args,
-                )?
-                .first();
-            let removed = row.get::<i64>(1)?.unwrap_or(0);
-            let bytes = row.get::<i64>(2)?.unwrap_or(0);
-            c.update(
-                "UPDATE pgcdc.feed SET acked_lsn = $2, acked_ordinal = $3, acked_at = now() WHERE id = $1",
-                None,
-                &args[..3],
-            )?;
-            if removed > 0 {
-                // The worker's queue counters (see pgcdc.feed_runtime).
-                let args = [f.id.into(), removed.into(), bytes.into()];
-                c.update(
-                    "UPDATE pgcdc.feed_runtime SET queued_events = greatest(queued_events - $2, 0), \
-                     queued_bytes = greatest(queued_bytes - $3, 0) WHERE feed_id = $1",
-                    None,
-                    &args,
-                )?;
-            }
-            Ok(removed)
-        }));
-        wake_at_commit(false, Some(f.id));
-        removed
+        acknowledge(&f, new_acked)
     })
+}
+
+/// `pgcdc.reset_feed(name)`: discards the feed's backlog. Every change committed up to now,
+/// staged or not yet, is acknowledged: its staged events are removed and the worker skips the
+/// rest as the slot sends it. Returns the new acknowledged LSN.
+#[pg_extern(volatile)]
+#[search_path(pg_catalog, pg_temp)]
+fn reset_feed(name: Option<&str>) -> PgLsn {
+    let name = required(name, "name");
+    let id = authorize(name, "reset");
+    access::as_extension_owner(|| {
+        let f = lock_by_id(id, RowLock::NoKeyUpdate).unwrap_or_else(|| missing_feed(name));
+        // Every transaction committed so far has its commit record before the insert position
+        // (also those committed asynchronously, not yet written).
+        // SAFETY: reads the WAL insert position.
+        let now = Lsn(unsafe { pg_sys::GetXLogInsertRecPtr() });
+        let to = Position::whole(now).max(f.acked);
+        acknowledge(&f, to);
+        PgLsn(to.commit_lsn)
+    })
+}
+
+/// Moves the (locked) feed's acknowledged position to `new_acked`, removes the events at or
+/// below it and lowers the queue counters; wakes the worker at commit. Returns how many events
+/// it removed.
+fn acknowledge(f: &Feed, new_acked: Position) -> i64 {
+    let removed = spi_ok(Spi::connect_mut(|c| {
+        let args = [
+            f.id.into(),
+            PgLsn(new_acked.commit_lsn).into(),
+            (new_acked.ordinal as i32).into(),
+            PgLsn(f.acked.commit_lsn).into(),
+            (f.acked.ordinal as i32).into(),
+        ];
+        // Everything at or below the previous acknowledged position is gone already: the
+        // lower bound keeps the index scan to the newly acknowledged range.
+        let row = queue::removing(|| {
+            c.update(
+                "WITH gone AS (DELETE FROM pgcdc.event WHERE feed_id = $1 \
+                 AND (commit_lsn, ordinal) > ($4, $5) AND (commit_lsn, ordinal) <= ($2, $3) \
+                 RETURNING coalesce(octet_length(value), 0) + coalesce(octet_length(key), 0) AS bytes) \
+                 SELECT count(*), coalesce(sum(bytes), 0)::int8 FROM gone",
+                None,
+                &args,
+            )
+        })?
+        .first();
+        let removed = row.get::<i64>(1)?.unwrap_or(0);
+        let bytes = row.get::<i64>(2)?.unwrap_or(0);
+        c.update(
+            "UPDATE pgcdc.feed SET acked_lsn = $2, acked_ordinal = $3, acked_at = now() WHERE id = $1",
+            None,
+            &args[..3],
+        )?;
+        if removed > 0 {
+            // The worker's queue counters (see pgcdc.feed_runtime).
+            let args = [f.id.into(), removed.into(), bytes.into()];
+            c.update(
+                "UPDATE pgcdc.feed_runtime SET queued_events = greatest(queued_events - $2, 0), \
+                 queued_bytes = greatest(queued_bytes - $3, 0) WHERE feed_id = $1",
+                None,
+                &args,
+            )?;
+        }
+        Ok(removed)
+    }));
+    wake_at_commit(false, Some(f.id));
+    removed
 }
 
 fn current_database() -> String {

@@ -73,7 +73,7 @@ struct Snapshot {
 pub extern "C-unwind" fn pgcdc_launcher_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     BackgroundWorker::connect_worker_to_spi(Some(&gucs::database()), None);
-    access::pin_search_path_for_process();
+    access::pin_settings_for_process();
     // SAFETY: reports a NUL-terminated string to pg_stat_activity on the main thread.
     unsafe { pg_sys::pgstat_report_appname(c"pgcdc launcher".as_ptr()) };
     log!("pgcdc launcher started in database \"{}\"", gucs::database());
@@ -178,14 +178,16 @@ fn collect_rows_of_dropped_feeds(ids: &[i32]) {
     let removed: i64 = feed::spi_ok(Spi::connect_mut(|c| {
         let args = [ids.to_vec().into()];
         let mut removed = 0;
-        for row in c.update(
-            "WITH gone AS (SELECT unnest($1::int4[]) AS id EXCEPT SELECT id FROM pgcdc.feed), \
+        for row in crate::queue::removing(|| {
+            c.update(
+                "WITH gone AS (SELECT unnest($1::int4[]) AS id EXCEPT SELECT id FROM pgcdc.feed), \
              e AS (DELETE FROM pgcdc.event WHERE feed_id IN (SELECT id FROM gone) RETURNING 1), \
              r AS (DELETE FROM pgcdc.feed_runtime WHERE feed_id IN (SELECT id FROM gone) RETURNING 1) \
              SELECT (SELECT count(*) FROM e) + (SELECT count(*) FROM r)",
-            None,
-            &args,
-        )? {
+                None,
+                &args,
+            )
+        })? {
             removed += row.get::<i64>(1)?.unwrap_or(0);
         }
         Ok(removed)

@@ -132,19 +132,35 @@ mod tests {
     }
 
     fn event(commit: u64, ordinal: u32, value: &str) -> Row {
-        Row::from_event(Event {
-            op: Op::Create,
-            commit_lsn: Lsn(commit),
-            ordinal,
-            lsn: Lsn(commit - 10 + u64::from(ordinal)),
-            xid: Some(700),
-            schema: "public".into(),
-            table: "t".into(),
-            topic: "f.public.t".into(),
-            key: Some("{\"id\":1}".into()),
-            value: Some(value.into()),
-            headers: vec![("__debezium.oldkey".into(), "{\"id\":0}".into())],
-        })
+        Row::from_event(
+            Event {
+                op: Op::Create,
+                commit_lsn: Lsn(commit),
+                ordinal,
+                lsn: Lsn(commit - 10 + u64::from(ordinal)),
+                xid: Some(700),
+                schema: "public".into(),
+                table: "t".into(),
+                topic: "f.public.t".into(),
+                key: Some("{\"id\":1}".into()),
+                value: Some(value.into()),
+                headers: vec![("__debezium.oldkey".into(), "{\"id\":0}".into())],
+            },
+            Some(pg_sys::Oid::from(PG_CLASS)),
+        )
+    }
+
+    /// The relation the test events name as theirs (any existing one).
+    const PG_CLASS: u32 = 1259;
+
+    fn relids_staged(feed_id: i32) -> Vec<Option<u32>> {
+        let rows = Spi::get_one_with_args::<Vec<Option<pg_sys::Oid>>>(
+            "SELECT array_agg(relid ORDER BY commit_lsn, ordinal) FROM pgcdc.event WHERE feed_id = $1",
+            &[feed_id.into()],
+        )
+        .unwrap()
+        .unwrap_or_default();
+        rows.into_iter().map(|o| o.map(u32::from)).collect()
     }
 
     /// A feed row without a slot or a worker: enough for the queue functions (rolled back).
@@ -168,6 +184,7 @@ mod tests {
             .unwrap();
         stager.stage(id, &[event(0x200, 2, "{\"b\":2}")]).unwrap();
         assert!(stager.is_direct(), "pgcdc.event has its own shape: the fast path is used");
+        assert_eq!(relids_staged(id), vec![Some(PG_CLASS); 4], "the fast path stores the relation's OID");
 
         let rows = Spi::get_one::<String>(
             "SELECT string_agg(commit_lsn || '#' || ordinal || '=' || event::text, ' ' ORDER BY commit_lsn, ordinal) \
@@ -222,6 +239,7 @@ mod tests {
         stager.stage(id, &[event(0x200, 1, "{\"b\":1}")]).unwrap(); // the kept plan, reused
         assert!(!stager.is_direct());
         assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM pgcdc.read('alt', 10)").unwrap(), Some(3));
+        assert_eq!(relids_staged(id), vec![Some(PG_CLASS); 3], "the SQL path stores the relation's OID");
         let headers = Spi::get_one::<String>("SELECT headers::text FROM pgcdc.read('alt', 1)").unwrap().unwrap();
         assert_eq!(headers, "{\"__debezium.oldkey\": {\"id\": 0}}");
     }

@@ -12,13 +12,19 @@
 //! ## What `pgcdc.ack` means
 //!
 //! * `ack(feed, lsn, ordinal)`: every event at a position `<= (lsn, ordinal)` is consumed. The
-//!   position must have been delivered (staged), or lie in a transaction that is completely
-//!   staged.
+//!   position must be at or below the acknowledged one (a no-op) or **an event staged for this
+//!   feed now**, i.e. one `read` can return: a computed position, or one of another feed,
+//!   would acknowledge events nobody read, so it is refused.
 //! * `ack(feed, lsn)`: every event of every transaction whose commit LSN is `<= lsn` is
-//!   consumed. Those transactions must be completely staged; acknowledging a transaction that
-//!   is still being staged is refused, because the caller cannot have read its end yet. A
-//!   consumer that read a transaction only partly (a `read` limit cut it) acknowledges by
-//!   position instead.
+//!   consumed. `lsn` must be the commit LSN of events staged for this feed now (or of the
+//!   acknowledged position): an LSN cannot say which feed it came from, but one this feed
+//!   never staged events at is certainly not one its reader read (nor `pg_current_wal_lsn()`;
+//!   `pgcdc.reset_feed` is the way to skip everything). Those transactions must be completely
+//!   staged; acknowledging a transaction that is still being staged is refused, because the
+//!   caller cannot have read its end yet. A consumer that read a transaction only partly (a
+//!   `read` limit cut it) acknowledges by position instead. (Two feeds publishing the same
+//!   table stage its changes at the same positions: such a position means the same change in
+//!   both, which the server cannot tell apart.)
 //!
 //! The acknowledged position is durable (logged catalog `pgcdc.feed`). Acknowledged events
 //! are deleted from the queue and never staged again: after any restart the worker skips
@@ -116,6 +122,8 @@ impl AckTarget {
 pub enum AckError {
     /// Nothing at that position has been delivered yet.
     BeyondDelivered { requested: Position, delivered: Position },
+    /// Below what was delivered, but not an event staged for this feed.
+    NotStaged { requested: Position },
     /// The transaction is still being staged; acknowledge by position.
     TransactionIncomplete { commit_lsn: Lsn, delivered: Position },
 }
@@ -128,6 +136,15 @@ impl fmt::Display for AckError {
             }
             AckError::BeyondDelivered { requested, delivered } => {
                 write!(f, "cannot acknowledge {requested}: events have been delivered only up to {delivered}")
+            }
+            AckError::NotStaged { requested } if requested.ordinal == WHOLE_TRANSACTION => write!(
+                f,
+                "cannot acknowledge the transactions committed up to {}: no event of this feed committed \
+                 at that LSN is staged",
+                requested.commit_lsn
+            ),
+            AckError::NotStaged { requested } => {
+                write!(f, "cannot acknowledge {requested}: it is not the position of an event staged for this feed")
             }
             AckError::TransactionIncomplete { commit_lsn, delivered } => write!(
                 f,
@@ -147,6 +164,9 @@ pub struct Delivered {
     pub last_staged: Option<Position>,
     /// Commit LSN of the last transaction the worker has staged completely (0 if unknown).
     pub complete_lsn: Lsn,
+    /// Whether the target is staged: the event at an `UpTo` position, or any event committed
+    /// at a `Transactions` LSN.
+    pub target_staged: bool,
 }
 
 impl Delivered {
@@ -171,17 +191,20 @@ impl Delivered {
         }
         let delivered = self.high_water();
         let commit_lsn = wanted.commit_lsn;
-        let ok = match target {
-            AckTarget::UpTo(p) => p <= delivered || self.is_complete(commit_lsn),
-            AckTarget::Transactions(_) => self.is_complete(commit_lsn),
-        };
-        if ok {
-            return Ok(Some(wanted));
+        // The rest of a partly acknowledged transaction may have no staged event left.
+        let known =
+            self.target_staged || matches!(target, AckTarget::Transactions(_)) && commit_lsn == self.acked.commit_lsn;
+        if !known {
+            return Err(if wanted > delivered {
+                AckError::BeyondDelivered { requested: wanted, delivered }
+            } else {
+                AckError::NotStaged { requested: wanted }
+            });
         }
-        if delivered.commit_lsn == commit_lsn || commit_lsn < delivered.commit_lsn {
-            Err(AckError::TransactionIncomplete { commit_lsn, delivered })
-        } else {
-            Err(AckError::BeyondDelivered { requested: wanted, delivered })
+        match target {
+            AckTarget::UpTo(_) => Ok(Some(wanted)),
+            AckTarget::Transactions(_) if self.is_complete(commit_lsn) => Ok(Some(wanted)),
+            AckTarget::Transactions(_) => Err(AckError::TransactionIncomplete { commit_lsn, delivered }),
         }
     }
 }
@@ -410,42 +433,66 @@ mod tests {
     }
 
     #[test]
-    fn ack_by_position_must_be_delivered() {
-        let d = Delivered {
+    fn ack_by_position_must_be_a_staged_event() {
+        let d = |target_staged| Delivered {
             acked: Position::new(l(100), 1),
             last_staged: Some(Position::new(l(200), 3)),
             complete_lsn: l(100),
+            target_staged,
         };
-        assert_eq!(d.resolve(AckTarget::UpTo(Position::new(l(100), 1))), Ok(None), "repeat");
-        assert_eq!(d.resolve(AckTarget::UpTo(Position::new(l(50), 9))), Ok(None), "older");
-        assert_eq!(d.resolve(AckTarget::UpTo(Position::new(l(200), 2))), Ok(Some(Position::new(l(200), 2))));
-        assert_eq!(d.resolve(AckTarget::UpTo(Position::new(l(200), 3))), Ok(Some(Position::new(l(200), 3))));
+        assert_eq!(d(false).resolve(AckTarget::UpTo(Position::new(l(100), 1))), Ok(None), "repeat");
+        assert_eq!(d(false).resolve(AckTarget::UpTo(Position::new(l(50), 9))), Ok(None), "older");
+        assert_eq!(d(true).resolve(AckTarget::UpTo(Position::new(l(200), 2))), Ok(Some(Position::new(l(200), 2))));
+        assert_eq!(d(true).resolve(AckTarget::UpTo(Position::new(l(200), 3))), Ok(Some(Position::new(l(200), 3))));
+        // Below the last staged event but not one of this feed's (another feed's, or computed).
+        assert_eq!(
+            d(false).resolve(AckTarget::UpTo(Position::new(l(150), 4))),
+            Err(AckError::NotStaged { requested: Position::new(l(150), 4) })
+        );
         assert!(matches!(
-            d.resolve(AckTarget::UpTo(Position::new(l(200), 4))),
-            Err(AckError::TransactionIncomplete { .. })
+            d(false).resolve(AckTarget::UpTo(Position::new(l(200), 4))),
+            Err(AckError::BeyondDelivered { .. })
         ));
-        assert!(matches!(d.resolve(AckTarget::UpTo(Position::new(l(300), 1))), Err(AckError::BeyondDelivered { .. })));
+        assert!(matches!(
+            d(false).resolve(AckTarget::UpTo(Position::new(l(300), 1))),
+            Err(AckError::BeyondDelivered { .. })
+        ));
     }
 
     #[test]
-    fn ack_of_whole_transactions_needs_them_complete() {
-        let d = Delivered { acked: Position::ZERO, last_staged: Some(Position::new(l(200), 3)), complete_lsn: l(100) };
+    fn ack_of_whole_transactions_needs_them_staged_and_complete() {
+        let d = |target_staged, complete_lsn| Delivered {
+            acked: Position::ZERO,
+            last_staged: Some(Position::new(l(200), 3)),
+            complete_lsn: l(complete_lsn),
+            target_staged,
+        };
         assert_eq!(
-            d.resolve(AckTarget::Transactions(l(150))),
+            d(true, 100).resolve(AckTarget::Transactions(l(150))),
             Ok(Some(Position::whole(l(150)))),
             "everything before the last staged transaction is complete"
         );
-        assert!(matches!(d.resolve(AckTarget::Transactions(l(200))), Err(AckError::TransactionIncomplete { .. })));
-        assert!(matches!(d.resolve(AckTarget::Transactions(l(250))), Err(AckError::BeyondDelivered { .. })));
-        let done = Delivered { complete_lsn: l(200), ..d };
-        assert_eq!(done.resolve(AckTarget::Transactions(l(200))), Ok(Some(Position::whole(l(200)))));
-        // A transaction with no events after the last staged one, reported complete.
-        let later = Delivered { complete_lsn: l(400), ..d };
-        assert_eq!(later.resolve(AckTarget::Transactions(l(300))), Ok(Some(Position::whole(l(300)))));
         assert_eq!(
-            later.resolve(AckTarget::UpTo(Position::new(l(200), 99))),
-            Ok(Some(Position::new(l(200), 99))),
-            "past the end of a complete transaction is the whole transaction"
+            d(false, 100).resolve(AckTarget::Transactions(l(150))),
+            Err(AckError::NotStaged { requested: Position::whole(l(150)) }),
+            "no event of this feed committed at that LSN"
         );
+        assert!(matches!(
+            d(true, 100).resolve(AckTarget::Transactions(l(200))),
+            Err(AckError::TransactionIncomplete { .. })
+        ));
+        assert!(matches!(
+            d(false, 100).resolve(AckTarget::Transactions(l(250))),
+            Err(AckError::BeyondDelivered { .. })
+        ));
+        assert_eq!(d(true, 200).resolve(AckTarget::Transactions(l(200))), Ok(Some(Position::whole(l(200)))));
+        // The rest of a partly acknowledged transaction, nothing of it staged any more.
+        let partly = Delivered {
+            acked: Position::new(l(200), 3),
+            last_staged: None,
+            complete_lsn: l(200),
+            target_staged: false,
+        };
+        assert_eq!(partly.resolve(AckTarget::Transactions(l(200))), Ok(Some(Position::whole(l(200)))));
     }
 }

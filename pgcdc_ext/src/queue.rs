@@ -6,6 +6,7 @@
 //! batch's transaction. Events are stored as JSON **text** (not jsonb: about 3x cheaper to
 //! stage); `pgcdc.read` returns them as `json` without re-parsing.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use pgcdc_core::debezium::{Event, Op};
@@ -30,6 +31,9 @@ pub struct Row {
     /// Shared with the encoder's relation cache: no copy per event.
     pub schema: Arc<str>,
     pub table: Arc<str>,
+    /// The relation the event comes from (None for messages and transaction records): `read`
+    /// checks privileges on this relation, never on whatever carries its name later.
+    pub relid: Option<pg_sys::Oid>,
     pub topic: Arc<str>,
     pub key: Option<String>,
     pub value: Option<String>,
@@ -48,7 +52,8 @@ pub fn op_name(op: Op) -> &'static str {
 }
 
 impl Row {
-    pub fn from_event(ev: Event) -> Row {
+    /// `relid`: the relation of a table event (see [`Row::relid`]).
+    pub fn from_event(ev: Event, relid: Option<pg_sys::Oid>) -> Row {
         let headers = (!ev.headers.is_empty()).then(|| {
             let mut s = String::from("{");
             for (i, (name, value)) in ev.headers.iter().enumerate() {
@@ -69,6 +74,7 @@ impl Row {
             op: op_name(ev.op),
             schema: ev.schema,
             table: ev.table,
+            relid,
             topic: ev.topic,
             key: ev.key,
             value: ev.value,
@@ -125,10 +131,10 @@ impl Row {
 }
 
 const INSERT_SQL: &str = "INSERT INTO pgcdc.event \
-     (feed_id, commit_lsn, ordinal, lsn, xid, op, schema_name, table_name, topic, key, value, headers) \
+     (feed_id, commit_lsn, ordinal, lsn, xid, op, schema_name, table_name, relid, topic, key, value, headers) \
      SELECT $1, unnest($2::pg_lsn[]), unnest($3::int4[]), unnest($4::pg_lsn[]), unnest($5::int8[]), \
-            unnest($6::text[]), unnest($7::text[]), unnest($8::text[]), unnest($9::text[]), \
-            unnest($10::text[]), unnest($11::text[]), unnest($12::text[])::jsonb";
+            unnest($6::text[]), unnest($7::text[]), unnest($8::text[]), unnest($9::oid[]), unnest($10::text[]), \
+            unnest($11::text[]), unnest($12::text[]), unnest($13::text[])::jsonb";
 
 /// The columns of `pgcdc.event`, in order, that the direct path fills, with their types
 /// and whether they may be NULL.
@@ -141,6 +147,7 @@ const EVENT_COLUMNS: &[(&str, pg_sys::Oid, bool)] = &[
     ("op", pg_sys::TEXTOID, false),
     ("schema_name", pg_sys::TEXTOID, false),
     ("table_name", pg_sys::TEXTOID, false),
+    ("relid", pg_sys::OIDOID, true),
     ("topic", pg_sys::TEXTOID, false),
     ("key", pg_sys::TEXTOID, true),
     ("value", pg_sys::TEXTOID, true),
@@ -202,6 +209,7 @@ impl Stager {
         let mut op = Vec::with_capacity(n);
         let mut schema = Vec::with_capacity(n);
         let mut table = Vec::with_capacity(n);
+        let mut relid = Vec::with_capacity(n);
         let mut topic = Vec::with_capacity(n);
         let mut key = Vec::with_capacity(n);
         let mut value = Vec::with_capacity(n);
@@ -214,6 +222,7 @@ impl Stager {
             op.push(r.op);
             schema.push(&*r.schema);
             table.push(&*r.table);
+            relid.push(r.relid);
             topic.push(&*r.topic);
             key.push(r.key.as_deref());
             value.push(r.value.as_deref());
@@ -231,6 +240,7 @@ impl Stager {
                     text,
                     text,
                     text,
+                    PgOid::from(pg_sys::OIDARRAYOID),
                     text,
                     text,
                     text,
@@ -247,6 +257,7 @@ impl Stager {
                 op.into(),
                 schema.into(),
                 table.into(),
+                relid.into(),
                 topic.into(),
                 key.into(),
                 value.into(),
@@ -287,10 +298,9 @@ unsafe fn shape_ok(rel: pg_sys::Relation) -> bool {
     unsafe {
         let form = &*(*rel).rd_rel;
         if form.relkind != pg_sys::RELKIND_RELATION as std::ffi::c_char
-            || form.relhastriggers
             || form.relhasrules
-            || !(*rel).trigdesc.is_null()
             || !(*rel).rd_rules.is_null()
+            || fires_on_insert((*rel).trigdesc)
         {
             return false;
         }
@@ -312,6 +322,24 @@ unsafe fn shape_ok(rel: pg_sys::Relation) -> bool {
                 // The fast path writes NULLs only where the table allows them.
                 && !(nullable && a.attnotnull)
         })
+    }
+}
+
+/// Whether any trigger of the relation fires on INSERT (the fast path fires none). pgcdc's own
+/// triggers on the queue fire on DELETE and TRUNCATE only (sql/pgcdc_finalize.sql).
+///
+/// # Safety
+/// `trigdesc` is the open relation's trigger descriptor (or NULL).
+unsafe fn fires_on_insert(trigdesc: *const pg_sys::TriggerDesc) -> bool {
+    // SAFETY: a read of the relcache entry's trigger flags.
+    unsafe {
+        let Some(t) = trigdesc.as_ref() else { return false };
+        t.trig_insert_before_row
+            || t.trig_insert_after_row
+            || t.trig_insert_instead_row
+            || t.trig_insert_before_statement
+            || t.trig_insert_after_statement
+            || t.trig_insert_new_table
     }
 }
 
@@ -426,7 +454,7 @@ impl Direct {
                             Some(s) => (f(s), false),
                             None => (pg_sys::Datum::from(0usize), true),
                         };
-                        let cols: [(pg_sys::Datum, bool); 13] = [
+                        let cols: [(pg_sys::Datum, bool); 14] = [
                             (pg_sys::Datum::from(feed_id), false),
                             (pg_sys::Datum::from(r.position.commit_lsn.0), false),
                             (pg_sys::Datum::from(r.position.ordinal as i32), false),
@@ -438,6 +466,10 @@ impl Direct {
                             (text_of(0, r.op), false),
                             (text_of(1, &r.schema), false),
                             (text_of(2, &r.table), false),
+                            match r.relid {
+                                Some(oid) => (pg_sys::Datum::from(oid), false),
+                                None => (pg_sys::Datum::from(0usize), true),
+                            },
                             (text_of(3, &r.topic), false),
                             opt(r.key.as_deref(), text_datum),
                             opt(r.value.as_deref(), text_datum),
@@ -545,18 +577,85 @@ pub fn queued_counters(feed_id: i32) -> (i64, i64) {
     }))
 }
 
-/// Staged events and their bytes (key + value) for a feed, counted in the queue.
-pub fn staged_totals(feed_id: i32) -> Result<(i64, i64), pgrx::spi::Error> {
-    Spi::connect(|c| {
+/// Staged events and their bytes (key + value) for a feed, counted in the queue while no
+/// acknowledgement can commit: the feed row is locked `FOR NO KEY UPDATE` first (as `ack`
+/// locks it), and the count runs under a snapshot taken after the lock (the lock assigns a
+/// transaction id, so SPI takes a new snapshot per statement; the worker runs READ COMMITTED).
+/// An ack committed before is in the count, a later one waits for this transaction: counters
+/// written from this count in the same transaction lose no decrement.
+///
+/// `wait = false`: None instead of waiting when an ack holds the lock (or the feed is gone).
+/// Take it before anything else in the transaction that `ack` also locks
+/// (`pgcdc.feed_runtime`), or the two deadlock.
+pub fn count_locked(feed_id: i32, wait: bool) -> Result<Option<(i64, i64)>, pgrx::spi::Error> {
+    Spi::connect_mut(|c| {
         let args = [feed_id.into()];
+        let lock = if wait {
+            "SELECT 1 FROM pgcdc.feed WHERE id = $1 FOR NO KEY UPDATE"
+        } else {
+            "SELECT 1 FROM pgcdc.feed WHERE id = $1 FOR NO KEY UPDATE SKIP LOCKED"
+        };
+        if c.update(lock, Some(1), &args)?.is_empty() {
+            return Ok(None);
+        }
         let row = c
-            .select(
+            .update(
                 "SELECT count(*), coalesce(sum(coalesce(octet_length(value), 0) \
                  + coalesce(octet_length(key), 0)), 0)::int8 FROM pgcdc.event WHERE feed_id = $1",
                 None,
                 &args,
             )?
             .first();
-        Ok((row.get::<i64>(1)?.unwrap_or(0), row.get::<i64>(2)?.unwrap_or(0)))
+        Ok(Some((row.get::<i64>(1)?.unwrap_or(0), row.get::<i64>(2)?.unwrap_or(0))))
     })
+}
+
+/// Set while pgcdc itself removes rows from the queue ([`removing`]).
+static REMOVING: AtomicBool = AtomicBool::new(false);
+
+/// Runs `f`, in which pgcdc removes rows from `pgcdc.event` (`ack`, `drop_feed`, `reset_feed`):
+/// [`event_guard`] lets them through.
+pub fn removing<R>(f: impl FnOnce() -> R) -> R {
+    /// Restores the flag, also when `f` raises an ERROR (it unwinds through here).
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            REMOVING.store(self.0, Ordering::Relaxed);
+        }
+    }
+    let _restore = Restore(REMOVING.swap(true, Ordering::Relaxed));
+    f()
+}
+
+/// `BEFORE DELETE OR TRUNCATE` statement trigger on `pgcdc.event` (sql/pgcdc_finalize.sql,
+/// `ENABLE ALWAYS`): the queue is a cache of the slots that only pgcdc may shrink. Rows removed
+/// by hand would be lost for good: the worker has moved past them and never stages them again,
+/// while acknowledged positions, counters and the slot's confirmed position all assume they
+/// are still there. Only acknowledging (or `reset_feed`/`drop_feed`) removes events.
+#[pg_trigger]
+fn event_guard<'a>(
+    trigger: &'a pgrx::PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, pgrx::AllocatedByPostgres>>, pgrx::heap_tuple::PgHeapTupleError> {
+    if !REMOVING.load(Ordering::Relaxed) {
+        let what = match trigger.op() {
+            Ok(pgrx::PgTriggerOperation::Truncate) => "TRUNCATE",
+            _ => "DELETE FROM",
+        };
+        pgrx::pg_sys::panic::ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("cannot {what} pgcdc.event: only pgcdc removes staged events"),
+            "pgcdc",
+        )
+        .set_detail(
+            "pgcdc.event caches what the feeds' replication slots hold: the feed workers have moved past \
+             staged events and would never stage them again, so removing them by hand would lose them.",
+        )
+        .set_hint(
+            "Acknowledge events to remove them: SELECT pgcdc.ack(feed, commit_lsn, ordinal). To discard a \
+             feed's whole backlog: SELECT pgcdc.reset_feed(feed). To start over: pgcdc.drop_feed and \
+             pgcdc.create_feed.",
+        )
+        .report(PgLogLevel::ERROR);
+    }
+    Ok(None)
 }

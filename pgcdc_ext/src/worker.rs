@@ -5,7 +5,9 @@
 //!  start:  search_path pinned; in recovery (hot standby): exit 0
 //!          feed row (exit 0 unless running) -> advisory lock (one worker per feed)
 //!          -> slot/publication checks (missing or invalidated: error state, exit 0)
-//!          -> dedupe floor = max(acked, last staged) -> stream thread
+//!          -> dedupe floor = max(acked, last staged)
+//!          -> queue counters from a count taken under the feed row lock ack takes
+//!          -> stream thread
 //!  loop:   wait (latch | pipe | 1 s) -> one transaction:
 //!            re-read the feed row (paused/dropped: exit 0; options changed: exit 1 = restart)
 //!            queue at its cap? stop draining (WAL is retained) until acks make room
@@ -13,7 +15,8 @@
 //!              skip positions <= floor
 //!            lock the feed row FOR KEY SHARE (dropped meanwhile: stage nothing, exit 0)
 //!            INSERT the batch, NOTIFY, update pgcdc.feed_runtime (+ queue counters)
-//!          commit -> acks moved? XLogFlush (the ack is durable before the slot moves)
+//!          commit -> acks moved? XLogFlush up to the end of the WAL inserted when the new
+//!                    ack was seen (the ack is durable before the slot moves)
 //!                 -> confirm to the walsender what is fully acknowledged (position.rs)
 //! ```
 //!
@@ -35,7 +38,8 @@
 
 use std::time::{Duration, Instant};
 
-use pgcdc_core::debezium::{Encoder, Event};
+use pgcdc_core::catalog::TypeKind;
+use pgcdc_core::debezium::{CatalogSource, Encoder, Event};
 use pgcdc_core::pgoutput::{Begin, Commit, Decoder, LogicalMessage, Message};
 use pgcdc_core::Lsn;
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
@@ -65,7 +69,7 @@ const EXTENSION_SCHEMA: &str = "pgcdc";
 pub const BATCH_BYTES: i64 = 64 << 20;
 
 /// While at the queue cap, the tracked queue counters are checked against the queue itself
-/// this often (they drift only if someone deletes from pgcdc.event by hand).
+/// this often (they can drift only if someone disables the queue's triggers and deletes rows).
 const CAP_RECOUNT: Duration = Duration::from_secs(60);
 
 /// `bgw_type` of feed workers.
@@ -87,7 +91,7 @@ pub extern "C-unwind" fn pgcdc_feed_worker_main(arg: pg_sys::Datum) {
     BackgroundWorker::connect_worker_to_spi(Some(&gucs::database()), None);
     // Database/role settings (ALTER DATABASE ... SET search_path) applied at connection
     // must not change what this superuser process's SQL means.
-    access::pin_search_path_for_process();
+    access::pin_settings_for_process();
     // SAFETY: a read of shared recovery state.
     if unsafe { pg_sys::RecoveryInProgress() } {
         // A hot standby (or a server still recovering): feeds run on the primary only.
@@ -153,6 +157,8 @@ struct Worker {
     stream: Option<Stream>,
     decoder: Decoder,
     encoder: Encoder,
+    /// The encoder's catalog lookups (and this worker's own, see `refresh_types`).
+    catalog: SpiCatalog,
     confirmer: Confirmer,
     stager: Stager,
     acked: Position,
@@ -286,9 +292,12 @@ impl Worker {
         }
 
         let last_staged = feed::spi_ok(queue::last_staged(feed_id));
-        // One count at start (the queue may hold events of an earlier worker); from then on
-        // the counters in pgcdc.feed_runtime are kept up to date incrementally.
-        let (staged_rows, staged_bytes) = feed::spi_ok(queue::staged_totals(feed_id));
+        // One count at start (the queue may hold events of an earlier worker), while no ack
+        // can commit; from then on the counters in pgcdc.feed_runtime are kept up to date
+        // incrementally. Before write_runtime: that locks the runtime row, which ack updates.
+        let Some((staged_rows, staged_bytes)) = feed::spi_ok(queue::count_locked(feed_id, true)) else {
+            return Err(0); // dropped meanwhile
+        };
         let failures: i32 = feed::spi_ok(Spi::connect(|c| {
             let args = [feed_id.into()];
             c.select("SELECT failures FROM pgcdc.feed_runtime WHERE feed_id = $1", None, &args)?
@@ -316,6 +325,7 @@ impl Worker {
             stream: None,
             decoder: Decoder::new(1),
             encoder,
+            catalog: SpiCatalog::default(),
             confirmer: Confirmer::new(),
             stager: Stager::default(),
             tx_last_ordinal: 0,
@@ -338,8 +348,7 @@ impl Worker {
         if !worker.write_runtime("starting") {
             return Err(0); // dropped meanwhile
         }
-        // Absolute counters once (an ack committed since our count is lost from them; the
-        // cap's periodic recount repairs that).
+        // Absolute counters once: exact, no ack commits between the count and this update.
         feed::spi_ok(Spi::connect_mut(|c| {
             let args = [feed_id.into(), staged_rows.into(), staged_bytes.into()];
             c.update(
@@ -511,30 +520,38 @@ impl Worker {
             self.acked = current.acked;
             self.floor = self.floor.max(self.acked);
             self.confirmer.acknowledged(self.effective_acked());
-            // SAFETY: reads the WAL insert position (the ack's commit record is before it).
-            self.ack_seen_at = Some(unsafe { pg_sys::GetXLogInsertRecPtr() });
+            // The ack's commit record ends at or before the end of the WAL inserted so far.
+            self.ack_seen_at = Some(inserted_wal_end());
         }
 
         // The queue cap: stop reading the stream (the walsender waits; WAL is retained).
         if self.over_cap() {
-            let (rows, bytes) = if self.counted_at.elapsed() >= CAP_RECOUNT {
-                // Rarely: the counters against the queue itself.
+            // Rarely: the counters against the queue itself, unless an ack is in progress
+            // (then next time; the counters are exact anyway unless someone bypassed the
+            // queue's triggers).
+            let recounted = if self.counted_at.elapsed() >= CAP_RECOUNT {
                 self.counted_at = Instant::now();
-                let counted = feed::spi_ok(queue::staged_totals(self.feed.id));
-                if counted != queue::queued_counters(self.feed.id) && feed::lock_for_worker(self.feed.id) {
-                    feed::spi_ok(Spi::connect_mut(|c| {
-                        let args = [self.feed.id.into(), counted.0.into(), counted.1.into()];
-                        c.update(
-                            "UPDATE pgcdc.feed_runtime SET queued_events = $2, queued_bytes = $3 WHERE feed_id = $1",
-                            None,
-                            &args,
-                        )?;
-                        Ok(())
-                    }));
-                }
-                counted
+                feed::spi_ok(queue::count_locked(self.feed.id, false))
             } else {
-                queue::queued_counters(self.feed.id)
+                None
+            };
+            let (rows, bytes) = match recounted {
+                Some(counted) => {
+                    if counted != queue::queued_counters(self.feed.id) && feed::lock_for_worker(self.feed.id) {
+                        feed::spi_ok(Spi::connect_mut(|c| {
+                            let args = [self.feed.id.into(), counted.0.into(), counted.1.into()];
+                            c.update(
+                                "UPDATE pgcdc.feed_runtime SET queued_events = $2, queued_bytes = $3 \
+                                 WHERE feed_id = $1",
+                                None,
+                                &args,
+                            )?;
+                            Ok(())
+                        }));
+                    }
+                    counted
+                }
+                None => queue::queued_counters(self.feed.id),
             };
             self.staged_rows = rows + self.unwritten_rows;
             self.staged_bytes = bytes + self.unwritten_bytes;
@@ -670,16 +687,18 @@ impl Worker {
                 return Ok(());
             }
             Item::Begin { final_lsn, xid, commit_time } => {
+                self.catalog.set_transaction(Some(xid));
                 self.confirmer.begin();
                 self.tx_last_ordinal = 0;
                 let msg = Message::Begin(Begin { final_lsn, commit_time, xid });
                 self.encode(final_lsn, &msg, events)?;
             }
             Item::Commit { commit_lsn, end_lsn, commit_time } => {
+                self.catalog.set_transaction(None);
                 self.received_lsn = self.received_lsn.max(end_lsn);
                 let msg = Message::Commit(Commit { flags: 0, commit_lsn, end_lsn, commit_time });
                 self.encode(commit_lsn, &msg, events)?;
-                self.take(events, rows)?;
+                self.take(events, rows, &[])?;
                 self.confirmer.commit(commit_lsn, end_lsn, self.tx_last_ordinal, self.effective_acked());
                 self.complete_lsn = commit_lsn;
                 return Ok(());
@@ -699,7 +718,7 @@ impl Worker {
                     let last = events.last().map(|ev| Position::new(ev.commit_lsn, ev.ordinal));
                     debug_assert!(events.iter().all(|ev| ev.ordinal == STANDALONE_ORDINAL));
                     let saved = self.tx_last_ordinal;
-                    self.take(events, rows)?;
+                    self.take(events, rows, &[])?;
                     self.tx_last_ordinal = saved;
                     self.confirmer.standalone(lsn, last, self.effective_acked());
                     return Ok(());
@@ -709,21 +728,70 @@ impl Worker {
                 self.received_lsn = self.received_lsn.max(wal_start);
                 let msg =
                     self.decoder.decode(&data).map_err(|e| format!("cannot decode the change at {wal_start}: {e}"))?;
+                if let Message::Relation(r) = &msg {
+                    self.refresh_types(r)?;
+                }
                 self.encode(wal_start, &msg, events)?;
+                let relids = match &msg {
+                    Message::Insert(m) => vec![m.relation_id],
+                    Message::Update(m) => vec![m.relation_id],
+                    Message::Delete(m) => vec![m.relation_id],
+                    Message::Truncate(m) => m.relation_ids.clone(),
+                    _ => Vec::new(),
+                };
+                return self.take(events, rows, &relids);
             }
         }
-        self.take(events, rows)
+        self.take(events, rows, &[])
+    }
+
+    /// Re-reads every user-defined type of a relation from the catalog as it is now, before
+    /// the encoder sees its Relation message: the encoder keeps type facts by OID, and a type
+    /// keeps its OID through `ALTER TYPE .. ADD VALUE / ADD ATTRIBUTE`, so a fact cached for an
+    /// earlier version of the relation would be stale.
+    fn refresh_types(&mut self, r: &pgcdc_core::pgoutput::Relation) -> Result<(), String> {
+        let mut oids: Vec<pgcdc_core::Oid> =
+            r.columns.iter().map(|c| c.type_oid).filter(|&o| TypeKind::builtin(o, -1).is_none()).collect();
+        oids.sort_unstable();
+        oids.dedup();
+        if oids.is_empty() {
+            return Ok(());
+        }
+        let rows = self
+            .catalog
+            .type_rows(&oids)
+            .map_err(|e| format!("cannot read the types of {}.{}: {e}", r.namespace, r.name))?;
+        self.encoder.catalog_mut().register_type_rows(rows);
+        Ok(())
+    }
+
+    /// The relation a table event of a change message comes from: the message's only
+    /// relation, or (TRUNCATE of several) the one with the event's name as of its Relation
+    /// message. None for records that belong to no table.
+    fn relid_of(&self, ev: &Event, relids: &[pgcdc_core::Oid]) -> Option<pg_sys::Oid> {
+        if ev.table.is_empty() {
+            return None;
+        }
+        let id = match relids {
+            [one] => Some(*one),
+            many => many
+                .iter()
+                .copied()
+                .find(|&id| self.encoder.relation(id).is_some_and(|t| t.schema == ev.schema && t.table == ev.table)),
+        };
+        id.map(pg_sys::Oid::from)
     }
 
     fn encode(&mut self, wal_start: Lsn, msg: &Message<'_>, events: &mut Vec<Event>) -> Result<(), String> {
         self.encoder
-            .handle(wal_start, msg, &mut SpiCatalog, events)
+            .handle(wal_start, msg, &mut self.catalog, events)
             .map_err(|e| format!("cannot encode the change at {wal_start}: {e}"))
     }
 
     /// Moves new events into `rows`, skipping those already downstream. Err: an event that
     /// can never be staged (too big, invalid headers): the feed must stop.
-    fn take(&mut self, events: &mut Vec<Event>, rows: &mut Vec<Row>) -> Result<(), String> {
+    /// `relids`: the relations of the change message the events come from.
+    fn take(&mut self, events: &mut Vec<Event>, rows: &mut Vec<Row>, relids: &[pgcdc_core::Oid]) -> Result<(), String> {
         let max_event = gucs::max_event_size();
         for ev in events.drain(..) {
             let pos = Position::new(ev.commit_lsn, ev.ordinal);
@@ -731,7 +799,8 @@ impl Worker {
             if pos <= self.floor {
                 continue;
             }
-            let row = Row::from_event(ev);
+            let relid = self.relid_of(&ev, relids);
+            let row = Row::from_event(ev, relid);
             if let Err(problem) = row.check(max_event) {
                 return Err(poison_message(&self.feed, &row, &problem));
             }
@@ -811,6 +880,38 @@ impl Worker {
         self.unwritten_rows = 0;
         self.unwritten_bytes = 0;
         true
+    }
+}
+
+/// The end of the WAL inserted so far: every record already written (an ack's commit record)
+/// ends at or before it. `GetXLogInsertRecPtr` is where the next record will start, which on
+/// a page boundary is past the next page's header: WAL that does not exist yet, and
+/// `XLogFlush` to it raises "xlog flush request ... is not satisfied".
+fn inserted_wal_end() -> pg_sys::XLogRecPtr {
+    // SAFETY: reads the WAL insert position and the segment size on the main thread.
+    let (next, segment) = unsafe { (pg_sys::GetXLogInsertRecPtr(), pg_sys::wal_segment_size as u64) };
+    wal_end_before(next, u64::from(pg_sys::XLOG_BLCKSZ), segment)
+}
+
+/// Size of a WAL page header as written (MAXALIGNed), short and long (segment start) form.
+const SHORT_PAGE_HEADER: u64 = maxalign(std::mem::size_of::<pg_sys::XLogPageHeaderData>());
+const LONG_PAGE_HEADER: u64 = maxalign(std::mem::size_of::<pg_sys::XLogLongPageHeaderData>());
+
+const fn maxalign(n: usize) -> u64 {
+    let align = pg_sys::MAXIMUM_ALIGNOF as usize;
+    (n.div_ceil(align) * align) as u64
+}
+
+/// The end of the WAL before `next`, the position the next record starts at: `next` minus
+/// the page header when nothing has been written on its page yet (`next` sits right after
+/// the header), else `next`.
+fn wal_end_before(next: u64, page: u64, segment: u64) -> u64 {
+    if next % segment == LONG_PAGE_HEADER {
+        next - LONG_PAGE_HEADER
+    } else if next % page == SHORT_PAGE_HEADER {
+        next - SHORT_PAGE_HEADER
+    } else {
+        next
     }
 }
 
@@ -944,4 +1045,24 @@ fn connection_for(feed: &Feed, dbname: &str) -> Result<Connection, String> {
         conn.apply_conninfo(&ci)?;
     }
     Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAGE: u64 = 8192;
+    const SEGMENT: u64 = 16 << 20;
+
+    #[test]
+    fn the_end_of_wal_before_a_page_boundary_is_the_boundary() {
+        assert_eq!((SHORT_PAGE_HEADER, LONG_PAGE_HEADER), (24, 40), "MAXALIGNed XLog page headers");
+        // The next record starts after the header of a page nothing was written on yet.
+        assert_eq!(wal_end_before(5 * PAGE + 24, PAGE, SEGMENT), 5 * PAGE);
+        assert_eq!(wal_end_before(3 * SEGMENT + 40, PAGE, SEGMENT), 3 * SEGMENT);
+        // Anywhere else the next record starts where the last one ended.
+        assert_eq!(wal_end_before(5 * PAGE + 64, PAGE, SEGMENT), 5 * PAGE + 64);
+        assert_eq!(wal_end_before(5 * PAGE + 40, PAGE, SEGMENT), 5 * PAGE + 40);
+        assert_eq!(wal_end_before(3 * SEGMENT + 24 + PAGE, PAGE, SEGMENT), 3 * SEGMENT + PAGE);
+    }
 }

@@ -57,6 +57,7 @@ SELECT pg_temp.try($$SELECT pgcdc.resume_feed('nope')$$);
 SELECT pg_temp.try($$SELECT pgcdc.alter_feed('nope', '{}')$$);
 SELECT pg_temp.try($$SELECT * FROM pgcdc.read('nope')$$);
 SELECT pg_temp.try($$SELECT pgcdc.ack('nope', '0/1')$$);
+SELECT pg_temp.try($$SELECT pgcdc.reset_feed('nope')$$);
 SELECT pgcdc.drop_feed('nope', if_exists => true);
 
 -- Acknowledgements: nothing delivered yet, so nothing can be acknowledged.
@@ -64,6 +65,11 @@ SELECT pg_temp.try($$SELECT pgcdc.ack('shop', 'FF/0')$$);
 SELECT pg_temp.try($$SELECT pgcdc.ack('shop', 'FF/0', 3)$$);
 SELECT pg_temp.try($$SELECT pgcdc.ack('shop', '0/0', -1)$$);
 SELECT pgcdc.ack('shop', '0/0') AS removed;
+-- The queue is pgcdc's: events leave it by ack, reset_feed or drop_feed only.
+SELECT pg_temp.try($$TRUNCATE pgcdc.event$$);
+SELECT pg_temp.try($$DELETE FROM pgcdc.event WHERE feed_id = 0$$);
+SELECT pgcdc.reset_feed('shop') >= '0/1' AS reset;
+SELECT pgcdc.ack('shop', '0/1') AS removed;
 SELECT pg_temp.try($$SELECT * FROM pgcdc.read('shop', 0)$$);
 SELECT count(*) FROM pgcdc.read('shop');
 
@@ -88,6 +94,7 @@ SET ROLE regress_stranger;
 SELECT pg_temp.try($$SELECT * FROM pgcdc.read('shop')$$);
 SELECT pg_temp.try($$SELECT pgcdc.ack('shop', '0/0')$$);
 SELECT pg_temp.try($$SELECT pgcdc.pause_feed('shop')$$);
+SELECT pg_temp.try($$SELECT pgcdc.reset_feed('shop')$$);
 SELECT pg_temp.try($$SELECT pgcdc.alter_feed('shop', '{}')$$);
 SELECT pg_temp.try($$SELECT pgcdc.drop_feed('shop')$$);
 SELECT pg_temp.try($$SELECT pgcdc.create_feed('mine', 'shop')$$);
@@ -118,6 +125,7 @@ SELECT pg_temp.try($$SELECT pgcdc.create_feed(NULL, 'shop')$$);
 SELECT pg_temp.try($$SELECT * FROM pgcdc.read(NULL)$$);
 SELECT pg_temp.try($$SELECT * FROM pgcdc.read('shop', NULL)$$);
 SELECT pg_temp.try($$SELECT pgcdc.ack('shop', NULL)$$);
+SELECT pg_temp.try($$SELECT pgcdc.reset_feed(NULL)$$);
 SELECT pg_temp.try($$SELECT pgcdc.drop_feed(NULL)$$);
 SELECT pg_temp.try($$SELECT pgcdc.alter_feed('shop', NULL)$$);
 
