@@ -845,7 +845,8 @@ fn typed<'py>(
         TypeKind::Bit { length } => match v {
             J::Bool(b) => PyString::new(py, if *b { "1" } else { "0" }).into_any(),
             J::String(s) => {
-                let bytes = decode_binary(s, o.binary)?;
+                // Bits stay Connect bytes (base64) whatever binary.handling.mode says, as in Debezium.
+                let bytes = decode_binary(s, BinaryMode::Bytes)?;
                 let len = match length {
                     Some(n) => *n,
                     None => varbit_len(&bytes),
