@@ -73,14 +73,6 @@ impl RelationCache {
         self.type_names.insert(t.id, t.name.clone());
     }
 
-    /// Type OIDs of `rel` that neither are built in nor are known to `catalog`.
-    pub fn unknown_types(&self, rel: &Relation, catalog: &Catalog) -> Vec<Oid> {
-        let mut oids: Vec<Oid> = rel.columns.iter().map(|c| c.type_oid).filter(|&o| !catalog.knows_type(o)).collect();
-        oids.sort_unstable();
-        oids.dedup();
-        oids
-    }
-
     /// Installs (or replaces) a relation. `info` is the catalog's view of the table, if known.
     pub fn define(
         &mut self,

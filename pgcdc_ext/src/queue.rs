@@ -52,8 +52,7 @@ pub fn op_name(op: Op) -> &'static str {
 }
 
 impl Row {
-    /// `relid`: the relation of a table event (see [`Row::relid`]).
-    pub fn from_event(ev: Event, relid: Option<pg_sys::Oid>) -> Row {
+    pub fn from_event(ev: Event) -> Row {
         let headers = (!ev.headers.is_empty()).then(|| {
             let mut s = String::from("{");
             for (i, (name, value)) in ev.headers.iter().enumerate() {
@@ -74,7 +73,7 @@ impl Row {
             op: op_name(ev.op),
             schema: ev.schema,
             table: ev.table,
-            relid,
+            relid: ev.relation_id.map(pg_sys::Oid::from),
             topic: ev.topic,
             key: ev.key,
             value: ev.value,

@@ -38,8 +38,7 @@
 
 use std::time::{Duration, Instant};
 
-use pgcdc_core::catalog::TypeKind;
-use pgcdc_core::debezium::{CatalogSource, Encoder, Event};
+use pgcdc_core::debezium::{Encoder, Event};
 use pgcdc_core::pgoutput::{Begin, Commit, Decoder, LogicalMessage, Message};
 use pgcdc_core::Lsn;
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
@@ -157,7 +156,7 @@ struct Worker {
     stream: Option<Stream>,
     decoder: Decoder,
     encoder: Encoder,
-    /// The encoder's catalog lookups (and this worker's own, see `refresh_types`).
+    /// The encoder's catalog lookups (see `catalog.rs`: never older than the DDL).
     catalog: SpiCatalog,
     confirmer: Confirmer,
     stager: Stager,
@@ -698,7 +697,7 @@ impl Worker {
                 self.received_lsn = self.received_lsn.max(end_lsn);
                 let msg = Message::Commit(Commit { flags: 0, commit_lsn, end_lsn, commit_time });
                 self.encode(commit_lsn, &msg, events)?;
-                self.take(events, rows, &[])?;
+                self.take(events, rows)?;
                 self.confirmer.commit(commit_lsn, end_lsn, self.tx_last_ordinal, self.effective_acked());
                 self.complete_lsn = commit_lsn;
                 return Ok(());
@@ -718,7 +717,7 @@ impl Worker {
                     let last = events.last().map(|ev| Position::new(ev.commit_lsn, ev.ordinal));
                     debug_assert!(events.iter().all(|ev| ev.ordinal == STANDALONE_ORDINAL));
                     let saved = self.tx_last_ordinal;
-                    self.take(events, rows, &[])?;
+                    self.take(events, rows)?;
                     self.tx_last_ordinal = saved;
                     self.confirmer.standalone(lsn, last, self.effective_acked());
                     return Ok(());
@@ -728,58 +727,10 @@ impl Worker {
                 self.received_lsn = self.received_lsn.max(wal_start);
                 let msg =
                     self.decoder.decode(&data).map_err(|e| format!("cannot decode the change at {wal_start}: {e}"))?;
-                if let Message::Relation(r) = &msg {
-                    self.refresh_types(r)?;
-                }
                 self.encode(wal_start, &msg, events)?;
-                let relids = match &msg {
-                    Message::Insert(m) => vec![m.relation_id],
-                    Message::Update(m) => vec![m.relation_id],
-                    Message::Delete(m) => vec![m.relation_id],
-                    Message::Truncate(m) => m.relation_ids.clone(),
-                    _ => Vec::new(),
-                };
-                return self.take(events, rows, &relids);
             }
         }
-        self.take(events, rows, &[])
-    }
-
-    /// Re-reads every user-defined type of a relation from the catalog as it is now, before
-    /// the encoder sees its Relation message: the encoder keeps type facts by OID, and a type
-    /// keeps its OID through `ALTER TYPE .. ADD VALUE / ADD ATTRIBUTE`, so a fact cached for an
-    /// earlier version of the relation would be stale.
-    fn refresh_types(&mut self, r: &pgcdc_core::pgoutput::Relation) -> Result<(), String> {
-        let mut oids: Vec<pgcdc_core::Oid> =
-            r.columns.iter().map(|c| c.type_oid).filter(|&o| TypeKind::builtin(o, -1).is_none()).collect();
-        oids.sort_unstable();
-        oids.dedup();
-        if oids.is_empty() {
-            return Ok(());
-        }
-        let rows = self
-            .catalog
-            .type_rows(&oids)
-            .map_err(|e| format!("cannot read the types of {}.{}: {e}", r.namespace, r.name))?;
-        self.encoder.catalog_mut().register_type_rows(rows);
-        Ok(())
-    }
-
-    /// The relation a table event of a change message comes from: the message's only
-    /// relation, or (TRUNCATE of several) the one with the event's name as of its Relation
-    /// message. None for records that belong to no table.
-    fn relid_of(&self, ev: &Event, relids: &[pgcdc_core::Oid]) -> Option<pg_sys::Oid> {
-        if ev.table.is_empty() {
-            return None;
-        }
-        let id = match relids {
-            [one] => Some(*one),
-            many => many
-                .iter()
-                .copied()
-                .find(|&id| self.encoder.relation(id).is_some_and(|t| t.schema == ev.schema && t.table == ev.table)),
-        };
-        id.map(pg_sys::Oid::from)
+        self.take(events, rows)
     }
 
     fn encode(&mut self, wal_start: Lsn, msg: &Message<'_>, events: &mut Vec<Event>) -> Result<(), String> {
@@ -790,8 +741,7 @@ impl Worker {
 
     /// Moves new events into `rows`, skipping those already downstream. Err: an event that
     /// can never be staged (too big, invalid headers): the feed must stop.
-    /// `relids`: the relations of the change message the events come from.
-    fn take(&mut self, events: &mut Vec<Event>, rows: &mut Vec<Row>, relids: &[pgcdc_core::Oid]) -> Result<(), String> {
+    fn take(&mut self, events: &mut Vec<Event>, rows: &mut Vec<Row>) -> Result<(), String> {
         let max_event = gucs::max_event_size();
         for ev in events.drain(..) {
             let pos = Position::new(ev.commit_lsn, ev.ordinal);
@@ -799,8 +749,7 @@ impl Worker {
             if pos <= self.floor {
                 continue;
             }
-            let relid = self.relid_of(&ev, relids);
-            let row = Row::from_event(ev, relid);
+            let row = Row::from_event(ev);
             if let Err(problem) = row.check(max_event) {
                 return Err(poison_message(&self.feed, &row, &problem));
             }

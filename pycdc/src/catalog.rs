@@ -5,7 +5,7 @@
 //! message, so the reader fetches the answers first (asynchronously) and hands them over in a
 //! [`Prefetched`].
 
-use pgcdc_core::catalog::{TableInfo, TypeKind, TypeRow};
+use pgcdc_core::catalog::{TableInfo, TypeRow};
 use pgcdc_core::debezium::CatalogSource;
 use pgcdc_core::pgoutput::Relation;
 use pgcdc_core::Oid;
@@ -46,16 +46,9 @@ impl CatalogConn {
         Ok(self.client.as_ref().expect("client was just set"))
     }
 
-    /// Everything the encoder may ask about `rel`.
-    pub async fn prefetch(&mut self, rel: &Relation, known: impl Fn(Oid) -> bool) -> Result<Prefetched, PgError> {
-        let mut oids: Vec<Oid> = rel
-            .columns
-            .iter()
-            .map(|c| c.type_oid)
-            .filter(|&o| TypeKind::builtin(o, -1).is_none() && !known(o))
-            .collect();
-        oids.sort_unstable();
-        oids.dedup();
+    /// Everything the encoder asks about `rel` at its Relation message.
+    pub async fn prefetch(&mut self, rel: &Relation) -> Result<Prefetched, PgError> {
+        let oids = pgcdc_core::debezium::user_types(rel);
         let params = self.params.clone();
         let err = |e| PgError::from_tokio_postgres(e, &params);
         self.client().await?;

@@ -973,9 +973,7 @@ impl Stream<'_> {
             self.decoder.decode(&data).map_err(|e| PgError::Data(format!("pgoutput message at {wal_start}: {e}")))?;
         let mut catalog = crate::catalog::Prefetched::default();
         if let Message::Relation(rel) = &msg {
-            let cat = self.encoder.catalog_mut();
-            let knows: Vec<Oid> = rel.columns.iter().map(|c| c.type_oid).filter(|&o| cat.knows_type(o)).collect();
-            catalog = self.catalog.prefetch(rel, |o| knows.contains(&o)).await?;
+            catalog = self.catalog.prefetch(rel).await?;
         }
         NOW_NANOS.with(|c| c.set(now_nanos()));
         self.events.clear();

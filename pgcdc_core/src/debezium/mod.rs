@@ -121,6 +121,9 @@ pub struct Event {
     /// `""` for messages and transaction records.
     pub schema: Arc<str>,
     pub table: Arc<str>,
+    /// The relation of a table record, as its Relation message named it (None for messages
+    /// and transaction records).
+    pub relation_id: Option<Oid>,
     pub topic: Arc<str>,
     /// JSON text of the key; None is a JSON null key.
     pub key: Option<String>,
@@ -531,12 +534,15 @@ impl Encoder {
     }
 
     fn define_relation(&mut self, r: &Relation, catalog: &mut dyn CatalogSource) -> Result<(), EncodeError> {
-        let missing = self.relations.unknown_types(r, &self.catalog);
-        if !missing.is_empty() {
-            let rows = catalog.type_rows(&missing).map_err(|reason| EncodeError::Catalog { relation: r.id, reason })?;
+        // Type and table facts are re-read on every Relation message, which follows every
+        // schema change: a type keeps its OID through `ALTER TYPE .. ADD VALUE/ATTRIBUTE`, so
+        // facts kept from an earlier version of the relation would be stale.
+        let user_types = user_types(r);
+        if !user_types.is_empty() {
+            let rows =
+                catalog.type_rows(&user_types).map_err(|reason| EncodeError::Catalog { relation: r.id, reason })?;
             self.catalog.register_type_rows(rows);
         }
-        // Table facts are re-read on every Relation message: it follows schema changes.
         let info = catalog.table_info(r.id).ok();
         if let Some(info) = &info {
             self.catalog.register_table(r.id, info.clone());
@@ -676,6 +682,7 @@ impl Encoder {
             xid,
             schema: "".into(),
             table: "".into(),
+            relation_id: None,
             topic: format!("{}.transaction", self.options.topic_prefix).into(),
             key: Some(key),
             value: Some(value),
@@ -828,6 +835,7 @@ impl Encoder {
             xid: self.tx.as_ref().and_then(|t| t.xid),
             schema: table.schema.clone(),
             table: table.table.clone(),
+            relation_id: Some(table.id),
             topic: table.topic.clone(),
             key,
             value: None,
@@ -1103,6 +1111,7 @@ impl Encoder {
             xid: self.tx.as_ref().and_then(|t| t.xid),
             schema: table.schema.clone(),
             table: table.table.clone(),
+            relation_id: Some(table.id),
             topic: table.topic.clone(),
             key,
             value: Some(value),
@@ -1160,6 +1169,7 @@ impl Encoder {
             xid,
             schema: "".into(),
             table: "".into(),
+            relation_id: None,
             topic: format!("{}.message", self.options.topic_prefix).into(),
             key: Some(if self.options.key_schemas { schema::wrap(schema::MESSAGE_KEY_SCHEMA, &key) } else { key }),
             value: Some(if self.options.value_schemas { schema::message_value(&self.options, &value) } else { value }),
@@ -1188,6 +1198,16 @@ fn context_headers(options: &EncoderOptions, run_id: Option<&str>) -> Vec<(Strin
             Some(((*name).to_owned(), text))
         })
         .collect()
+}
+
+/// The relation's column types that are not built in (sorted, once each): what
+/// [`CatalogSource::type_rows`] is asked for at its Relation message.
+pub fn user_types(r: &Relation) -> Vec<Oid> {
+    let mut oids: Vec<Oid> =
+        r.columns.iter().map(|c| c.type_oid).filter(|&o| crate::catalog::TypeKind::builtin(o, -1).is_none()).collect();
+    oids.sort_unstable();
+    oids.dedup();
+    oids
 }
 
 fn message_xid(msg: &Message<'_>) -> Option<Xid> {
