@@ -50,7 +50,13 @@ SELECT f.name,
        CASE WHEN a.pid IS NOT NULL THEN r.staged_total END AS staged_total,
        coalesce(r.failures, 0) AS failures,
        f.last_error,
-       f.last_error_at
+       f.last_error_at,
+       sn.state AS snapshot_state,
+       sn.table_names[sn.table_index + 1] AS snapshot_table,
+       sn.rows_staged AS snapshot_rows,
+       GREATEST(sn.rows_estimated, sn.rows_staged) AS snapshot_rows_estimated,
+       (sn.rows_staged / nullif(extract(epoch FROM pg_catalog.now() - sn.started_at), 0))::float8
+           AS snapshot_rows_per_second
 FROM pgcdc.feed f
 LEFT JOIN pg_catalog.pg_replication_slots s ON s.slot_name = f.slot_name
 LEFT JOIN pgcdc.feed_runtime r ON r.feed_id = f.id
@@ -61,11 +67,55 @@ LEFT JOIN LATERAL (
     WHERE e.feed_id = f.id
     ORDER BY e.commit_lsn, e.ordinal
     LIMIT 1) q ON true
+LEFT JOIN LATERAL (
+    SELECT * FROM pgcdc.snapshot x
+    WHERE x.feed_id = f.id AND x.state IN ('pending', 'running')
+    ORDER BY x.id
+    LIMIT 1) sn ON true
 WHERE pg_catalog.pg_has_role(f.owner, 'USAGE') OR pg_catalog.pg_has_role('pgcdc_admin', 'USAGE');
 COMMENT ON VIEW pgcdc.feed_status IS
-    'Per feed: state, worker pid and phase (starting, streaming, at_cap, backoff), slot, staged events/bytes, acknowledged position, confirmed_flush_lsn, lag_bytes (WAL not yet acknowledged), retained_bytes (WAL the slot pins), lag_seconds (age of the oldest unacknowledged staged event), last error.';
+    'Per feed: state, worker pid and phase (starting, streaming, at_cap, backoff), slot, staged events/bytes, acknowledged position, confirmed_flush_lsn, lag_bytes (WAL not yet acknowledged), retained_bytes (WAL the slot pins), lag_seconds (age of the oldest unacknowledged staged event), last error, and the running snapshot (state, current table, rows staged, estimated, rows per second; NULL when none).';
 
-GRANT SELECT ON pgcdc.feeds, pgcdc.feed_status TO PUBLIC;
+-- Snapshots of the feeds the current role may use, with progress.
+CREATE VIEW pgcdc.snapshots WITH (security_barrier) AS
+SELECT f.name AS feed,
+       s.id,
+       s.kind,
+       s.state,
+       s.table_names AS tables,
+       CASE WHEN s.state IN ('pending', 'running') THEN s.table_names[s.table_index + 1] END AS current_table,
+       LEAST(s.table_index, pg_catalog.cardinality(s.tables)) AS tables_done,
+       s.tables_skipped,
+       s.rows_staged AS rows,
+       GREATEST(s.rows_estimated, s.rows_staged) AS rows_estimated,
+       s.chunks,
+       s.chunks_read,
+       (s.rows_staged / nullif(extract(epoch FROM coalesce(s.finished_at, pg_catalog.now()) - s.started_at), 0))::float8
+           AS rows_per_second,
+       CASE WHEN s.state = 'running' AND s.rows_staged > 0 AND s.rows_estimated > s.rows_staged THEN
+           ((s.rows_estimated - s.rows_staged)
+            * extract(epoch FROM pg_catalog.now() - s.started_at) / s.rows_staged)::float8 END AS eta_seconds,
+       s.requested_at,
+       s.started_at,
+       s.finished_at,
+       s.error
+FROM pgcdc.snapshot s JOIN pgcdc.feed f ON f.id = s.feed_id
+WHERE pg_catalog.pg_has_role(f.owner, 'USAGE') OR pg_catalog.pg_has_role('pgcdc_admin', 'USAGE');
+COMMENT ON VIEW pgcdc.snapshots IS
+    'Snapshots of the feeds you may use: kind (initial, incremental), state (pending, running, done, cancelled, failed), tables, current table, tables done and skipped (dropped meanwhile), rows staged and estimated, chunks staged and read (re-reads after a crash or a retry count), rows per second, ETA, times, error.';
+
+-- pgcdc.snapshot(feed, tables): table names resolve in the caller's session (regclass).
+CREATE FUNCTION pgcdc.snapshot(feed text, tables regclass[] DEFAULT NULL) RETURNS bigint
+    LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
+    AS 'SELECT pgcdc.snapshot_by_oid(feed, tables::pg_catalog.oid[])';
+COMMENT ON FUNCTION pgcdc.snapshot(text, regclass[]) IS
+    'snapshot(feed, tables => NULL): queues a snapshot of the given tables (default: every table the publication publishes) beside the stream; returns its id. Rows arrive as op "r" events (source.snapshot "incremental") in position order with the stream; see pgcdc.snapshots for progress. Tables need a primary key; the feed''s owner must be able to SELECT them.';
+COMMENT ON FUNCTION pgcdc.snapshot_by_oid(text, oid[]) IS
+    'The body of pgcdc.snapshot(feed, tables regclass[]).';
+COMMENT ON FUNCTION pgcdc.cancel_snapshot(text) IS
+    'cancel_snapshot(feed): cancels the feed''s pending and running snapshots; returns how many. Rows already staged stay.';
+
+GRANT SELECT ON pgcdc.feeds, pgcdc.feed_status, pgcdc.snapshots TO PUBLIC;
 
 -- Only administrators create feeds (the function checks it too). The other functions check
 -- the caller's rights on the feed itself, so feed owners who are not admins can use them.
@@ -74,7 +124,7 @@ REVOKE EXECUTE ON FUNCTION pgcdc.create_feed(text, text, text, jsonb, text) FROM
 GRANT EXECUTE ON FUNCTION pgcdc.create_feed(text, text, text, jsonb, text) TO pgcdc_admin;
 
 COMMENT ON FUNCTION pgcdc.create_feed(text, text, text, jsonb, text) IS
-    'create_feed(name, publication, sink => ''table''|''notify'', options => jsonb, owner => role): creates the replication slot pgcdc_<name> now (every change committed after this call is captured) and starts a worker at commit. Returns the slot''s consistent LSN. Needs pgcdc_admin (sink ''notify'': a superuser, because NOTIFY payloads reach every role that can LISTEN); the owner must be able to SELECT every published table; the database must be UTF8. Options: Debezium encoder options (decimal.handling.mode, ...) and max_staged_rows, max_staged_bytes, batch_size.';
+    'create_feed(name, publication, sink => ''table''|''notify'', options => jsonb, owner => role): creates the replication slot pgcdc_<name> now (every change committed after this call is captured) and starts a worker at commit. Returns the slot''s consistent LSN. Needs pgcdc_admin (sink ''notify'': a superuser, because NOTIFY payloads reach every role that can LISTEN); the owner must be able to SELECT every published table; the database must be UTF8. Options: Debezium encoder options (decimal.handling.mode, ...), snapshot.mode (initial: the default, existing rows first as op "r" events; no_data: changes only; initial_only: existing rows, then the feed pauses; when_needed: as initial for a new feed), snapshot.fetch.size (rows per snapshot chunk, default 10240), and max_staged_rows, max_staged_bytes, batch_size.';
 COMMENT ON FUNCTION pgcdc.drop_feed(text, boolean) IS
     'drop_feed(name, if_exists => false): deletes the feed and its staged events; at commit its worker stops and its replication slot is dropped.';
 COMMENT ON FUNCTION pgcdc.pause_feed(text) IS

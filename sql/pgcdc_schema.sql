@@ -88,5 +88,45 @@ CREATE UNLOGGED TABLE pgcdc.feed_runtime (
 COMMENT ON TABLE pgcdc.feed_runtime IS
     'Written by feed workers: pid, phase (starting, streaming, at_cap, backoff), last received/staged/confirmed positions, events staged by this worker (staged_total), and the feed''s events and bytes in pgcdc.event (queued_*: raised by the worker as it stages, lowered by pgcdc.ack; UNLOGGED like the queue, so a crash empties both).';
 
-REVOKE ALL ON pgcdc.feed, pgcdc.event, pgcdc.feed_runtime FROM PUBLIC;
+-- Snapshots of a feed's tables (pgcdc.snapshot, create_feed with snapshot.mode initial).
+-- Logged: the cursor must survive crashes (pgcdc_ext/src/snapshot.rs).
+CREATE TABLE pgcdc.snapshot (
+    id             bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    feed_id        integer     NOT NULL REFERENCES pgcdc.feed (id) ON DELETE CASCADE,
+    kind           text        NOT NULL CHECK (kind IN ('initial', 'incremental')),
+    state          text        NOT NULL DEFAULT 'pending'
+                   CHECK (state IN ('pending', 'running', 'done', 'cancelled', 'failed')),
+    tables         oid[]       NOT NULL,
+    table_names    text[]      NOT NULL,
+    table_index    integer     NOT NULL DEFAULT 0,
+    last_key       text[],
+    rows_staged    bigint      NOT NULL DEFAULT 0,
+    rows_estimated bigint      NOT NULL DEFAULT 0,
+    chunks         integer     NOT NULL DEFAULT 0,
+    chunks_read    integer     NOT NULL DEFAULT 0,
+    tables_skipped text[]      NOT NULL DEFAULT '{}',
+    requested_at   timestamptz NOT NULL DEFAULT now(),
+    started_at     timestamptz,
+    finished_at    timestamptz,
+    error          text
+);
+CREATE INDEX ON pgcdc.snapshot (feed_id, id);
+COMMENT ON TABLE pgcdc.snapshot IS
+    'Snapshots of feeds: the tables to read, the cursor (table_index, last_key = primary-key text of the last row read), progress and outcome. Managed by pgcdc.snapshot, pgcdc.cancel_snapshot, create_feed and the feed workers; see the view pgcdc.snapshots.';
+
+-- Chunks staged but not yet acknowledged: where to go back to if a crash empties the queue.
+CREATE TABLE pgcdc.snapshot_chunk (
+    snapshot_id  bigint  NOT NULL REFERENCES pgcdc.snapshot (id) ON DELETE CASCADE,
+    chunk        integer NOT NULL,
+    table_index  integer NOT NULL,
+    from_key     text[],
+    commit_lsn   pg_lsn  NOT NULL,
+    last_ordinal integer NOT NULL,
+    rows         integer NOT NULL,
+    PRIMARY KEY (snapshot_id, chunk)
+);
+COMMENT ON TABLE pgcdc.snapshot_chunk IS
+    'Snapshot chunks staged and not yet fully acknowledged: their cursor (table_index, from_key) and the position of their last row. A worker that finds one neither acknowledged nor in the queue (a crash emptied it) reads again from there.';
+
+REVOKE ALL ON pgcdc.feed, pgcdc.event, pgcdc.feed_runtime, pgcdc.snapshot, pgcdc.snapshot_chunk FROM PUBLIC;
 GRANT USAGE ON SCHEMA pgcdc TO PUBLIC;

@@ -14,6 +14,7 @@ pub mod json;
 pub mod lsn;
 pub mod pgoutput;
 pub mod relation;
+pub mod snapshot;
 pub mod value;
 
 pub use lsn::Lsn;

@@ -56,7 +56,11 @@ pub struct TableSchema {
 #[derive(Debug, Default)]
 pub struct RelationCache {
     tables: HashMap<Oid, TableSchema>,
+    /// Tables as a snapshot read them from the catalog (see `snapshot`): kept apart from the
+    /// stream's, which may describe an older version of the same table at that moment.
+    snapshot_tables: HashMap<Oid, TableSchema>,
     type_names: HashMap<Oid, String>,
+    /// One counter for both maps: schema caches key on (oid, version).
     versions: u64,
 }
 
@@ -67,6 +71,11 @@ impl RelationCache {
 
     pub fn get(&self, id: Oid) -> Option<&TableSchema> {
         self.tables.get(&id)
+    }
+
+    /// The relation as the latest snapshot chunk of it described it.
+    pub fn snapshot_table(&self, id: Oid) -> Option<&TableSchema> {
+        self.snapshot_tables.get(&id)
     }
 
     pub fn note_type(&mut self, t: &TypeMessage) {
@@ -81,6 +90,32 @@ impl RelationCache {
         info: Option<&TableInfo>,
         topic_prefix: &str,
     ) -> &TableSchema {
+        let table = self.build(rel, catalog, info, topic_prefix);
+        self.tables.insert(rel.id, table);
+        &self.tables[&rel.id]
+    }
+
+    /// Installs (or replaces) the relation a snapshot chunk reads, described like a Relation
+    /// message would describe it now.
+    pub fn define_snapshot(
+        &mut self,
+        rel: &Relation,
+        catalog: &Catalog,
+        info: Option<&TableInfo>,
+        topic_prefix: &str,
+    ) -> &TableSchema {
+        let table = self.build(rel, catalog, info, topic_prefix);
+        self.snapshot_tables.insert(rel.id, table);
+        &self.snapshot_tables[&rel.id]
+    }
+
+    fn build(
+        &mut self,
+        rel: &Relation,
+        catalog: &Catalog,
+        info: Option<&TableInfo>,
+        topic_prefix: &str,
+    ) -> TableSchema {
         self.versions += 1;
         let columns: Vec<ColumnSchema> = rel
             .columns
@@ -114,7 +149,7 @@ impl RelationCache {
             None => (0..columns.len()).filter(|&i| columns[i].in_identity).collect(),
         };
         let schema = if rel.namespace.is_empty() { "pg_catalog".to_owned() } else { rel.namespace.clone() };
-        let table = TableSchema {
+        TableSchema {
             id: rel.id,
             data_collection: format!("{}.{}", schema, rel.name),
             topic: format!("{topic_prefix}.{schema}.{}", rel.name).into(),
@@ -124,9 +159,7 @@ impl RelationCache {
             columns,
             key_columns,
             version: self.versions,
-        };
-        self.tables.insert(rel.id, table);
-        &self.tables[&rel.id]
+        }
     }
 }
 

@@ -43,6 +43,7 @@ use crate::gucs;
 use crate::position::{AckError, AckTarget, Delivered, Position};
 use crate::queue;
 use crate::slot;
+use crate::snapshot;
 
 /// Longest feed name: the slot name `pgcdc_<name>` must fit in NAMEDATALEN.
 pub const MAX_NAME_LEN: usize = 40;
@@ -59,7 +60,8 @@ pub const LOCK_CLASS_CREATE: i32 = 0x7067_6366;
 pub const READ_BYTE_BUDGET: usize = 64 << 20;
 
 /// Feed-level option keys (the rest are the Debezium encoder's, see [`EncoderOptions`]).
-pub const FEED_KEYS: &[&str] = &["max_staged_rows", "max_staged_bytes", "batch_size"];
+pub const FEED_KEYS: &[&str] =
+    &["max_staged_rows", "max_staged_bytes", "batch_size", "snapshot.mode", "snapshot.fetch.size"];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Sink {
@@ -104,6 +106,8 @@ pub struct FeedOptions {
     pub max_staged_rows: Option<i64>,
     pub max_staged_bytes: Option<i64>,
     pub batch_size: Option<i32>,
+    pub snapshot_mode: snapshot::Mode,
+    pub fetch_size: u32,
 }
 
 impl FeedOptions {
@@ -114,7 +118,14 @@ impl FeedOptions {
         if !map.contains_key("topic.prefix") {
             encoder.set("topic.prefix", feed_name).map_err(|e| e.to_string())?;
         }
-        let mut out = FeedOptions { encoder, max_staged_rows: None, max_staged_bytes: None, batch_size: None };
+        let mut out = FeedOptions {
+            encoder,
+            max_staged_rows: None,
+            max_staged_bytes: None,
+            batch_size: None,
+            snapshot_mode: snapshot::Mode::Initial,
+            fetch_size: snapshot::DEFAULT_FETCH_SIZE,
+        };
         for (key, value) in map {
             let text = match value {
                 Value::String(s) => s.clone(),
@@ -136,6 +147,21 @@ impl FeedOptions {
                         return Err("option \"batch_size\" must be at least 1".into());
                     }
                     out.batch_size = Some(v as i32);
+                }
+                "snapshot.mode" => {
+                    out.snapshot_mode = snapshot::Mode::parse(text.trim()).ok_or_else(|| {
+                        format!(
+                            "invalid value {text:?} for option \"snapshot.mode\"; expected initial, no_data, \
+                             initial_only or when_needed"
+                        )
+                    })?
+                }
+                "snapshot.fetch.size" => {
+                    let v = count(i64::from(snapshot::MAX_FETCH_SIZE))?;
+                    if v == 0 {
+                        return Err("option \"snapshot.fetch.size\" must be at least 1".into());
+                    }
+                    out.fetch_size = v as u32;
                 }
                 _ => out.encoder.set(key, &text).map_err(|e| match e {
                     OptionError::UnknownKey(k) => format!("unknown option \"{k}\""),
@@ -322,7 +348,7 @@ fn find_feed(name: &str) -> Option<(i32, pg_sys::Oid)> {
 
 /// The id of the feed `name` if the caller may `action` it. A missing feed is 42704 for
 /// admins; for everyone else a missing feed and a feed they may not use are the same 42501.
-fn authorize(name: &str, action: &str) -> i32 {
+pub(crate) fn authorize(name: &str, action: &str) -> i32 {
     let caller = access::current_role();
     match find_feed(name) {
         Some((id, owner)) if access::may_use_feed(caller, owner) => id,
@@ -340,7 +366,7 @@ pub fn spi_ok<T>(r: Result<T, pgrx::spi::Error>) -> T {
     })
 }
 
-fn raise(code: PgSqlErrorCode, message: String, hint: Option<String>) -> ! {
+pub(crate) fn raise(code: PgSqlErrorCode, message: String, hint: Option<String>) -> ! {
     let mut report = ErrorReport::new(code, message, "pgcdc");
     if let Some(h) = hint {
         report = report.set_hint(h);
@@ -350,7 +376,7 @@ fn raise(code: PgSqlErrorCode, message: String, hint: Option<String>) -> ! {
 }
 
 /// The value of a required argument: NULL is 22004.
-fn required<T>(value: Option<T>, argument: &str) -> T {
+pub(crate) fn required<T>(value: Option<T>, argument: &str) -> T {
     value.unwrap_or_else(|| {
         raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, format!("{argument} must not be null"), None)
     })
@@ -375,7 +401,7 @@ fn validate_name(name: &str) {
 }
 
 /// Quotes user input for a message, escaping control characters.
-fn quote_for_message(s: &str) -> String {
+pub(crate) fn quote_for_message(s: &str) -> String {
     format!("{:?}", s)
 }
 
@@ -412,7 +438,7 @@ fn with_fresh_snapshot<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// Wakes processes at commit: the launcher and/or a feed worker (their latches).
-fn wake_at_commit(launcher: bool, worker_of: Option<i32>) {
+pub(crate) fn wake_at_commit(launcher: bool, worker_of: Option<i32>) {
     let pids: Vec<i32> = spi_ok(Spi::connect(|c| {
         let mut pids = Vec::new();
         if launcher {
@@ -482,7 +508,7 @@ fn create_feed(
             Some("sink is 'table' (stage events in pgcdc.event) or 'notify' (NOTIFY each event).".into()),
         )
     });
-    parse_options(name, &options.0);
+    let parsed = parse_options(name, &options.0);
     access::require_admin(caller, "create a feed");
     if sink == Sink::Notify {
         access::require_superuser_for_notify(caller);
@@ -559,6 +585,10 @@ fn create_feed(
             Some("A feed's owner must be able to read every table its publication publishes.".into()),
         );
     }
+
+    // The initial snapshot's tables, checked before the slot exists (clear errors, no orphan).
+    let initial =
+        parsed.snapshot_mode.snapshots_at_creation().then(|| snapshot::plan(publication, owner_oid, None, true));
 
     let slot = slot_name(name);
     let options_text = options.0.to_string();
@@ -639,7 +669,7 @@ fn create_feed(
                 .get_one::<PgLsn>()
         }))
         .unwrap_or_default();
-        spi_ok(Spi::connect_mut(|c| {
+        let feed_id: i32 = spi_ok(Spi::connect_mut(|c| {
             let args = [
                 name.into(),
                 publication.into(),
@@ -650,12 +680,17 @@ fn create_feed(
             ];
             c.update(
                 "INSERT INTO pgcdc.feed (name, publication, slot_name, sink, options, owner) \
-                 VALUES ($1, $2, $3, $4, $5::jsonb, $6::oid::regrole)",
+                 VALUES ($1, $2, $3, $4, $5::jsonb, $6::oid::regrole) RETURNING id",
                 None,
                 &args,
-            )?;
-            Ok(())
-        }));
+            )?
+            .first()
+            .get_one::<i32>()
+        }))
+        .unwrap_or(0);
+        if let Some(tables) = initial.as_ref().filter(|t| !t.is_empty()) {
+            snapshot::queue(feed_id, true, tables);
+        }
         wake_at_commit(true, None);
         consistent
     })
@@ -980,7 +1015,7 @@ fn relation_exists(oid: pg_sys::Oid) -> bool {
     !unsafe { pg_sys::get_rel_name(oid) }.is_null()
 }
 
-fn quote_ident(s: &str) -> String {
+pub(crate) fn quote_ident(s: &str) -> String {
     let plain = s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
         && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
     if plain {

@@ -10,15 +10,17 @@
 //!                               drops replication slots (pgcdc's own) whose feed is gone
 //!  feed worker (one per feed)   slot --walsender--> stream thread --channel--> main thread:
 //!                               decode, encode Debezium JSON, stage one batch per transaction,
-//!                               NOTIFY, report flush = acknowledged position to the walsender
+//!                               NOTIFY, report flush = acknowledged position to the walsender;
+//!                               snapshot chunks read between watermarks, staged at the high one
 //!  SQL API (any backend)        create/drop/pause/resume/alter feeds, read, ack, feed_status
 //! ```
 //!
 //! Module map: [`gucs`] settings, [`datum`] the `pg_lsn` and `json` datums, [`access`] who may do what,
 //! [`feed`] the catalog and the SQL API, [`position`] the acknowledgement arithmetic (pure),
 //! [`launcher`] and [`worker`] the background workers, [`stream`] the replication thread,
-//! [`queue`] staging, [`slot`] the registry of replication slots pgcdc created, [`catalog`]
-//! type/table lookups for the encoder.
+//! [`queue`] staging, [`slot`] the registry of replication slots pgcdc created, [`snapshot`]
+//! the existing rows read in chunks beside the stream, [`catalog`] type/table lookups for the
+//! encoder.
 
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
@@ -32,6 +34,7 @@ pub mod launcher;
 pub mod position;
 pub mod queue;
 pub mod slot;
+pub mod snapshot;
 pub mod stream;
 pub mod worker;
 

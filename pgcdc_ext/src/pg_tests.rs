@@ -95,7 +95,13 @@ mod tests {
         install_try();
         Spi::run("CREATE TABLE t_bad (id int primary key)").unwrap();
         Spi::run("CREATE PUBLICATION p_bad FOR TABLE t_bad").unwrap();
+        Spi::run("CREATE TABLE t_nokey (v int)").unwrap();
+        Spi::run("CREATE PUBLICATION p_nokey FOR TABLE t_nokey").unwrap();
         for (sql, code) in [
+            // The default snapshot.mode (initial) needs primary keys; no_data does not.
+            ("SELECT pgcdc.create_feed('ok', 'p_nokey')", "55000"),
+            ("SELECT pgcdc.create_feed('ok', 'p_nokey', options => '{\"snapshot.mode\": \"no_data\"}')", "25001"),
+            ("SELECT pgcdc.snapshot('no_such_feed')", "42704"),
             ("SELECT pgcdc.create_feed('Bad Name', 'p_bad')", "42602"),
             ("SELECT pgcdc.create_feed('x''; DROP TABLE t_bad; --', 'p_bad')", "42602"),
             ("SELECT pgcdc.create_feed('', 'p_bad')", "42602"),
@@ -103,6 +109,8 @@ mod tests {
             ("SELECT pgcdc.create_feed('ok', 'p_bad', sink => 'kafka')", "22023"),
             ("SELECT pgcdc.create_feed('ok', 'p_bad', options => '{\"nope\": 1}')", "22023"),
             ("SELECT pgcdc.create_feed('ok', 'p_bad', options => '[1]')", "22023"),
+            ("SELECT pgcdc.create_feed('ok', 'p_bad', options => '{\"snapshot.mode\": \"always\"}')", "22023"),
+            ("SELECT pgcdc.create_feed('ok', 'p_bad', options => '{\"snapshot.fetch.size\": 0}')", "22023"),
             ("SELECT pgcdc.create_feed('ok', 'no_such_pub')", "42704"),
             ("SELECT pgcdc.create_feed('ok', 'p_bad', owner => 'no_such_role')", "42704"),
             // The test transaction wrote (CREATE TABLE): slots cannot be created after writes.

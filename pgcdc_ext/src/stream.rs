@@ -42,9 +42,10 @@ const PGWIRE_BUFFER_EVENTS: usize = 64;
 
 /// Settings of the walsender session that change how pgoutput renders values as text:
 /// pinned to PostgreSQL's defaults (what the decoder expects), whatever `ALTER DATABASE`
-/// or `ALTER ROLE ... SET` says.
+/// or `ALTER ROLE ... SET` says. Snapshot chunks are read with the same settings
+/// (`snapshot::TEXT_SETTINGS`), so a row's key has the same text in both.
 const WALSENDER_OPTIONS: &str =
-    "-c datestyle=ISO,MDY -c intervalstyle=postgres -c extra_float_digits=1 -c bytea_output=hex";
+    "-c datestyle=ISO,MDY -c intervalstyle=postgres -c extra_float_digits=1 -c bytea_output=hex -c TimeZone=UTC";
 
 /// What the stream thread passes to the main thread, in stream order.
 #[derive(Debug)]

@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 
 use pgcdc_core::debezium::{Encoder, Event};
 use pgcdc_core::pgoutput::{Begin, Commit, Decoder, LogicalMessage, Message};
+use pgcdc_core::snapshot::WATERMARK_PREFIX;
 use pgcdc_core::Lsn;
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::pg_sys;
@@ -52,6 +53,7 @@ use crate::feed::{self, Feed, FeedOptions, FeedState, Sink};
 use crate::gucs;
 use crate::position::{dedupe_floor, Confirmer, Position, STANDALONE_ORDINAL};
 use crate::queue::{self, Row, Stager};
+use crate::snapshot::{Mode, Snapshotter};
 use crate::stream::{Connection, Item, Stream, StreamError};
 
 /// Runs `f` in a transaction of its own (state captured by `f` stays consistent on error
@@ -160,6 +162,8 @@ struct Worker {
     catalog: SpiCatalog,
     confirmer: Confirmer,
     stager: Stager,
+    /// The feed's snapshots (chunks read between watermarks, see snapshot.rs).
+    snapshots: Snapshotter,
     acked: Position,
     /// Events at or below this position are downstream already (dedupe after restarts).
     floor: Position,
@@ -310,6 +314,13 @@ impl Worker {
             set_error(feed_id, &e);
             0
         })?;
+        let snapshots = Snapshotter::load(
+            &feed,
+            options.fetch_size,
+            options.snapshot_mode == Mode::InitialOnly,
+            feed.acked,
+            last_staged,
+        );
         let mut encoder = Encoder::new(options.encoder.clone(), &dbname);
         encoder.exclude_schema(EXTENSION_SCHEMA);
         // `__debezium.context.runId`: one UUIDv7 per worker start, as Debezium per engine run.
@@ -327,6 +338,7 @@ impl Worker {
             catalog: SpiCatalog::default(),
             confirmer: Confirmer::new(),
             stager: Stager::default(),
+            snapshots,
             tx_last_ordinal: 0,
             complete_lsn: Lsn::ZERO,
             received_lsn: Lsn::ZERO,
@@ -401,7 +413,7 @@ impl Worker {
             // Wait unless there is work queued already.
             let busy = {
                 let stream = self.stream.as_ref().expect("connected");
-                !self.at_cap && stream.pending() > 0
+                !self.at_cap && (stream.pending() > 0 || self.snapshots.ready_to_read())
             };
             if !busy {
                 let stream = self.stream.as_ref().expect("connected");
@@ -521,6 +533,9 @@ impl Worker {
             self.confirmer.acknowledged(self.effective_acked());
             // The ack's commit record ends at or before the end of the WAL inserted so far.
             self.ack_seen_at = Some(inserted_wal_end());
+            if self.snapshots.has_outstanding() {
+                self.snapshots.acknowledged(self.acked);
+            }
         }
 
         // The queue cap: stop reading the stream (the walsender waits; WAL is retained).
@@ -567,6 +582,8 @@ impl Worker {
             }
         }
         self.at_cap = false;
+        // The next snapshot chunk, if one is due: its rows come with its high watermark.
+        self.snapshots.step(false, &mut self.encoder, &mut self.catalog);
 
         let batch = self.options.batch_size();
         let mut rows: Vec<Row> = Vec::new();
@@ -687,6 +704,7 @@ impl Worker {
             }
             Item::Begin { final_lsn, xid, commit_time } => {
                 self.catalog.set_transaction(Some(xid));
+                self.snapshots.begin(xid);
                 self.confirmer.begin();
                 self.tx_last_ordinal = 0;
                 let msg = Message::Begin(Begin { final_lsn, commit_time, xid });
@@ -700,6 +718,23 @@ impl Worker {
                 self.take(events, rows)?;
                 self.confirmer.commit(commit_lsn, end_lsn, self.tx_last_ordinal, self.effective_acked());
                 self.complete_lsn = commit_lsn;
+                return Ok(());
+            }
+            Item::Message { transactional, lsn, prefix, content }
+                if !transactional && prefix == WATERMARK_PREFIX && !self.confirmer.in_transaction() =>
+            {
+                self.received_lsn = self.received_lsn.max(lsn);
+                // A snapshot chunk's rows, at its high watermark: staged like a standalone
+                // message's records, at positions just below the watermark's LSN.
+                events.extend(self.snapshots.watermark(&content, lsn, &mut self.encoder)?);
+                let last = events.last().map(|ev| Position::new(ev.commit_lsn, ev.ordinal));
+                let saved = self.tx_last_ordinal;
+                self.take(events, rows)?;
+                self.tx_last_ordinal = saved;
+                if let Some(last) = last {
+                    self.complete_lsn = self.complete_lsn.max(last.commit_lsn);
+                }
+                self.confirmer.standalone(lsn, last, self.effective_acked());
                 return Ok(());
             }
             Item::Message { transactional, lsn, prefix, content } => {
@@ -728,6 +763,7 @@ impl Worker {
                 let msg =
                     self.decoder.decode(&data).map_err(|e| format!("cannot decode the change at {wal_start}: {e}"))?;
                 self.encode(wal_start, &msg, events)?;
+                self.snapshots.observe(&msg, &self.encoder);
             }
         }
         self.take(events, rows)

@@ -37,6 +37,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+pub use crate::snapshot::Marker;
 pub use options::{
     BinaryMode, DecimalMode, EncoderOptions, HstoreMode, IntervalMode, MessagePrefixFilter, OptionError,
     PrefixPatterns, SkippedOperations, TimePrecisionMode, UnchangedToastMode,
@@ -90,6 +91,8 @@ pub enum Op {
     /// Transaction metadata BEGIN/END (`provide.transaction.metadata`).
     TxBegin,
     TxEnd,
+    /// A row read by a snapshot (see [`crate::snapshot`]).
+    Read,
 }
 
 impl Op {
@@ -101,6 +104,7 @@ impl Op {
             Op::Delete => Some("d"),
             Op::Truncate => Some("t"),
             Op::Message => Some("m"),
+            Op::Read => Some("r"),
             Op::Tombstone | Op::TxBegin | Op::TxEnd => None,
         }
     }
@@ -159,6 +163,19 @@ pub enum EncodeError {
     OutOfSequence(&'static str),
     #[error("transaction {xid:?} has more than {max} changes; positions cannot number them")]
     TransactionTooLarge { xid: Option<Xid>, max: u32 },
+}
+
+/// Where and how a snapshot row is encoded (see [`Encoder::read`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotRead {
+    /// `source.snapshot`.
+    pub marker: crate::snapshot::Marker,
+    /// `source.lsn`: the chunk's high watermark.
+    pub lsn: Lsn,
+    /// The event's position (commit LSN, ordinal): see [`crate::snapshot`].
+    pub position: (Lsn, u32),
+    /// `source.ts_*`: when the snapshot started, in microseconds since the Unix epoch.
+    pub ts_micros: i64,
 }
 
 /// Names of the context headers, in Debezium's order: logical name (`topic.prefix`), task id
@@ -869,7 +886,10 @@ impl Encoder {
     }
 
     fn render_key(&self, relation_id: Oid, tuple: &TupleData<'_>) -> Result<Option<String>, EncodeError> {
-        let table = self.table(relation_id)?;
+        self.render_key_of(self.table(relation_id)?, tuple)
+    }
+
+    fn render_key_of(&self, table: &TableSchema, tuple: &TupleData<'_>) -> Result<Option<String>, EncodeError> {
         if table.key_columns.is_empty() {
             return Ok(None);
         }
@@ -989,19 +1009,33 @@ impl Encoder {
         Ok(())
     }
 
-    /// Writes the `source` block.
-    fn write_source(&self, out: &mut String, schema: &str, table: &str, lsn: Lsn, commit_micros: i64, in_tx: bool) {
-        let tx = self.tx.as_ref().filter(|_| in_tx);
+    /// Writes the `source` block. A snapshot read (`snapshot`: its marker) has no
+    /// transaction and, as in Debezium's snapshots, no last commit in `sequence`.
+    #[allow(clippy::too_many_arguments)]
+    fn write_source(
+        &self,
+        out: &mut String,
+        schema: &str,
+        table: &str,
+        lsn: Lsn,
+        commit_micros: i64,
+        in_tx: bool,
+        snapshot: Option<&str>,
+    ) {
+        let tx = self.tx.as_ref().filter(|_| in_tx && snapshot.is_none());
+        let last_commit_end = if snapshot.is_some() { None } else { self.last_commit_end };
         out.push_str("{\"version\":\"");
         out.push_str(DEBEZIUM_COMPAT_VERSION);
         out.push_str("\",\"connector\":\"postgresql\",\"name\":");
         json::write_str(out, &self.options.topic_prefix);
         out.push_str(",\"ts_ms\":");
         json::write_i64(out, commit_micros.div_euclid(1000));
-        out.push_str(",\"snapshot\":\"false\",\"db\":");
+        out.push_str(",\"snapshot\":\"");
+        out.push_str(snapshot.unwrap_or("false"));
+        out.push_str("\",\"db\":");
         json::write_str(out, &self.database);
         out.push_str(",\"sequence\":\"[");
-        match self.last_commit_end {
+        match last_commit_end {
             Some(l) => {
                 out.push_str("\\\"");
                 json::write_u64(out, l.0);
@@ -1075,7 +1109,7 @@ impl Encoder {
             None => value.push_str("null"),
         }
         value.push_str(",\"source\":");
-        self.write_source(&mut value, &table.schema, &table.table, lsn, commit_micros, true);
+        self.write_source(&mut value, &table.schema, &table.table, lsn, commit_micros, true, None);
         value.push_str(",\"transaction\":");
         value.push_str(tx_block.as_deref().unwrap_or("null"));
         value.push_str(",\"op\":\"");
@@ -1120,6 +1154,67 @@ impl Encoder {
         Ok(())
     }
 
+    /// Defines the relation a snapshot chunk reads (built from the catalog as a Relation
+    /// message would describe the table now); [`Encoder::read`] encodes its rows.
+    pub fn define_snapshot_relation(
+        &mut self,
+        r: &Relation,
+        catalog: &mut dyn CatalogSource,
+    ) -> Result<(), EncodeError> {
+        let user_types = user_types(r);
+        if !user_types.is_empty() {
+            let rows =
+                catalog.type_rows(&user_types).map_err(|reason| EncodeError::Catalog { relation: r.id, reason })?;
+            self.catalog.register_type_rows(rows);
+        }
+        let info = catalog.table_info(r.id).map_err(|reason| EncodeError::Catalog { relation: r.id, reason })?;
+        self.relations.define_snapshot(r, &self.catalog, Some(&info), &self.options.topic_prefix);
+        Ok(())
+    }
+
+    /// The relation as [`Encoder::define_snapshot_relation`] last defined it.
+    pub fn snapshot_relation(&self, id: Oid) -> Option<&TableSchema> {
+        self.relations.snapshot_table(id)
+    }
+
+    /// Encodes one row a snapshot read (`op: "r"`, `before` null), at `read`'s position.
+    pub fn read(
+        &mut self,
+        relation_id: Oid,
+        row: &TupleData<'_>,
+        read: &SnapshotRead,
+        out: &mut Vec<Event>,
+    ) -> Result<(), EncodeError> {
+        let table = self.relations.snapshot_table(relation_id).ok_or(EncodeError::UnknownRelation(relation_id))?;
+        let mut value = String::with_capacity(256 + 24 * table.columns.len());
+        value.push_str("{\"before\":null,\"after\":");
+        self.write_row(&mut value, table, row, None, &mut Vec::new())?;
+        value.push_str(",\"source\":");
+        let marker = Some(read.marker.as_str());
+        self.write_source(&mut value, &table.schema, &table.table, read.lsn, read.ts_micros, false, marker);
+        value.push_str(",\"transaction\":null,\"op\":\"r\",");
+        self.write_envelope_times(&mut value);
+        value.push('}');
+        let key = self.render_key_of(table, row)?.map(|k| self.schemas.key(&self.options, table, k));
+        let value = self.schemas.value(&self.options, table, value, false);
+        let headers = self.record_headers(table, Vec::new());
+        out.push(Event {
+            op: Op::Read,
+            commit_lsn: read.position.0,
+            ordinal: read.position.1,
+            lsn: read.lsn,
+            xid: None,
+            schema: table.schema.clone(),
+            table: table.table.clone(),
+            relation_id: Some(table.id),
+            topic: table.topic.clone(),
+            key,
+            value: Some(value),
+            headers,
+        });
+        Ok(())
+    }
+
     fn message(
         &mut self,
         transactional: bool,
@@ -1131,7 +1226,8 @@ impl Encoder {
         let in_tx = transactional && self.tx.is_some();
         let ordinal = if in_tx { self.begin_change()? } else { 0 };
         // A filtered message still took its ordinal: positions depend on the WAL only.
-        if !self.options.message_prefixes.admits(prefix) {
+        // pgcdc's snapshot watermarks are never records.
+        if prefix == crate::snapshot::WATERMARK_PREFIX || !self.options.message_prefixes.admits(prefix) {
             return Ok(());
         }
         if in_tx {
@@ -1149,7 +1245,7 @@ impl Encoder {
         value.push_str("\"ts_ms\":");
         json::write_i64(&mut value, nanos.div_euclid(1_000_000));
         value.push_str(",\"source\":");
-        self.write_source(&mut value, "", "", lsn, commit_micros, in_tx);
+        self.write_source(&mut value, "", "", lsn, commit_micros, in_tx, None);
         value.push_str(",\"transaction\":");
         value.push_str(tx_block.as_deref().unwrap_or("null"));
         value.push_str(",\"message\":{\"prefix\":");
