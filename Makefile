@@ -40,7 +40,7 @@ SUDO := $(shell if [ "$$(id -u)" = 0 ]; then echo; elif command -v sudo >/dev/nu
 export PG_CONFIG PGRX_HOME
 
 .PHONY: test test-core test-ext test-ext-pgrx test-ext-e2e test-py deps deps-os deps-pgrx venv \
-        ext-install py-develop demo lint bench bench-core bench-ext bench-py golden-capture clean
+        ext-install py-develop demo lint bench bench-core bench-ext bench-py bench-snapshot golden-capture clean
 
 # ---------------------------------------------------------------- tests
 # `deps` first, so a fresh machine gets everything. Order matters (no -j): `cargo pgrx test`
@@ -61,7 +61,8 @@ test-ext-pgrx: deps-pgrx
 
 test-ext-e2e: ext-install venv
 	@echo "==> test-ext-e2e: pytest tests/test_ext_*.py"
-	@$(VENV)/bin/pytest tests/test_ext_feed.py tests/test_ext_crash.py tests/test_ext_regress.py -v \
+	@$(VENV)/bin/pytest tests/test_ext_feed.py tests/test_ext_crash.py tests/test_ext_regress.py \
+	  tests/test_ext_snapshot.py -v \
 	  --timeout=$(PYTEST_TIMEOUT)
 
 test-py: deps-os venv ext-install py-develop
@@ -147,6 +148,10 @@ bench-py: deps-os venv ext-install
 	@$(MAKE) py-develop PY_RELEASE=1
 	@echo "==> bench-py: Python consumers vs pg_recvlogical"
 	@$(PY) bench/py_client_bench.py --repeat 3
+
+bench-snapshot: deps-os venv ext-install
+	@echo "==> bench-snapshot: initial snapshot rows/s staged and to Python vs COPY TO STDOUT"
+	@$(PY) bench/snapshot_bench.py
 
 golden-capture: deps-os venv
 	@echo "==> golden-capture: pgcdc_core/tests/fixtures/"

@@ -8,6 +8,9 @@
    WAL, and commit -> queue latency at 500 tx/s.
 3. The Python package (bench/py_client_bench.py): events/s delivered to an `async for` loop,
    feed client and LogicalReplicationReader, against pg_recvlogical on the same WAL.
+4. Snapshots (bench/snapshot_bench.py): an initial snapshot of a 2M-row table, rows/s staged
+   and delivered to the Python feed client, against psql draining COPY of the same table;
+   the feed worker's private memory on that table against a quarter of it.
 
 The machine is shared and noisy: compare ratios measured in one run, not absolute rates.
 Needs the release extension installed and the release Python package (make bench does both).
@@ -54,7 +57,7 @@ def main() -> int:
                      ("ok" if rate >= target else "BELOW") if target else ""))
 
     with tempfile.TemporaryDirectory() as tmp:
-        ext_json, py_json = Path(tmp, "ext.json"), Path(tmp, "py.json")
+        ext_json, py_json, snap_json = Path(tmp, "ext.json"), Path(tmp, "py.json"), Path(tmp, "snap.json")
         run([PY, "bench/ext_staging.py", "--repeat", repeat, "--json", str(ext_json)])
         ext = json.loads(ext_json.read_text())
         for r in ext["staging"]:
@@ -73,6 +76,29 @@ def main() -> int:
             rows.append((f"python {r['consumer']}", r["workload"],
                          f"{r['ratio']:.2f} x pg_recvlogical, {r['cpu_us_per_event']} µs CPU/event",
                          f">= {goal:.2f}", "ok" if r["ratio"] >= goal else "BELOW"))
+
+        snap_cmd = [PY, "bench/snapshot_bench.py", "--json", str(snap_json)]
+        run(snap_cmd + (["--quick"] if args.quick else []))
+        snap = json.loads(snap_json.read_text())
+        copy_rate = snap["copy"]["rows_per_s"]
+        label = f"{snap['rows']:,} rows"
+        st = snap["staging"]
+        rows.append(("snapshot staging", label,
+                     f"{st['ratio']:.2f} x COPY ({st['rows_per_s']:,} vs {copy_rate:,} rows/s)",
+                     ">= 0.50", "ok" if st["ok"] else "BELOW"))
+        if "python" in snap:
+            p = snap["python"]
+            rows.append(("snapshot python feed", label,
+                         f"{p['ratio']:.2f} x COPY ({p['rows_per_s']:,} rows/s, {p['client_cpu_us_per_row']} µs CPU/row)",
+                         ">= 0.30", "ok" if p["ok"] else "BELOW"))
+        rss = snap["rss"]
+        if "ok" in rss:
+            quarter = "anon_peak_quarter_kb" in rss
+            base = f"{snap['quarter_rows']:,} -> {label}" if quarter else f"25% -> 100% of {label}"
+            before = rss["anon_peak_quarter_kb"] if quarter else rss["anon_at_25pct_kb"]
+            rows.append(("snapshot worker RSS", base,
+                         f"private {before / 1024:.1f} -> {rss['anon_peak_full_kb'] / 1024:.1f} MB "
+                         f"({rss['anon_growth_pct']:+.1f}%)", "flat (<= +10%)", "ok" if rss["ok"] else "GROWS"))
 
     widths = [max(len(r[i]) for r in rows + [("component", "workload", "measured", "target", "")]) for i in range(5)]
     header = ("component", "workload", "measured", "target", "")

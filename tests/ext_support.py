@@ -191,3 +191,172 @@ class Standby(Cluster):
             ]
         )
         return self
+
+
+# ----------------------------------------------------------------- replaying a feed (snapshots)
+
+
+def position(ev: dict[str, Any]) -> tuple[int, int]:
+    """The event's position (commit_lsn, ordinal) as a sortable tuple."""
+    return (lsn_int(ev["commit_lsn"]), ev["ordinal"])
+
+
+def _unwrap(v: Any) -> Any:
+    """The payload of a value or key, with or without schemas.enable ({"schema", "payload"})."""
+    if isinstance(v, str):
+        v = json.loads(v)
+    if isinstance(v, dict) and set(v) == {"schema", "payload"}:
+        return v["payload"]
+    return v
+
+
+def canon_key(key: Any) -> str:
+    """A hashable, order-independent form of a key (a dict of the primary key's columns)."""
+    return json.dumps(_unwrap(key), sort_keys=True, separators=(",", ":"))
+
+
+def event_key(ev: dict[str, Any]) -> str:
+    return canon_key(ev["key"])
+
+
+def event_value(ev: dict[str, Any]) -> Any:
+    """The event's value payload (None for tombstones)."""
+    return None if ev["event"] is None else _unwrap(ev["event"])
+
+
+def replay_events(
+    events: list[dict[str, Any]], state: dict[tuple[str, str], dict[str, Any]] | None = None
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """Apply events in position order to {(schema, table): {key: after}}: c/u/r upsert the
+    `after` by key, d deletes the key, t clears the table; tombstones, messages and anything
+    else are ignored. The events must be in position order (read order); that is checked."""
+    state = {} if state is None else state
+    last: tuple[int, int] | None = None
+    for ev in events:
+        pos = position(ev)
+        assert last is None or pos > last, f"events out of order or repeated: {last} then {pos}"
+        last = pos
+        op = ev["op"]
+        if op not in ("c", "u", "r", "d", "t"):
+            continue
+        value = event_value(ev)
+        if value is None:
+            continue  # a tombstone staged under the op of its delete: nothing to apply
+        table = state.setdefault((ev["schema_name"], ev["table_name"]), {})
+        if op == "t":
+            table.clear()
+        elif op == "d":
+            table.pop(event_key(ev), None)
+        else:
+            table[event_key(ev)] = value["after"]
+    return state
+
+
+def table_rows(c: Cluster, table: str, key_cols: list[str], dbname: str = "postgres") -> dict[str, Any]:
+    """{canon_key: row as a JSON object} of `table` (to compare with replay_events: works for
+    columns whose Debezium encoding is their JSON form, e.g. int, bigint, text, boolean)."""
+    out: dict[str, Any] = {}
+    for (row,) in c.execute(f"SELECT to_jsonb(x) FROM {table} x", dbname=dbname):
+        row = json.loads(row) if isinstance(row, str) else row
+        out[canon_key({k: row[k] for k in key_cols})] = row
+    return out
+
+
+def read_all(c: Cluster, feed: str, page: int = 20000) -> list[dict[str, Any]]:
+    """Every staged, unacknowledged event of the feed (paging through pgcdc.read), without
+    acknowledging anything."""
+    out: list[dict[str, Any]] = read_events(c, feed, limit=page)
+    while out:
+        more = read_events(c, feed, after=(out[-1]["commit_lsn"], out[-1]["ordinal"]), limit=page)
+        if not more:
+            break
+        out += more
+    return out
+
+
+def diff_states(want: dict[str, Any], got: dict[str, Any], events: list[dict[str, Any]] | None = None,
+                limit: int = 8) -> str:
+    """A readable account of how two {key: row} maps differ, with the events that touched the
+    first few differing keys (op, position, after) when `events` are given."""
+    missing = [k for k in want if k not in got]
+    extra = [k for k in got if k not in want]
+    changed = [k for k in want if k in got and want[k] != got[k]]
+    lines = [f"{len(missing)} missing, {len(extra)} extra, {len(changed)} different (of {len(want)} rows)"]
+    for label, keys in (("missing", missing), ("extra", extra), ("different", changed)):
+        for k in keys[:limit]:
+            lines.append(f"  {label} {k}: table {want.get(k)!r} replay {got.get(k)!r}")
+            if events is not None:
+                for ev in events:
+                    if ev["op"] in ("c", "u", "r", "d") and ev["key"] is not None and event_key(ev) == k:
+                        v = event_value(ev)
+                        lines.append(
+                            f"      {ev['op']} at {ev['commit_lsn']}/{ev['ordinal']} "
+                            f"after={None if v is None else v.get('after')!r}"
+                        )
+    return "\n".join(lines)
+
+
+class Consumer:
+    """A thread that reads a feed with pgcdc.read and acknowledges each batch with pgcdc.ack,
+    keeping every event it read (in order) in `events`."""
+
+    def __init__(self, c: Cluster, feed: str, batch: int = 5000, marker_table: str | None = None) -> None:
+        import threading
+
+        self.c, self.feed, self.batch, self.marker_table = c, feed, batch, marker_table
+        self.events: list[dict[str, Any]] = []
+        self.markers: set[Any] = set()
+        self.error: BaseException | None = None
+        self.lock = threading.Lock()
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"consumer-{feed}", daemon=True)
+
+    def start(self) -> "Consumer":
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            with self.c.connect() as conn:
+                while not self._stop.is_set():
+                    cur = conn.execute("SELECT * FROM pgcdc.read(%s, %s)", [self.feed, self.batch])
+                    names = [d.name for d in cur.description]
+                    rows = [dict(zip(names, r)) for r in cur.fetchall()]
+                    if not rows:
+                        time.sleep(0.02)
+                        continue
+                    with self.lock:
+                        self.events.extend(rows)
+                        if self.marker_table:
+                            for ev in rows:
+                                if ev["table_name"] == self.marker_table and ev["op"] == "c":
+                                    self.markers.add(event_value(ev)["after"]["id"])
+                    last = rows[-1]
+                    conn.execute("SELECT pgcdc.ack(%s, %s, %s)", [self.feed, last["commit_lsn"], last["ordinal"]])
+        except BaseException as e:  # noqa: BLE001 - reported by check()
+            self.error = e
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise AssertionError(f"consumer of {self.feed} failed: {self.error!r}") from self.error
+        assert self.thread.is_alive() or self._stop.is_set(), f"consumer of {self.feed} stopped"
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.events)
+
+    def wait_marker(self, marker: Any, timeout: float = 60.0) -> None:
+        def seen() -> bool:
+            self.check()
+            with self.lock:
+                return marker in self.markers
+
+        wait_until(seen, timeout, f"marker {marker} in feed {self.feed}", interval=0.05)
+
+    def stop(self) -> list[dict[str, Any]]:
+        self._stop.set()
+        self.thread.join(30)
+        assert not self.thread.is_alive(), f"consumer of {self.feed} did not stop"
+        if self.error is not None:
+            raise AssertionError(f"consumer of {self.feed} failed: {self.error!r}") from self.error
+        return self.events

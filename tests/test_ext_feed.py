@@ -170,7 +170,7 @@ def test_typematrix_every_table_and_operation_is_delivered(pg):
     pg.psql("-f", str(TYPEMATRIX_SQL), dbname=db)
     pg.execute(
         "SELECT pgcdc.create_feed('tm', publication => 'tm_pub', "
-        "options => '{\"skipped.operations\": \"none\"}')"
+        "options => '{\"skipped.operations\": \"none\", \"snapshot.mode\": \"no_data\"}')"
     )
     pg.execute("SELECT pg_create_logical_replication_slot('tm_reference', 'test_decoding')")
     try:
@@ -229,7 +229,7 @@ def want_tombstones(want: Counter) -> int:
 
 def test_ack_advances_confirmed_flush_lsn_only_past_fully_acked_transactions(pg):
     pub = setup_table(pg, "ack_t")
-    pg.execute(f"SELECT pgcdc.create_feed('ackf', publication => '{pub}')")
+    pg.execute(f"SELECT pgcdc.create_feed('ackf', publication => '{pub}', options => '{{\"snapshot.mode\": \"no_data\"}}')")
     insert_rows(pg, "ack_t", range(1, 4), per_tx=3)  # T1: 3 events
     insert_rows(pg, "ack_t", range(4, 6), per_tx=2)  # T2: 2 events
     events = collect(pg, "ackf", 5)
@@ -277,7 +277,7 @@ def test_ack_advances_confirmed_flush_lsn_only_past_fully_acked_transactions(pg)
 def test_idle_published_table_does_not_pin_wal(pg):
     pub = setup_table(pg, "idle_t")
     pg.execute("CREATE TABLE busy_t (id serial PRIMARY KEY, pad text)")
-    pg.execute(f"SELECT pgcdc.create_feed('idlef', publication => '{pub}')")
+    pg.execute(f"SELECT pgcdc.create_feed('idlef', publication => '{pub}', options => '{{\"snapshot.mode\": \"no_data\"}}')")
     insert_rows(pg, "idle_t", [1])
     events = collect(pg, "idlef", 1)
     pg.execute("SELECT pgcdc.ack('idlef', %s)", params=[events[0]["commit_lsn"]])
@@ -345,7 +345,7 @@ def test_rolled_back_create_feed_leaves_nothing(pg):
 def test_worker_restart_stages_nothing_twice(pg):
     """Terminate the worker and its walsender mid-stream: no event twice, none lost."""
     pub = setup_table(pg, "wr_t")
-    pg.execute(f"SELECT pgcdc.create_feed('wrf', publication => '{pub}')")
+    pg.execute(f"SELECT pgcdc.create_feed('wrf', publication => '{pub}', options => '{{\"snapshot.mode\": \"no_data\"}}')")
     total = 3000
     done = threading.Event()
 
@@ -514,7 +514,7 @@ def test_notify_sink_sends_events_and_stages_big_ones(pg):
 def test_alter_feed_options_apply_to_new_events(pg):
     pg.execute("CREATE TABLE opt_t (id int PRIMARY KEY, amount numeric(10,2))")
     pg.execute("CREATE PUBLICATION opt_t FOR TABLE opt_t")
-    pg.execute("SELECT pgcdc.create_feed('optf', publication => 'opt_t')")
+    pg.execute("SELECT pgcdc.create_feed('optf', publication => 'opt_t', options => '{\"snapshot.mode\": \"no_data\"}')")
     pg.execute("INSERT INTO opt_t VALUES (1, 12.34)")
     first = collect(pg, "optf", 1)[0]
     assert event_json(first)["after"]["amount"] != "12.34", "precise mode is not a string"
@@ -522,7 +522,7 @@ def test_alter_feed_options_apply_to_new_events(pg):
     opts = pg.execute(
         "SELECT pgcdc.alter_feed('optf', '{\"decimal.handling.mode\": \"string\", \"topic.prefix\": \"shop\"}')"
     )[0][0]
-    assert opts == {"decimal.handling.mode": "string", "topic.prefix": "shop"}
+    assert opts == {"decimal.handling.mode": "string", "topic.prefix": "shop", "snapshot.mode": "no_data"}
     with pytest.raises(psycopg.errors.InvalidParameterValue) as e:
         pg.execute("SELECT pgcdc.alter_feed('optf', '{\"decimal.handling.mode\": \"fancy\"}')")
     assert "precise" in str(e.value) and e.value.diag.message_hint
@@ -533,7 +533,8 @@ def test_alter_feed_options_apply_to_new_events(pg):
     assert second["topic"] == "shop.public.opt_t"
     # A JSON null removes an option.
     assert pg.execute("SELECT pgcdc.alter_feed('optf', '{\"topic.prefix\": null}')")[0][0] == {
-        "decimal.handling.mode": "string"
+        "decimal.handling.mode": "string",
+        "snapshot.mode": "no_data",
     }
     pg.execute("SELECT pgcdc.drop_feed('optf')")
 
@@ -600,9 +601,9 @@ def test_only_owner_and_admins_use_a_feed(pg):
         assert "create_feed" in str(e.value)
     # The owner must be able to read the published tables.
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
-        pg.execute(f"SELECT pgcdc.create_feed('privf', publication => '{pub}', owner => 'app_other')")
+        pg.execute(f"SELECT pgcdc.create_feed('privf', publication => '{pub}', owner => 'app_other', options => '{{\"snapshot.mode\": \"no_data\"}}')")
     with psycopg.connect(pg.dsn(user="app_admin"), autocommit=True) as conn:
-        conn.execute(f"SELECT pgcdc.create_feed('privf', publication => '{pub}', owner => 'app_owner')")
+        conn.execute(f"SELECT pgcdc.create_feed('privf', publication => '{pub}', owner => 'app_owner', options => '{{\"snapshot.mode\": \"no_data\"}}')")
     insert_rows(pg, "priv_t", [1])
     collect(pg, "privf", 1)
     with psycopg.connect(pg.dsn(user="app_owner"), autocommit=True) as conn:
@@ -688,7 +689,7 @@ def test_read_needs_select_on_every_returned_table_and_no_row_security(pg):
     pg.execute("CREATE PUBLICATION rd_p FOR TABLE rd_a, rd_b")
     pg.execute("CREATE ROLE rd_reader LOGIN")
     pg.execute("GRANT SELECT ON rd_a, rd_b TO rd_reader")
-    pg.execute("SELECT pgcdc.create_feed('rdf', publication => 'rd_p', owner => 'rd_reader')")
+    pg.execute("SELECT pgcdc.create_feed('rdf', publication => 'rd_p', owner => 'rd_reader', options => '{\"snapshot.mode\": \"no_data\"}')")
     insert_rows(pg, "rd_b", [1])
     collect(pg, "rdf", 1)
 
@@ -757,7 +758,7 @@ def test_acks_seen_through_a_for_all_tables_publication_do_not_pin_the_slot(pg):
     pg.execute("CREATE TABLE fat_t (id int PRIMARY KEY, v text)")
     pg.execute("CREATE PUBLICATION fat_p FOR ALL TABLES")
     try:
-        pg.execute("SELECT pgcdc.create_feed('fatf', publication => 'fat_p')")
+        pg.execute("SELECT pgcdc.create_feed('fatf', publication => 'fat_p', options => '{\"snapshot.mode\": \"no_data\"}')")
         for round_ in range(3):
             insert_rows(pg, "fat_t", [round_])
             evs = collect(pg, "fatf", 1)
@@ -799,7 +800,7 @@ def test_an_event_too_big_to_stage_stops_the_feed_with_a_clear_error(pg):
     pg.execute("ALTER SYSTEM SET pgcdc.max_event_size = '64kB'")
     pg.execute("SELECT pg_reload_conf()")
     try:
-        pg.execute(f"SELECT pgcdc.create_feed('bigf', publication => '{pub}')")
+        pg.execute(f"SELECT pgcdc.create_feed('bigf', publication => '{pub}', options => '{{\"snapshot.mode\": \"no_data\"}}')")
         insert_rows(pg, "big_t", [1])
         collect(pg, "bigf", 1)
         pg.execute("INSERT INTO big_t VALUES (2, repeat('x', 100000))")
@@ -967,7 +968,7 @@ def test_events_of_a_dropped_table_stay_hidden_from_a_new_table_of_its_name(pg):
     pg.execute("CREATE PUBLICATION dd_p FOR TABLE dd_t")
     pg.execute("CREATE ROLE dd_reader LOGIN IN ROLE pgcdc_admin")
     pg.execute("GRANT SELECT ON dd_t TO dd_reader")
-    pg.execute("SELECT pgcdc.create_feed('ddf', publication => 'dd_p')")
+    pg.execute("SELECT pgcdc.create_feed('ddf', publication => 'dd_p', options => '{\"snapshot.mode\": \"no_data\"}')")
     insert_rows(pg, "dd_t", [1])
     old = collect(pg, "ddf", 1)
 
@@ -1000,7 +1001,7 @@ def test_ack_refuses_positions_this_feed_never_staged(pg):
     """An event of another feed (or a computed position) would acknowledge events nobody read."""
     for t in ("as_a", "as_b"):
         setup_table(pg, t)
-        pg.execute(f"SELECT pgcdc.create_feed('{t}f', publication => '{t}')")
+        pg.execute(f"SELECT pgcdc.create_feed('{t}f', publication => '{t}', options => '{{\"snapshot.mode\": \"no_data\"}}')")
     insert_rows(pg, "as_a", [1])
     insert_rows(pg, "as_b", [1])
     insert_rows(pg, "as_a", [2])
@@ -1080,7 +1081,7 @@ def test_catalog_facts_come_from_the_changed_relation_version_not_an_older_snaps
     pg.execute("CREATE TYPE cv_tone AS ENUM ('low', 'high')")
     pg.execute("CREATE TABLE cv_t (id int PRIMARY KEY, v text, tone cv_tone)")
     pg.execute("CREATE PUBLICATION cv_p FOR TABLE cv_t")
-    pg.execute("SELECT pgcdc.create_feed('cvf', publication => 'cv_p', options => '{\"schemas.enable\": true}')")
+    pg.execute("SELECT pgcdc.create_feed('cvf', publication => 'cv_p', options => '{\"schemas.enable\": true, \"snapshot.mode\": \"no_data\"}')")
     pg.execute("INSERT INTO cv_t VALUES (1, 'a', 'low')")
     first = collect(pg, "cvf", 1)[0]
     assert _field(_field(event_json(first)["schema"], "after"), "tone")["parameters"]["allowed"] == "low,high"

@@ -60,7 +60,7 @@ def new_feed(pg, *, sink: str = "table", options: dict | None = None) -> str:
     name = f"f{os.getpid() % 1000}_{_n}"
     pg.execute(f"CREATE TABLE {name} (id int PRIMARY KEY, v text, amount numeric(10,2))")
     pg.execute(f"CREATE PUBLICATION {name} FOR TABLE {name}")
-    run(pgcdc.create_feed(pg.dsn(), name, name, sink=sink, options=options or {}))
+    run(pgcdc.create_feed(pg.dsn(), name, name, sink=sink, options=options or {}, snapshot="no_data"))
     return name
 
 
@@ -159,7 +159,7 @@ def test_reconnects_after_server_restart() -> None:
     try:
         c.execute("CREATE TABLE r (id int PRIMARY KEY)")
         c.execute("CREATE PUBLICATION r FOR TABLE r")
-        run(pgcdc.create_feed(c.dsn(), "r", "r"))
+        run(pgcdc.create_feed(c.dsn(), "r", "r", snapshot="no_data"))
         c.execute("INSERT INTO r VALUES (1)")
 
         async def main() -> None:
@@ -237,7 +237,7 @@ def test_typematrix_values() -> None:
         with open(TYPEMATRIX_SQL) as fh:
             c.psql("-f", "-", input=fh.read())
         for name, options in TYPEMATRIX_OPTIONS.items():
-            run(pgcdc.create_feed(c.dsn(), name, "tm_pub", options=options))
+            run(pgcdc.create_feed(c.dsn(), name, "tm_pub", options=options, snapshot="no_data"))
         with open(TYPEMATRIX_DML_SQL) as fh:
             c.psql("-f", "-", input=fh.read())
         for name, options in TYPEMATRIX_OPTIONS.items():
@@ -341,7 +341,7 @@ def test_acknowledgements_survive_a_server_crash() -> None:
     try:
         c.execute("CREATE TABLE k (id int PRIMARY KEY)")
         c.execute("CREATE PUBLICATION k FOR TABLE k")
-        run(pgcdc.create_feed(c.dsn(), "k", "k"))
+        run(pgcdc.create_feed(c.dsn(), "k", "k", snapshot="no_data"))
         for i in range(1, 11):
             c.execute("INSERT INTO k VALUES (%s)", params=[i])
 
@@ -449,7 +449,7 @@ def test_varbit_and_big_json_numbers(pg) -> None:
     name = f"vals{os.getpid() % 1000}_{_n}"
     pg.execute(f"CREATE TABLE {name} (id int PRIMARY KEY, b varbit, j jsonb)")
     pg.execute(f"CREATE PUBLICATION {name} FOR TABLE {name}")
-    run(pgcdc.create_feed(pg.dsn(), name, name))
+    run(pgcdc.create_feed(pg.dsn(), name, name, snapshot="no_data"))
     pg.execute(f"""INSERT INTO {name} VALUES (1, B'', NULL), (2, B'000', NULL), (3, B'0001', NULL), (4, B'110', NULL),
                    (5, NULL, '{{"n": 123456789012345678901234567890, "neg": -98765432109876543210,
                                "f": 12345.678901234567, "e": 1e3, "small": 7}}')""")
@@ -597,12 +597,12 @@ def test_planted_objects_never_run_as_the_consumer(pg, tmp_path) -> None:
         pg.execute(f"CREATE PUBLICATION {t} FOR TABLE {t}")
 
         async def helpers() -> None:
-            await pgcdc.create_feed(dsn, t, t)
+            await pgcdc.create_feed(dsn, t, t, snapshot="no_data")
             assert [f["name"] for f in await pgcdc.feeds(dsn) if f["name"] == t] == [t]
             assert (await pgcdc.feed_status(dsn, t))[0]["name"] == t
             assert any(s["name"] == t for s in await pgcdc.feed_status(dsn))
             assert await pgcdc.alter_feed(dsn, t, {"decimal.handling.mode": "string"}) == {
-                "decimal.handling.mode": "string"}
+                "decimal.handling.mode": "string", "snapshot.mode": "no_data"}
             await pgcdc.pause_feed(dsn, t)
             await pgcdc.resume_feed(dsn, t)
 
@@ -679,7 +679,7 @@ def test_a_feed_dropped_and_created_again_is_another_feed(pg) -> None:
         async with await pgcdc.connect(pg.dsn(), feed=f) as old:
             (e_old,) = await take(old, 1)
             await pgcdc.drop_feed(pg.dsn(), f)
-            await pgcdc.create_feed(pg.dsn(), f, f)
+            await pgcdc.create_feed(pg.dsn(), f, f, snapshot="no_data")
             insert(pg, f, 2, 3)
             with pytest.raises(pgcdc.ProgrammingError, match="dropped and created again"):
                 await take(old, 1, timeout=45)  # woken by the new feed's NOTIFY (or the 30 s poll)

@@ -9,7 +9,8 @@
 //!  2. take snapshot S, read the chunk: the next N rows by primary key after the cursor
 //!  3. write the high watermark H     (non-transactional logical message, flushed)
 //!  4. stream on; for every change between L and H, and for every change of a transaction
-//!     S could not see (its xid in S's in-progress list), drop the chunk row with that key
+//!     S could not see (its xid in S's in-progress list or past its xmax), drop the chunk
+//!     row with that key
 //!     (a TRUNCATE of the table drops them all)
 //!  5. at H, emit the chunk rows that are left, at positions between the stream's events
 //!     before H and after it
@@ -25,7 +26,7 @@
 //!   (step 4 drops `r`), or commits before L yet was still in progress when S was taken (its
 //!   commit record was written, it was not yet visible: a commit waiting for a synchronous
 //!   standby, or the moment between WAL and ProcArray). Then its xid is in S's in-progress
-//!   list, and step 4 drops `r` too when the stream delivers `T` after the chunk was read. If
+//!   list or at or after S's xmax ([`Unseen`]), and step 4 drops `r` too when the stream delivers `T` after the chunk was read. If
 //!   the stream delivered `T` before the chunk was read, the reader must not use the chunk:
 //!   the extension remembers the xids of recently streamed transactions and reads again when
 //!   one of them is in S's in-progress list ([`Window::conflicts`]).
@@ -167,6 +168,28 @@ impl Watermark {
     }
 }
 
+/// The transactions a snapshot does not see as committed: those in progress when it was
+/// taken (`xip`) and every xid from its `xmax` on. A transaction whose commit record is
+/// written but which is not yet visible may have the newest xid: it is then not in `xip`
+/// but at or past `xmax` (PostgreSQL leaves such xids out of `xip`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Unseen {
+    pub xmax: Xid,
+    pub xip: HashSet<Xid>,
+}
+
+impl Unseen {
+    pub fn new(xmax: Xid, xip: impl IntoIterator<Item = Xid>) -> Self {
+        Unseen { xmax, xip: xip.into_iter().collect() }
+    }
+
+    /// Whether the snapshot did not see `xid` (committed or not): in `xip`, or at or after
+    /// `xmax` in PostgreSQL's circular xid order.
+    pub fn contains(&self, xid: Xid) -> bool {
+        self.xip.contains(&xid) || (xid.wrapping_sub(self.xmax) as i32) >= 0
+    }
+}
+
 /// One column value of a chunk row: its text (the type's output function), or NULL.
 pub type Cell = Option<Vec<u8>>;
 
@@ -197,8 +220,8 @@ pub struct Window {
     key_names: Vec<String>,
     rows: Vec<Option<Vec<Cell>>>,
     by_key: HashMap<KeyText, usize>,
-    /// S's in-progress transactions: their changes are not in the chunk.
-    in_progress: HashSet<Xid>,
+    /// The transactions S did not see: their changes are not in the chunk.
+    unseen: Unseen,
     low_seen: bool,
     /// The open transaction's changes supersede chunk rows.
     tx_supersedes: bool,
@@ -217,7 +240,7 @@ impl Window {
         key_columns: &[usize],
         key_names: Vec<String>,
         rows: Vec<Vec<Cell>>,
-        in_progress: HashSet<Xid>,
+        unseen: Unseen,
     ) -> Window {
         let mut by_key = HashMap::with_capacity(rows.len());
         for (i, row) in rows.iter().enumerate() {
@@ -229,7 +252,7 @@ impl Window {
             key_names,
             rows: rows.into_iter().map(Some).collect(),
             by_key,
-            in_progress,
+            unseen,
             low_seen: false,
             tx_supersedes: false,
             stream_keys: None,
@@ -248,8 +271,8 @@ impl Window {
 
     /// Whether a transaction streamed before the chunk was read is one S did not see: the
     /// chunk misses its changes, and they are gone by: read the chunk again.
-    pub fn conflicts(in_progress: &HashSet<Xid>, streamed: &HashSet<Xid>) -> bool {
-        streamed.iter().any(|x| in_progress.contains(x))
+    pub fn conflicts(unseen: &Unseen, streamed: &HashSet<Xid>) -> bool {
+        streamed.iter().any(|&x| unseen.contains(x))
     }
 
     /// The stream reached the low watermark: every change from here on supersedes.
@@ -259,7 +282,7 @@ impl Window {
 
     /// A transaction starts in the stream.
     pub fn begin(&mut self, xid: Xid) {
-        self.tx_supersedes = self.low_seen || self.in_progress.contains(&xid);
+        self.tx_supersedes = self.low_seen || self.unseen.contains(xid);
     }
 
     /// A change in the stream; `stream_table` is the stream's relation of the change.
@@ -384,7 +407,7 @@ mod tests {
 
     fn window(ids: &[&str], in_progress: &[Xid]) -> Window {
         let rows = ids.iter().map(|id| row(id, "x")).collect();
-        Window::new(token(), REL, &[0], vec!["id".into()], rows, in_progress.iter().copied().collect())
+        Window::new(token(), REL, &[0], vec!["id".into()], rows, Unseen::new(1000, in_progress.iter().copied()))
     }
 
     fn tuple<'a>(cells: &'a [&'a str]) -> TupleData<'a> {
@@ -483,7 +506,7 @@ mod tests {
     fn null_and_empty_key_texts_differ() {
         let rows = vec![vec![None, Some(b"x".to_vec())], vec![Some(Vec::new()), Some(b"x".to_vec())]];
         let st = stream_table(&["id", "v"]);
-        let mut w = Window::new(token(), REL, &[0], vec!["id".into()], rows, HashSet::new());
+        let mut w = Window::new(token(), REL, &[0], vec!["id".into()], rows, Unseen::new(1000, []));
         w.low_watermark();
         w.begin(1);
         let new = TupleData { columns: vec![ColumnData::Text(b""), ColumnData::Text(b"y")] };
@@ -494,9 +517,24 @@ mod tests {
 
     #[test]
     fn streamed_unseen_transactions_conflict() {
-        let in_progress: HashSet<Xid> = [5, 9].into();
-        assert!(Window::conflicts(&in_progress, &[9].into()));
-        assert!(!Window::conflicts(&in_progress, &[4, 10].into()));
+        let unseen = Unseen::new(20, [5, 9]);
+        assert!(Window::conflicts(&unseen, &[9].into()));
+        assert!(!Window::conflicts(&unseen, &[4, 10].into()));
+        // The newest xid can be committed in WAL yet past the snapshot's xmax, not in xip.
+        assert!(Window::conflicts(&unseen, &[20].into()));
+        assert!(Window::conflicts(&unseen, &[25].into()));
+    }
+
+    #[test]
+    fn xids_at_or_past_xmax_are_unseen_across_wraparound() {
+        let unseen = Unseen::new(u32::MAX - 1, []);
+        assert!(unseen.contains(u32::MAX - 1) && unseen.contains(u32::MAX) && unseen.contains(3));
+        assert!(!unseen.contains(u32::MAX - 2) && !unseen.contains(u32::MAX - 1000));
+        let mut w = window(&["1"], &[]);
+        w.begin(1000); // the xmax of `window`'s snapshot: not seen, so it supersedes
+        let st = stream_table(&["id", "v"]);
+        w.observe(&Message::Insert(Insert { xid: None, relation_id: REL, new: tuple(&["1", "y"]) }), Some(&st));
+        assert!(ids(w).is_empty());
     }
 
     #[test]

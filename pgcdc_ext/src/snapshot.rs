@@ -31,7 +31,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use pgcdc_core::debezium::{Encoder, Event, Marker, SnapshotRead};
 use pgcdc_core::pgoutput::{ColumnData, Message, Relation, RelationColumn, ReplicaIdentity, TupleData};
-use pgcdc_core::snapshot::{row_position, Cell, ChunkToken, Watermark, Window, WATERMARK_PREFIX};
+use pgcdc_core::snapshot::{row_position, Cell, ChunkToken, Unseen, Watermark, Window, WATERMARK_PREFIX};
 use pgcdc_core::{Lsn, Xid};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -222,7 +222,7 @@ fn relation_name(oid: pg_sys::Oid) -> String {
 fn snapshot_by_oid(feed: Option<&str>, tables: default!(Option<Vec<pg_sys::Oid>>, "NULL")) -> i64 {
     let name = required(feed, "feed");
     let id = feed::authorize(name, "snapshot");
-    let Some(f) = feed::load_by_id(id) else {
+    let Some(f) = access::as_extension_owner(|| feed::load_by_id(id)) else {
         raise(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, format!("feed \"{name}\" does not exist"), None)
     };
     if tables.as_ref().is_some_and(Vec::is_empty) {
@@ -240,9 +240,11 @@ fn snapshot_by_oid(feed: Option<&str>, tables: default!(Option<Vec<pg_sys::Oid>>
             None,
         );
     }
-    let snapshot_id = access::as_extension_owner(|| queue(id, false, &planned));
-    feed::wake_at_commit(false, Some(id));
-    snapshot_id
+    access::as_extension_owner(|| {
+        let snapshot_id = queue(id, false, &planned);
+        feed::wake_at_commit(false, Some(id));
+        snapshot_id
+    })
 }
 
 /// `pgcdc.cancel_snapshot(feed)`: see sql/pgcdc_finalize.sql.
@@ -300,6 +302,8 @@ struct InFlight {
     /// The cursor after this chunk (None with `last_of_table`).
     next_key: Option<Vec<String>>,
     last_of_table: bool,
+    /// Nothing is left to read after this chunk (the tables after it are empty).
+    last_of_snapshot: bool,
 }
 
 /// What the stream's high watermark produced: rows to stage, and whether any.
@@ -349,8 +353,10 @@ impl Snapshotter {
             polled: None,
             outstanding: false,
         };
-        s.rewind_lost(acked, last_staged);
-        s.acknowledged(acked);
+        if feed::lock_for_worker(feed.id) {
+            s.rewind_lost(acked, last_staged);
+            s.acknowledged(acked);
+        }
         s
     }
 
@@ -417,6 +423,9 @@ impl Snapshotter {
 
     /// The acknowledged position moved: forget chunks whose rows are all acknowledged.
     pub fn acknowledged(&mut self, acked: Position) {
+        if !feed::lock_for_worker(self.feed_id) {
+            return;
+        }
         let remaining: i64 = spi_ok(Spi::connect_mut(|c| {
             let args = [self.feed_id.into(), PgLsn(acked.commit_lsn).into(), (acked.ordinal as i32).into()];
             c.update(
@@ -480,6 +489,15 @@ impl Snapshotter {
         if self.in_flight.is_some() || at_cap {
             return;
         }
+        if self.active.is_none() && self.polled.is_some_and(|t| t.elapsed() < POLL_INTERVAL) {
+            return;
+        }
+        // Like every write of the worker, under the feed row's FOR KEY SHARE lock taken first:
+        // drop_feed deletes the feed row and then (cascading) its snapshots, so taking the
+        // locks in the other order could deadlock with it.
+        if !feed::lock_for_worker(self.feed_id) {
+            return;
+        }
         if self.active.is_none() {
             if self.polled.is_some_and(|t| t.elapsed() < POLL_INTERVAL) {
                 return;
@@ -500,8 +518,8 @@ impl Snapshotter {
         if self.streamed.len() < 4096 {
             return;
         }
-        let in_progress = current_in_progress();
-        self.streamed.retain(|x| in_progress.contains(x));
+        let unseen = unseen_now();
+        self.streamed.retain(|&x| unseen.contains(x));
     }
 
     fn next_snapshot(&mut self) -> Option<Active> {
@@ -630,22 +648,27 @@ impl Snapshotter {
         let from_key = active.last_key.clone();
         emit_watermark(&token.watermark(false));
         let read = read_as(self.owner, || table.read(from_key.as_deref(), self.fetch + 1));
-        let (rows, in_progress) = match read {
+        let (rows, unseen) = match read {
             Ok(r) => r,
             Err(message) => {
                 emit_watermark(&token.watermark(true));
-                self.finish("failed", Some(format!("cannot read {name}: {message}")));
+                if describe(oid, &self.publication).is_none() {
+                    log!("pgcdc feed {}: snapshot {}: table {name} was dropped; skipping it", self.feed_id, active.id);
+                    self.next_table(Some(&name));
+                } else {
+                    self.finish("failed", Some(format!("cannot read {name}: {message}")));
+                }
                 return;
             }
         };
         emit_watermark(&token.watermark(true));
         self.count_read();
-        if Window::conflicts(&in_progress, &self.streamed) {
+        if Window::conflicts(&unseen, &self.streamed) {
             // A transaction the stream already delivered was not visible to the chunk.
-            self.streamed.retain(|x| in_progress.contains(x));
+            self.streamed.retain(|&x| unseen.contains(x));
             return;
         }
-        self.streamed.retain(|x| in_progress.contains(x));
+        self.streamed.retain(|&x| unseen.contains(x));
         if let Err(e) = encoder.define_snapshot_relation(&table.relation, catalog) {
             self.finish("failed", Some(format!("cannot describe {name}: {e}")));
             return;
@@ -664,9 +687,21 @@ impl Snapshotter {
                     .collect()
             })
         };
-        let window = Window::new(token, oid.to_u32(), &table.key_positions, table.key.clone(), rows, in_progress);
+        let window = Window::new(token, oid.to_u32(), &table.key_positions, table.key.clone(), rows, unseen);
         let table_index = active.table_index;
-        self.in_flight = Some(InFlight { window, table_index, from_key, next_key, last_of_table });
+        // The snapshot's last row is in this chunk if every table after this one is empty.
+        let last_of_snapshot = last_of_table && self.rest_is_empty(table_index + 1);
+        self.in_flight = Some(InFlight { window, table_index, from_key, next_key, last_of_table, last_of_snapshot });
+    }
+
+    /// Whether the active snapshot's tables from `from` on have no row to read now (a table
+    /// dropped meanwhile has none).
+    fn rest_is_empty(&self, from: usize) -> bool {
+        let Some(active) = self.active.as_ref() else { return true };
+        active.tables.iter().skip(from).all(|&oid| match describe(oid, &self.publication) {
+            None => true,
+            Some(table) => read_as(self.owner, || table.read(None, 1)).is_ok_and(|(rows, _)| rows.is_empty()),
+        })
     }
 
     fn still_running(&self, id: i64) -> bool {
@@ -701,6 +736,10 @@ impl Snapshotter {
             Watermark::High(t) if t == f.window.token() => {}
             _ => return Ok(out),
         }
+        if !feed::lock_for_worker(self.feed_id) {
+            self.in_flight = None;
+            return Ok(out); // dropped meanwhile: nothing is staged either
+        }
         let f = self.in_flight.take().expect("in flight");
         let Some(active) = self.active.as_mut() else { return Ok(out) };
         if !f.window.is_usable() {
@@ -711,13 +750,13 @@ impl Snapshotter {
         let superseded = f.window.superseded();
         let rows = f.window.into_rows();
         let n = rows.len();
-        let last_table = f.table_index + 1 >= active.tables.len();
         let first_of_table = f.from_key.is_none();
+        let last_table = f.table_index + 1 >= active.tables.len();
         for (i, row) in rows.iter().enumerate() {
             let marker = if active.initial {
                 let first = active.rows_staged == 0 && i == 0;
                 let last_of_table = f.last_of_table && i + 1 == n;
-                Marker::initial(first, last_of_table && last_table, first_of_table && i == 0, last_of_table)
+                Marker::initial(first, last_of_table && f.last_of_snapshot, first_of_table && i == 0, last_of_table)
             } else {
                 Marker::Incremental
             };
@@ -935,8 +974,8 @@ const TEXT_SETTINGS: &[(&CStr, &CStr)] = &[
 
 impl TableRead {
     /// Reads up to `limit` rows after `after` (None: from the start) under a new snapshot;
-    /// returns them (each column's text) and the snapshot's in-progress xids.
-    fn read(&self, after: Option<&[String]>, limit: u32) -> (Vec<Vec<Cell>>, HashSet<Xid>) {
+    /// returns them (each column's text) and the transactions the snapshot did not see.
+    fn read(&self, after: Option<&[String]>, limit: u32) -> (Vec<Vec<Cell>>, Unseen) {
         let (sql, mut params): (&str, Vec<Option<String>>) = match after {
             None => (&self.from_start, Vec::new()),
             Some(key) => (&self.after_key, key.iter().cloned().map(Some).collect()),
@@ -953,8 +992,7 @@ impl TableRead {
                 // the enclosing subtransaction); tuples are read before SPI_finish frees them.
                 unsafe {
                     let snapshot = pg_sys::GetTransactionSnapshot();
-                    let in_progress: HashSet<Xid> =
-                        (0..(*snapshot).xcnt as usize).map(|i| (*(*snapshot).xip.add(i)).into_inner()).collect();
+                    let unseen = unseen_by(snapshot);
                     pg_sys::PushActiveSnapshot(snapshot);
                     let mut types: Vec<pg_sys::Oid> = vec![pg_sys::TEXTOID; params.len()];
                     let mut values: Vec<pg_sys::Datum> =
@@ -971,7 +1009,7 @@ impl TableRead {
                     );
                     pg_sys::PopActiveSnapshot();
                     if rc != pg_sys::SPI_OK_SELECT as i32 {
-                        return (Vec::new(), in_progress);
+                        return (Vec::new(), unseen);
                     }
                     let table = pg_sys::SPI_tuptable;
                     let count = pg_sys::SPI_processed as usize;
@@ -990,7 +1028,7 @@ impl TableRead {
                         }
                         rows.push(row);
                     }
-                    (rows, in_progress)
+                    (rows, unseen)
                 }
             })
         })
@@ -1056,12 +1094,21 @@ fn emit_watermark(content: &str) {
     unsafe { pg_sys::XLogFlush(end.0 .0) };
 }
 
-/// The in-progress xids of a snapshot taken now.
-fn current_in_progress() -> HashSet<Xid> {
-    // SAFETY: a new snapshot in the current transaction; only its xip array is read.
+/// What a snapshot taken now does not see.
+fn unseen_now() -> Unseen {
+    // SAFETY: a new snapshot in the current transaction, read at once.
+    unsafe { unseen_by(pg_sys::GetTransactionSnapshot()) }
+}
+
+/// The transactions `snapshot` does not see (its xmax and in-progress list).
+///
+/// # Safety
+/// `snapshot` must be a valid MVCC snapshot.
+unsafe fn unseen_by(snapshot: pg_sys::Snapshot) -> Unseen {
+    // SAFETY: per the contract, xip holds xcnt xids.
     unsafe {
-        let snapshot = pg_sys::GetTransactionSnapshot();
-        (0..(*snapshot).xcnt as usize).map(|i| (*(*snapshot).xip.add(i)).into_inner()).collect()
+        let xip = (0..(*snapshot).xcnt as usize).map(|i| (*(*snapshot).xip.add(i)).into_inner());
+        Unseen::new((*snapshot).xmax.into_inner(), xip)
     }
 }
 

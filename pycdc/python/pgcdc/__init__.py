@@ -1,6 +1,13 @@
 """pgcdc: PostgreSQL change-data-capture for asyncio, decoded in Rust.
 
 * :func:`connect` streams a pgcdc *feed* (the extension) over an ordinary SQL connection.
+  Feeds are managed with :func:`create_feed` (``snapshot="initial"``, the default, emits the
+  tables' existing rows first as ``op="r"`` events), :func:`alter_feed`, :func:`pause_feed`,
+  :func:`resume_feed`, :func:`reset_feed`, :func:`drop_feed`, :func:`feeds`,
+  :func:`feed_status`; ad hoc snapshots with :func:`snapshot` (``wait=True, progress=cb``
+  polls until done and raises :class:`SnapshotFailed` when it fails or is cancelled),
+  :func:`wait_snapshot`, :func:`cancel_snapshot` and :func:`snapshots`.
+  ``python -m pgcdc`` does the same from a shell (``snapshot FEED`` with a progress bar).
 * :class:`LogicalReplicationReader` reads a pgoutput replication slot directly (no extension)
   with the API of the ``pgoutput-decoder`` library: ``import pgcdc as pgoutput_decoder``.
 
@@ -23,9 +30,15 @@ from ._feed import (
     create_feed,
     drop_feed,
     feed_status,
+    SNAPSHOT_MODES,
+    cancel_snapshot,
     feeds,
     pause_feed,
+    reset_feed,
     resume_feed,
+    snapshot,
+    snapshots,
+    wait_snapshot,
 )
 from ._jsonview import JsonNumber
 from ._pgcdc import DEBEZIUM_VERSION, Event, Interval, ReplicationMessage
@@ -42,6 +55,7 @@ from .errors import (
     NotSupportedError,
     OperationalError,
     ProgrammingError,
+    SnapshotFailed,
 )
 from .errors import ConnectionError  # noqa: A004 - not in __all__: do not shadow the builtin
 
@@ -66,8 +80,11 @@ __all__ = [
     "OperationalError",
     "ProgrammingError",
     "ReplicationMessage",
+    "SNAPSHOT_MODES",
+    "SnapshotFailed",
     "ack",
     "alter_feed",
+    "cancel_snapshot",
     "connect",
     "create_feed",
     "drop_feed",
@@ -78,7 +95,11 @@ __all__ = [
     "message_to_debezium_json",
     "message_to_dict",
     "pause_feed",
+    "reset_feed",
     "resume_feed",
+    "snapshot",
+    "snapshots",
+    "wait_snapshot",
 ]
 
 _OPERATIONS = {

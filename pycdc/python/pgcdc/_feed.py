@@ -7,14 +7,17 @@ SQL connection (no REPLICATION privilege) and acknowledges them by position.
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Mapping
-from typing import Any, Optional, Union
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable, Optional, Union
 
 from . import _pgcdc
 from ._aio import Waker, run_op
 from ._pgcdc import Event
-from .errors import Error
+from .errors import ConnectionError as PgConnectionError
+from .errors import Error, OperationalError, ProgrammingError, SnapshotFailed
 
 __all__ = [
     "FeedStream",
@@ -27,7 +30,16 @@ __all__ = [
     "feeds",
     "feed_status",
     "ack",
+    "reset_feed",
+    "snapshot",
+    "wait_snapshot",
+    "cancel_snapshot",
+    "snapshots",
+    "SNAPSHOT_MODES",
 ]
+
+#: The values of the ``snapshot.mode`` feed option (``create_feed(..., snapshot=...)``).
+SNAPSHOT_MODES = ("initial", "no_data", "initial_only", "when_needed")
 
 
 class FeedStream:
@@ -174,8 +186,20 @@ async def create_feed(
     sink: str = "table",
     options: Optional[Mapping[str, Any]] = None,
     owner: Optional[str] = None,
+    snapshot: Optional[str] = None,
 ) -> str:
-    """``pgcdc.create_feed``: returns the slot's consistent point (LSN ``X/Y``)."""
+    """``pgcdc.create_feed``: returns the slot's consistent point (LSN ``X/Y``).
+
+    ``snapshot`` sets the ``snapshot.mode`` option (one of :data:`SNAPSHOT_MODES`; the
+    extension's default is ``"initial"``: the published tables' existing rows as ``op="r"``
+    events, then the stream). ``ValueError`` when ``options`` holds another ``snapshot.mode``.
+    """
+    opts = dict(options or {})
+    if snapshot is not None:
+        have = opts.get("snapshot.mode")
+        if have is not None and have != snapshot:
+            raise ValueError(f"snapshot={snapshot!r} conflicts with options['snapshot.mode']={have!r}")
+        opts["snapshot.mode"] = snapshot
     rows = await _query(
         dsn,
         "SELECT pgcdc.create_feed($1::pg_catalog.text, $2::pg_catalog.text, $3::pg_catalog.text, "
@@ -183,7 +207,7 @@ async def create_feed(
         name,
         publication,
         sink,
-        json.dumps(dict(options or {})),
+        json.dumps(opts),
         owner,
     )
     return str(rows[0]["lsn"])
@@ -244,3 +268,141 @@ async def ack(dsn: str, name: str, lsn: str, ordinal: Optional[int] = None) -> i
         _opt(ordinal),
     )
     return int(rows[0]["n"])
+
+
+async def reset_feed(dsn: str, name: str) -> str:
+    """``pgcdc.reset_feed``: discards the feed's backlog (every change committed up to now is
+    acknowledged); returns the new acknowledged LSN (``X/Y``)."""
+    rows = await _query(dsn, "SELECT pgcdc.reset_feed($1::pg_catalog.text)::pg_catalog.text AS lsn", name)
+    return str(rows[0]["lsn"])
+
+
+def _regclass_array(tables: Optional[Sequence[str]]) -> Optional[str]:
+    """``tables`` as the text of a Postgres array literal (each element quoted), or None."""
+    if tables is None:
+        return None
+    if isinstance(tables, (str, bytes)):
+        raise TypeError("tables must be a sequence of table names, not a single string")
+    items = []
+    for t in tables:
+        if not isinstance(t, str):
+            raise TypeError(f"a table name must be a str, not {type(t).__name__}")
+        items.append('"' + t.replace("\\", "\\\\").replace('"', '\\"') + '"')
+    return "{" + ",".join(items) + "}"
+
+
+async def snapshot(
+    dsn: str,
+    feed: str,
+    *,
+    tables: Optional[Sequence[str]] = None,
+    wait: bool = False,
+    progress: Optional[Callable[[dict[str, Any]], None]] = None,
+    poll_interval: float = 0.5,
+) -> int:
+    """``pgcdc.snapshot``: queues an ad hoc ("incremental") snapshot of ``tables`` (default:
+    every table the feed's publication publishes) and returns its id. The rows come as
+    ``op="r"`` events with ``source["snapshot"] == "incremental"``, in order with the stream.
+
+    Table names are read as ``regclass`` with ``search_path = pg_catalog``: qualify them
+    (``"public.orders"``, ``'"My Schema"."Orders"'``). A table without a primary key is
+    refused (``OperationalError``, SQLSTATE 55000), one the publication does not publish
+    too (``DataError``, 22023).
+
+    ``wait=True`` returns only once the snapshot is done (see :func:`wait_snapshot`: polls
+    every ``poll_interval`` seconds, calls ``progress(row)`` with each ``pgcdc.snapshots``
+    row and raises ``SnapshotFailed`` when it fails or is cancelled).
+    """
+    literal = _regclass_array(tables)
+    try:
+        rows = await _query(
+            dsn,
+            "SELECT pgcdc.snapshot($1::pg_catalog.text, $2::pg_catalog.text::pg_catalog.regclass[]) AS id",
+            feed,
+            literal,
+        )
+    except ProgrammingError as e:
+        if e.sqlstate == "42P01" and tables and any("." not in t for t in tables) and not e.hint:
+            raise ProgrammingError(
+                str(e.args[0]) if e.args else "",
+                sqlstate=e.sqlstate,
+                detail=e.detail,
+                hint="table names are read with search_path = pg_catalog: qualify them, e.g. public.orders",
+                severity=e.severity,
+            ) from e
+        raise
+    sid = int(rows[0]["id"])
+    if wait:
+        await wait_snapshot(dsn, feed, sid, progress=progress, poll_interval=poll_interval)
+    return sid
+
+
+async def wait_snapshot(
+    dsn: str,
+    feed: str,
+    id: int,
+    *,
+    progress: Optional[Callable[[dict[str, Any]], None]] = None,
+    poll_interval: float = 0.5,
+    reconnect_timeout: float = 60.0,
+) -> dict[str, Any]:
+    """Polls ``pgcdc.snapshots`` until snapshot ``id`` of ``feed`` is over; returns its last
+    row when it is ``done``. Calls ``progress(row)`` at each poll (the last call has the
+    final row). Raises ``SnapshotFailed`` when it ended ``failed`` or ``cancelled`` or is
+    gone (its feed dropped). A server that cannot be reached (restarting) is polled again
+    for up to ``reconnect_timeout`` seconds: the snapshot resumes after a restart.
+    """
+    sql = (
+        "SELECT * FROM pgcdc.snapshots WHERE feed OPERATOR(pg_catalog.=) $1::pg_catalog.text "
+        "AND id OPERATOR(pg_catalog.=) $2::pg_catalog.text::pg_catalog.int8"
+    )
+    failing_since: Optional[float] = None
+    while True:
+        try:
+            rows = await _query(dsn, sql, feed, str(int(id)))
+        except OperationalError as e:
+            transient = isinstance(e, PgConnectionError) or (e.sqlstate or "").startswith("57P")
+            now = time.monotonic()
+            if failing_since is None:
+                failing_since = now
+            if not transient or now - failing_since > reconnect_timeout:
+                raise
+            await asyncio.sleep(max(poll_interval, 1.0))
+            continue
+        failing_since = None
+        if not rows:
+            raise SnapshotFailed(
+                f"snapshot {id} of feed {feed} no longer exists (was the feed dropped?)", snapshot_id=int(id)
+            )
+        row = rows[0]
+        if progress is not None:
+            progress(row)
+        state = row.get("state")
+        if state == "done":
+            return row
+        if state in ("failed", "cancelled"):
+            why = f": {row['error']}" if row.get("error") else ""
+            word = "failed" if state == "failed" else "was cancelled"
+            raise SnapshotFailed(
+                f"snapshot {id} of feed {feed} {word}{why}", state=str(state), snapshot_id=int(id), snapshot=row
+            )
+        await asyncio.sleep(poll_interval)
+
+
+async def cancel_snapshot(dsn: str, feed: str) -> int:
+    """``pgcdc.cancel_snapshot``: cancels the feed's pending and running snapshots (rows
+    already staged stay); returns how many."""
+    rows = await _query(dsn, "SELECT pgcdc.cancel_snapshot($1::pg_catalog.text) AS n", feed)
+    return int(rows[0]["n"])
+
+
+async def snapshots(dsn: str, feed: Optional[str] = None) -> list[dict[str, Any]]:
+    """The snapshots you may see (the ``pgcdc.snapshots`` view), of ``feed`` or of every
+    feed, oldest first: ``state``, ``rows``/``rows_estimated``, ``current_table``, ETA..."""
+    if feed is None:
+        return await _query(dsn, "SELECT * FROM pgcdc.snapshots ORDER BY feed, id")
+    return await _query(
+        dsn,
+        "SELECT * FROM pgcdc.snapshots WHERE feed OPERATOR(pg_catalog.=) $1::pg_catalog.text ORDER BY id",
+        feed,
+    )

@@ -8,9 +8,10 @@
      │                           RuntimeError: the pgoutput-decoder library raised that)
      └── DatabaseError           the server (or the data) said no; sqlstate/detail/hint
           ├── OperationalError   server-side trouble: shutdown, slot in use, resources
-          │    └── ConnectionError        cannot reach, TLS, connection lost (also a
-          │         │                     builtins.ConnectionError)
-          │         └── AuthenticationError   wrong password, no pg_hba entry (SQLSTATE 28xxx)
+          │    ├── ConnectionError        cannot reach, TLS, connection lost (also a
+          │    │    │                     builtins.ConnectionError)
+          │    │    └── AuthenticationError   wrong password, no pg_hba entry (SQLSTATE 28xxx)
+          │    └── SnapshotFailed     a snapshot waited for ended failed or cancelled
           ├── ProgrammingError   missing slot/publication/feed, bad names (SQLSTATE 42xxx)
           ├── DataError          a value or message that cannot be decoded (22xxx)
           ├── IntegrityError     (23xxx)
@@ -25,7 +26,7 @@ server). Errors caused by the network keep an ``OSError`` as ``__cause__``.
 from __future__ import annotations
 
 import builtins
-from typing import Optional
+from typing import Any, Optional
 
 __all__ = [
     "Error",
@@ -40,6 +41,7 @@ __all__ = [
     "IntegrityError",
     "NotSupportedError",
     "InternalError",
+    "SnapshotFailed",
 ]
 
 
@@ -101,6 +103,37 @@ class ConnectionError(OperationalError, builtins.ConnectionError):  # noqa: A001
 
 class AuthenticationError(ConnectionError):
     """The server refused the credentials (SQLSTATE class 28)."""
+
+
+class SnapshotFailed(OperationalError):
+    """A snapshot waited for (``pgcdc.snapshot(..., wait=True)``) ended ``failed`` or
+    ``cancelled``, or disappeared (its feed was dropped).
+
+    ``state`` is its last state (None when it disappeared), ``snapshot_id`` its id and
+    ``snapshot`` its last ``pgcdc.snapshots`` row (None when it disappeared); the message
+    holds the server's ``error`` text of a failed one. ``sqlstate`` is None: the error
+    happened in the feed's worker, not in a statement of this client. (Errors raised when
+    the snapshot is requested, e.g. SQLSTATE 55000 for a table without a primary key, are
+    the server's error of that statement: ``OperationalError``, ``ProgrammingError``...)
+    """
+
+    state: Optional[str]
+    snapshot_id: Optional[int]
+    snapshot: Optional[dict[str, Any]]
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        state: Optional[str] = None,
+        snapshot_id: Optional[int] = None,
+        snapshot: Optional[dict[str, Any]] = None,
+        **kwargs: Optional[str],
+    ) -> None:
+        super().__init__(message, **kwargs)
+        self.state = state
+        self.snapshot_id = snapshot_id
+        self.snapshot = snapshot
 
 
 class ProgrammingError(DatabaseError):
