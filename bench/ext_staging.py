@@ -114,7 +114,7 @@ def staging_round(c: Cluster, label: str, workload: str, rows: int, recv_first: 
     c.execute("DROP PUBLICATION IF EXISTS bench_p")
     c.execute(TABLE)
     c.execute("CREATE PUBLICATION bench_p FOR TABLE bench_t")
-    c.execute(f"SELECT pgcdc.create_feed('{feed}', publication => 'bench_p')")
+    c.execute(f"SELECT pgcdc.create_feed('{feed}', publication => 'bench_p', options => '{{\"snapshot.mode\": \"no_data\"}}')")
     c.execute(f"SELECT pgcdc.pause_feed('{feed}')")
     wait(
         lambda: c.execute("SELECT NOT active FROM pg_replication_slots WHERE slot_name = %s", params=[f"pgcdc_{feed}"])[0][0],
@@ -216,7 +216,7 @@ def latency_round(c: Cluster, rate: int, seconds: float) -> dict:
     c.execute("DROP PUBLICATION IF EXISTS bench_p")
     c.execute(TABLE)
     c.execute("CREATE PUBLICATION bench_p FOR TABLE bench_t")
-    c.execute(f"SELECT pgcdc.create_feed('{feed}', publication => 'bench_p')")
+    c.execute(f"SELECT pgcdc.create_feed('{feed}', publication => 'bench_p', options => '{{\"snapshot.mode\": \"no_data\"}}')")
     wait(
         lambda: c.execute(f"SELECT phase = 'streaming' FROM pgcdc.feed_status WHERE name = '{feed}'")[0][0],
         30,

@@ -159,7 +159,7 @@ def main() -> int:
                 if with_feed:
                     for f in ("bench_feed", "bench_feed_values"):
                         c.execute("SELECT pgcdc.drop_feed(%s, if_exists => true)", params=[f])
-                        c.execute("SELECT pgcdc.create_feed(%s, 'bench_pub', options => '{\"tombstones.on.delete\": \"false\"}')", params=[f])
+                        c.execute("SELECT pgcdc.create_feed(%s, 'bench_pub', options => '{\"tombstones.on.delete\": \"false\", \"snapshot.mode\": \"no_data\"}')", params=[f])
                         # paused during the load: the measurement covers decoding, staging and reading
                         c.execute("SELECT pgcdc.pause_feed(%s)", params=[f])
                 expected = load(c, workload, args.rows_big, args.txns_small)
