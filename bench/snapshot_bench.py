@@ -51,17 +51,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
+from ext_staging import SETTINGS as STAGING_SETTINGS  # noqa: E402
+from ext_staging import cpu_s  # noqa: E402
 from pgcluster import Cluster, pg_bindir  # noqa: E402
 
-SETTINGS = {
-    "shared_preload_libraries": "pgcdc",
-    "pgcdc.status_interval": 200,
-    "pgcdc.launcher_interval": 200,
-    "max_wal_size": "4GB",
-    "checkpoint_timeout": "30min",
-    "shared_buffers": "512MB",
-    "wal_sender_timeout": "0",
-}
+# The staging benchmark's server, without the walsender timeout: a long snapshot on a loaded
+# machine must not be cut off by it.
+SETTINGS = {**STAGING_SETTINGS, "wal_sender_timeout": "0"}
 
 TABLE = "CREATE TABLE {name} (id bigint PRIMARY KEY, name text, qty int, price numeric(10,2), created timestamptz)"
 ROW = "g, 'item ' || g, (g % 100)::int, (g % 100000) / 100.0, '2024-01-01 00:00+00'::timestamptz + g * interval '1 second'"
@@ -74,17 +70,7 @@ TARGET_PYTHON = 0.3  # x COPY
 RSS_FLAT_REL = 0.10
 RSS_FLAT_ABS_KB = 4096
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 POLL_S = 0.05
-
-
-def cpu_s(pid: int) -> float | None:
-    """utime + stime of a process, in seconds (None once it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def mem_kb(pid: int) -> dict[str, int] | None:
@@ -98,16 +84,6 @@ def mem_kb(pid: int) -> dict[str, int] | None:
     except (OSError, ValueError, IndexError):
         return None
     return out
-
-
-def wait(fn, timeout: float, what: str, interval: float = 0.01):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = fn()
-        if v:
-            return v
-        time.sleep(interval)
-    raise SystemExit(f"timed out waiting for {what}")
 
 
 def build_info() -> dict:

@@ -136,6 +136,15 @@ def own_table_state(events, table: str) -> dict:
     return replay_events(events).get(("public", table), {})
 
 
+def assert_replays_to_table(c, events, table: str) -> None:
+    """Applying `events` in order ends with exactly the rows of public.`table`."""
+    want = table_rows(c, table, ["id"])
+    got = own_table_state(events, table)
+    assert got == want, "replay differs from the table:\n" + diff_states(
+        want, got, [e for e in events if e["table_name"] == table]
+    )
+
+
 # ----------------------------------------------------------------------------- 1. typematrix
 
 PK_TABLES = ("tm_types", "tm_default", "tm_full", "tm_toast", "tm_gen", "tm_part")
@@ -396,11 +405,7 @@ def test_ad_hoc_snapshot_with_concurrent_writers_replays_to_the_table(pg):
     assert {event_value(e)["source"]["snapshot"] for e in reads} == {"incremental"}
     assert all(event_value(e)["before"] is None for e in reads)
     assert any(e["op"] == "t" and e["table_name"] == "ah_t" for e in events), "the TRUNCATE was streamed"
-    want = table_rows(pg, "ah_t", ["id"])
-    got = own_table_state(events, "ah_t")
-    assert got == want, "replay differs from the table:\n" + diff_states(
-        want, got, [e for e in events if e["table_name"] == "ah_t"]
-    )
+    assert_replays_to_table(pg, events, "ah_t")
     pg.execute("SELECT pgcdc.drop_feed('ahf')")
 
 
@@ -449,11 +454,7 @@ def test_initial_snapshot_taken_while_writers_run_replays_to_the_table(pg):
     marks = [event_value(e)["source"]["snapshot"] for e in reads]
     assert marks and marks[0] == "first" and marks[-1] == "last" and marks.count("first") == marks.count("last") == 1, (
         marks[:3], marks[-3:])
-    want = table_rows(pg, "iw_t", ["id"])
-    got = own_table_state(events, "iw_t")
-    assert got == want, "replay differs from the table:\n" + diff_states(
-        want, got, [e for e in events if e["table_name"] == "iw_t"]
-    )
+    assert_replays_to_table(pg, events, "iw_t")
     pg.execute("SELECT pgcdc.drop_feed('iwf')")
 
 
@@ -544,9 +545,7 @@ def test_kill9_mid_snapshot_resumes_from_a_chunk_and_loses_nothing():
             f"{after['chunks_read']} in all for {total_chunks} chunks"
         )
         # Every row delivered (acknowledged before the crash, or read after it).
-        want = table_rows(c, "kc_t", ["id"])
-        got = own_table_state(acked + later, "kc_t")
-        assert got == want, "replay differs from the table:\n" + diff_states(want, got)
+        assert_replays_to_table(c, acked + later, "kc_t")
         again = {event_key(e) for e in r_events(later)} & {event_key(e) for e in r_events(acked)}
         print(f"kill9: {len(again)} rows acknowledged before the crash were read again after it")
         assert len(again) <= 2 * fetch, f"{len(again)} acknowledged rows read again: more than the chunk re-read"

@@ -385,8 +385,9 @@ mod tests {
         ChunkToken { feed_id: 3, snapshot_id: 7, chunk: 2, attempt: 9 }
     }
 
-    fn stream_table(columns: &[&str]) -> TableSchema {
-        let rel = Relation {
+    /// `public.t` with these (column, type oid) pairs; `id` is the key.
+    fn relation(columns: &[(&str, Oid)]) -> Relation {
+        Relation {
             xid: None,
             id: REL,
             namespace: "public".into(),
@@ -394,9 +395,13 @@ mod tests {
             replica_identity: ReplicaIdentity::Default,
             columns: columns
                 .iter()
-                .map(|n| RelationColumn { is_key: *n == "id", name: (*n).into(), type_oid: 23, type_modifier: -1 })
+                .map(|&(n, t)| RelationColumn { is_key: n == "id", name: n.into(), type_oid: t, type_modifier: -1 })
                 .collect(),
-        };
+        }
+    }
+
+    fn stream_table(columns: &[&str]) -> TableSchema {
+        let rel = relation(&columns.iter().map(|&n| (n, 23)).collect::<Vec<_>>());
         let info = crate::catalog::TableInfo { primary_key: vec!["id".into()], ..Default::default() };
         RelationCache::new().define(&rel, &Catalog::new(), Some(&info), "p").clone()
     }
@@ -562,17 +567,7 @@ mod tests {
         use crate::debezium::{Encoder, EncoderOptions, Op, SnapshotRead};
         let mut encoder = Encoder::new(EncoderOptions::default(), "db");
         encoder.set_clock(|| 1_700_000_000_000_000_000);
-        let rel = Relation {
-            xid: None,
-            id: REL,
-            namespace: "public".into(),
-            name: "t".into(),
-            replica_identity: ReplicaIdentity::Default,
-            columns: vec![
-                RelationColumn { is_key: true, name: "id".into(), type_oid: 23, type_modifier: -1 },
-                RelationColumn { is_key: false, name: "v".into(), type_oid: 25, type_modifier: -1 },
-            ],
-        };
+        let rel = relation(&[("id", 23), ("v", 25)]);
         encoder.define_snapshot_relation(&rel, &mut Facts).unwrap();
         assert!(encoder.relation(REL).is_none(), "the stream's relations are not touched");
         let read = SnapshotRead {

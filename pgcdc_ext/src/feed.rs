@@ -401,7 +401,7 @@ fn validate_name(name: &str) {
 }
 
 /// Quotes user input for a message, escaping control characters.
-pub(crate) fn quote_for_message(s: &str) -> String {
+fn quote_for_message(s: &str) -> String {
     format!("{:?}", s)
 }
 
@@ -1015,14 +1015,12 @@ fn relation_exists(oid: pg_sys::Oid) -> bool {
     !unsafe { pg_sys::get_rel_name(oid) }.is_null()
 }
 
-pub(crate) fn quote_ident(s: &str) -> String {
-    let plain = s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    if plain {
-        s.to_owned()
-    } else {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    }
+/// An identifier quoted as PostgreSQL's `quote_ident` quotes it (keywords too): for SQL
+/// pgcdc builds and for names in messages.
+pub(crate) fn quote_ident(name: &str) -> String {
+    let Ok(c) = std::ffi::CString::new(name) else { return format!("\"{}\"", name.replace('"', "\"\"")) };
+    // SAFETY: quote_identifier returns its argument or a palloc'd quoted copy.
+    unsafe { std::ffi::CStr::from_ptr(pg_sys::quote_identifier(c.as_ptr())) }.to_string_lossy().into_owned()
 }
 
 /// 42501 unless `role` may see every row of every table in `tables` (oid, display name):

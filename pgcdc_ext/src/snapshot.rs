@@ -29,9 +29,9 @@ use std::collections::HashSet;
 use std::ffi::{CStr, CString};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use pgcdc_core::debezium::{Encoder, Event, Marker, SnapshotRead};
+use pgcdc_core::debezium::{Encoder, Event, SnapshotRead};
 use pgcdc_core::pgoutput::{ColumnData, Message, Relation, RelationColumn, ReplicaIdentity, TupleData};
-use pgcdc_core::snapshot::{row_position, Cell, ChunkToken, Unseen, Watermark, Window, WATERMARK_PREFIX};
+use pgcdc_core::snapshot::{row_position, Cell, ChunkToken, Marker, Unseen, Watermark, Window, WATERMARK_PREFIX};
 use pgcdc_core::{Lsn, Xid};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -41,6 +41,7 @@ use crate::catalog::SpiCatalog;
 use crate::datum::PgLsn;
 use crate::feed::{self, raise, required, spi_ok};
 use crate::position::Position;
+use crate::stream;
 
 /// Rows per chunk unless `snapshot.fetch.size` says otherwise.
 pub const DEFAULT_FETCH_SIZE: u32 = 10_240;
@@ -295,20 +296,13 @@ struct Active {
 type LostChunks = (i64, i32, Option<Vec<String>>, i64, i32);
 
 /// A chunk read, waiting for its high watermark in the stream.
+/// The chunk starts at the active snapshot's cursor (which moves only at its high watermark).
 struct InFlight {
     window: Window,
-    table_index: usize,
-    from_key: Option<Vec<String>>,
-    /// The cursor after this chunk (None with `last_of_table`).
+    /// The cursor after this chunk in its table; None: the chunk ends the table.
     next_key: Option<Vec<String>>,
-    last_of_table: bool,
     /// Nothing is left to read after this chunk (the tables after it are empty).
     last_of_snapshot: bool,
-}
-
-/// What the stream's high watermark produced: rows to stage, and whether any.
-pub struct Emitted {
-    pub events: Vec<Event>,
 }
 
 /// A feed worker's snapshots.
@@ -482,11 +476,11 @@ impl Snapshotter {
         f.window.observe(msg, encoder.relation(relation_id));
     }
 
-    /// One step of the worker, in its transaction: when no chunk is in flight, find the
-    /// snapshot to run and read its next chunk. Never raises for problems of the table read
-    /// (those end the snapshot); `at_cap`: the queue is full, read nothing.
-    pub fn step(&mut self, at_cap: bool, encoder: &mut Encoder, catalog: &mut SpiCatalog) {
-        if self.in_flight.is_some() || at_cap {
+    /// One step of the worker, in its transaction, below the queue cap: when no chunk is in
+    /// flight, find the snapshot to run and read its next chunk. Never raises for problems of
+    /// the table read (those end the snapshot).
+    pub fn step(&mut self, encoder: &mut Encoder, catalog: &mut SpiCatalog) {
+        if self.in_flight.is_some() {
             return;
         }
         if self.active.is_none() && self.polled.is_some_and(|t| t.elapsed() < POLL_INTERVAL) {
@@ -621,11 +615,6 @@ impl Snapshotter {
 
     fn read_chunk(&mut self, encoder: &mut Encoder, catalog: &mut SpiCatalog) {
         let Some(active) = self.active.as_ref() else { return };
-        if !self.still_running(active.id) {
-            log!("pgcdc feed {}: snapshot {} was cancelled", self.feed_id, active.id);
-            self.active = None;
-            return;
-        }
         if active.table_index >= active.tables.len() {
             self.finish("done", None);
             return;
@@ -645,9 +634,13 @@ impl Snapshotter {
         let chunk = active.chunks as u32 + 1;
         self.attempt += 1;
         let token = ChunkToken { feed_id: self.feed_id, snapshot_id: active.id, chunk, attempt: self.attempt };
-        let from_key = active.last_key.clone();
+        if !claim_read(active.id) {
+            log!("pgcdc feed {}: snapshot {} was cancelled", self.feed_id, active.id);
+            self.active = None;
+            return;
+        }
         emit_watermark(&token.watermark(false));
-        let read = read_as(self.owner, || table.read(from_key.as_deref(), self.fetch + 1));
+        let read = read_as(self.owner, || table.read(active.last_key.as_deref(), self.fetch + 1));
         let (rows, unseen) = match read {
             Ok(r) => r,
             Err(message) => {
@@ -662,7 +655,6 @@ impl Snapshotter {
             }
         };
         emit_watermark(&token.watermark(true));
-        self.count_read();
         if Window::conflicts(&unseen, &self.streamed) {
             // A transaction the stream already delivered was not visible to the chunk.
             self.streamed.retain(|&x| unseen.contains(x));
@@ -688,10 +680,9 @@ impl Snapshotter {
             })
         };
         let window = Window::new(token, oid.to_u32(), &table.key_positions, table.key.clone(), rows, unseen);
-        let table_index = active.table_index;
         // The snapshot's last row is in this chunk if every table after this one is empty.
-        let last_of_snapshot = last_of_table && self.rest_is_empty(table_index + 1);
-        self.in_flight = Some(InFlight { window, table_index, from_key, next_key, last_of_table, last_of_snapshot });
+        let last_of_snapshot = last_of_table && self.rest_is_empty(active.table_index + 1);
+        self.in_flight = Some(InFlight { window, next_key, last_of_snapshot });
     }
 
     /// Whether the active snapshot's tables from `from` on have no row to read now (a table
@@ -702,22 +693,6 @@ impl Snapshotter {
             None => true,
             Some(table) => read_as(self.owner, || table.read(None, 1)).is_ok_and(|(rows, _)| rows.is_empty()),
         })
-    }
-
-    fn still_running(&self, id: i64) -> bool {
-        spi_ok(Spi::connect(|c| {
-            let args = [id.into()];
-            Ok(c.select("SELECT 1 FROM pgcdc.snapshot WHERE id = $1 AND state = 'running'", None, &args)?.len() == 1)
-        }))
-    }
-
-    fn count_read(&self) {
-        let Some(active) = self.active.as_ref() else { return };
-        spi_ok(Spi::connect_mut(|c| {
-            let args = [active.id.into()];
-            c.update("UPDATE pgcdc.snapshot SET chunks_read = chunks_read + 1 WHERE id = $1", None, &args)?;
-            Ok(())
-        }));
     }
 
     /// A watermark message at `lsn` in the stream: at the in-flight chunk's high watermark,
@@ -750,12 +725,12 @@ impl Snapshotter {
         let superseded = f.window.superseded();
         let rows = f.window.into_rows();
         let n = rows.len();
-        let first_of_table = f.from_key.is_none();
-        let last_table = f.table_index + 1 >= active.tables.len();
+        let first_of_table = active.last_key.is_none();
+        let ends_table = f.next_key.is_none();
         for (i, row) in rows.iter().enumerate() {
             let marker = if active.initial {
                 let first = active.rows_staged == 0 && i == 0;
-                let last_of_table = f.last_of_table && i + 1 == n;
+                let last_of_table = ends_table && i + 1 == n;
                 Marker::initial(first, last_of_table && f.last_of_snapshot, first_of_table && i == 0, last_of_table)
             } else {
                 Marker::Incremental
@@ -770,22 +745,24 @@ impl Snapshotter {
                 ts_micros: active.started_micros,
             };
             encoder.read(relation_id, &tuple, &read, &mut out).map_err(|e| {
-                format!("cannot encode a row of snapshot {} ({}): {e}", active.id, active.names[f.table_index])
+                format!("cannot encode a row of snapshot {} ({}): {e}", active.id, active.names[active.table_index])
             })?;
         }
         active.rows_staged += n as i64;
         active.chunks += 1;
         let (position_lsn, last_ordinal) = row_position(lsn, n as u32);
+        let (from_index, from_key) = (active.table_index, active.last_key.take());
+        active.table_index += usize::from(ends_table);
+        active.last_key = f.next_key;
         spi_ok(Spi::connect_mut(|c| {
-            let table_index = if f.last_of_table { f.table_index + 1 } else { f.table_index };
             let args = [
                 active.id.into(),
-                (table_index as i32).into(),
-                f.next_key.clone().into(),
+                (active.table_index as i32).into(),
+                active.last_key.clone().into(),
                 (n as i64).into(),
                 active.chunks.into(),
-                (f.table_index as i32).into(),
-                f.from_key.clone().into(),
+                (from_index as i32).into(),
+                from_key.into(),
                 PgLsn(position_lsn).into(),
                 (last_ordinal as i32).into(),
             ];
@@ -811,14 +788,8 @@ impl Snapshotter {
         if superseded > 0 {
             debug1!("pgcdc feed {}: {superseded} chunk row(s) superseded by the stream", self.feed_id);
         }
-        if f.last_of_table {
-            active.table_index += 1;
-            active.last_key = None;
-            if last_table {
-                self.finish("done", None);
-            }
-        } else {
-            active.last_key = f.next_key;
+        if active.table_index >= active.tables.len() {
+            self.finish("done", None);
         }
         Ok(out)
     }
@@ -935,15 +906,15 @@ fn describe(oid: pg_sys::Oid, publication: &str) -> Option<TableRead> {
             })
             .collect(),
     };
-    let list: Vec<String> = columns.iter().map(|c| quote_identifier(&c.name)).collect();
-    let keys: Vec<String> = key.iter().map(|k| quote_identifier(k)).collect();
+    let list: Vec<String> = columns.iter().map(|c| feed::quote_ident(&c.name)).collect();
+    let keys: Vec<String> = key.iter().map(|k| feed::quote_ident(k)).collect();
     let only = if relkind == "p" { "" } else { "ONLY " };
     let filter = rowfilter.map(|f| format!("({f})")).unwrap_or_else(|| "true".into());
     let select = format!(
         "SELECT {} FROM {only}{}.{} WHERE {filter}",
         if list.is_empty() { "NULL".to_owned() } else { list.join(", ") },
-        quote_identifier(&schema),
-        quote_identifier(&name)
+        feed::quote_ident(&schema),
+        feed::quote_ident(&name)
     );
     let order = format!("ORDER BY {}", keys.join(", "));
     let bounds: Vec<String> = key_positions
@@ -961,77 +932,76 @@ fn describe(oid: pg_sys::Oid, publication: &str) -> Option<TableRead> {
     })
 }
 
-/// The settings that shape values' text, as the walsender session has them (stream.rs
-/// `WALSENDER_OPTIONS`), and row-level security off: a policy that applies is an error.
-const TEXT_SETTINGS: &[(&CStr, &CStr)] = &[
-    (c"row_security", c"off"),
-    (c"datestyle", c"ISO, MDY"),
-    (c"intervalstyle", c"postgres"),
-    (c"extra_float_digits", c"1"),
-    (c"bytea_output", c"hex"),
-    (c"TimeZone", c"UTC"),
-];
-
 impl TableRead {
     /// Reads up to `limit` rows after `after` (None: from the start) under a new snapshot;
     /// returns them (each column's text) and the transactions the snapshot did not see.
     fn read(&self, after: Option<&[String]>, limit: u32) -> (Vec<Vec<Cell>>, Unseen) {
-        let (sql, mut params): (&str, Vec<Option<String>>) = match after {
-            None => (&self.from_start, Vec::new()),
-            Some(key) => (&self.after_key, key.iter().cloned().map(Some).collect()),
+        let (sql, key): (&str, &[String]) = match after {
+            None => (&self.from_start, &[]),
+            Some(key) => (&self.after_key, key),
         };
-        params.push(Some(limit.to_string()));
         let sql = CString::new(sql).expect("no NUL in generated SQL");
         let params: Vec<CString> =
-            params.into_iter().map(|p| CString::new(p.unwrap_or_default()).unwrap_or_default()).collect();
-        let width = self.relation.columns.len().max(1);
-        access::with_settings(TEXT_SETTINGS, || {
-            Spi::connect(|_| {
-                // SAFETY: SPI is connected (Spi::connect); the snapshot pushed here is the one
-                // the read-only statement runs under and is popped below (or by the abort of
-                // the enclosing subtransaction); tuples are read before SPI_finish frees them.
-                unsafe {
-                    let snapshot = pg_sys::GetTransactionSnapshot();
-                    let unseen = unseen_by(snapshot);
-                    pg_sys::PushActiveSnapshot(snapshot);
-                    let mut types: Vec<pg_sys::Oid> = vec![pg_sys::TEXTOID; params.len()];
-                    let mut values: Vec<pg_sys::Datum> =
-                        params.iter().map(|p| pg_sys::Datum::from(pg_sys::cstring_to_text(p.as_ptr()))).collect();
-                    let nulls = vec![b' ' as std::ffi::c_char; params.len()];
-                    let rc = pg_sys::SPI_execute_with_args(
-                        sql.as_ptr(),
-                        params.len() as i32,
-                        types.as_mut_ptr(),
-                        values.as_mut_ptr(),
-                        nulls.as_ptr(),
-                        true,
-                        0,
-                    );
-                    pg_sys::PopActiveSnapshot();
-                    if rc != pg_sys::SPI_OK_SELECT as i32 {
-                        return (Vec::new(), unseen);
-                    }
-                    let table = pg_sys::SPI_tuptable;
-                    let count = pg_sys::SPI_processed as usize;
-                    let mut rows = Vec::with_capacity(count);
-                    for r in 0..count {
-                        let tuple = *(*table).vals.add(r);
-                        let mut row = Vec::with_capacity(width);
-                        for col in 1..=self.relation.columns.len() {
-                            let text = pg_sys::SPI_getvalue(tuple, (*table).tupdesc, col as i32);
-                            if text.is_null() {
-                                row.push(None);
-                            } else {
-                                row.push(Some(CStr::from_ptr(text).to_bytes().to_vec()));
-                                pg_sys::pfree(text.cast());
-                            }
-                        }
-                        rows.push(row);
-                    }
-                    (rows, unseen)
-                }
+            key.iter().cloned().chain([limit.to_string()]).map(|p| CString::new(p).unwrap_or_default()).collect();
+        // Row-level security off: a policy that applies to the owner is an error, never a
+        // silently partial read.
+        access::with_settings(&[(c"row_security", c"off")], || {
+            access::with_settings(stream::TEXT_OUTPUT_SETTINGS, || {
+                // SAFETY: SPI is connected for the call.
+                Spi::connect(|_| unsafe { select_text(&sql, &params, self.relation.columns.len()) })
             })
         })
+    }
+}
+
+/// Runs a read-only `sql` with text `params` under a new snapshot and returns its rows as the
+/// text of their first `width` columns, with the transactions the snapshot did not see.
+///
+/// # Safety
+/// SPI must be connected; on the main thread inside a transaction.
+unsafe fn select_text(sql: &CStr, params: &[CString], width: usize) -> (Vec<Vec<Cell>>, Unseen) {
+    // SAFETY: the snapshot pushed here is the one the read-only statement runs under and is
+    // popped below (or by the abort of the enclosing subtransaction); tuples are read before
+    // SPI_finish frees them.
+    unsafe {
+        let snapshot = pg_sys::GetTransactionSnapshot();
+        let unseen = unseen_by(snapshot);
+        pg_sys::PushActiveSnapshot(snapshot);
+        let mut types = vec![pg_sys::TEXTOID; params.len()];
+        let mut values: Vec<pg_sys::Datum> =
+            params.iter().map(|p| pg_sys::Datum::from(pg_sys::cstring_to_text(p.as_ptr()))).collect();
+        let nulls = vec![b' ' as std::ffi::c_char; params.len()];
+        let n = params.len() as i32;
+        let rc = pg_sys::SPI_execute_with_args(
+            sql.as_ptr(),
+            n,
+            types.as_mut_ptr(),
+            values.as_mut_ptr(),
+            nulls.as_ptr(),
+            true,
+            0,
+        );
+        pg_sys::PopActiveSnapshot();
+        if rc != pg_sys::SPI_OK_SELECT as i32 {
+            return (Vec::new(), unseen);
+        }
+        let table = pg_sys::SPI_tuptable;
+        let rows = (0..pg_sys::SPI_processed as usize)
+            .map(|r| {
+                let tuple = *(*table).vals.add(r);
+                (1..=width as i32)
+                    .map(|col| {
+                        let text = pg_sys::SPI_getvalue(tuple, (*table).tupdesc, col);
+                        (!text.is_null()).then(|| {
+                            let bytes = CStr::from_ptr(text).to_bytes().to_vec();
+                            pg_sys::pfree(text.cast());
+                            bytes
+                        })
+                    })
+                    .collect()
+            })
+            .collect();
+        (rows, unseen)
     }
 }
 
@@ -1094,6 +1064,20 @@ fn emit_watermark(content: &str) {
     unsafe { pg_sys::XLogFlush(end.0 .0) };
 }
 
+/// Counts a chunk read of a running snapshot; false when it is no longer running (cancelled).
+fn claim_read(snapshot_id: i64) -> bool {
+    spi_ok(Spi::connect_mut(|c| {
+        let args = [snapshot_id.into()];
+        Ok(c.update(
+            "UPDATE pgcdc.snapshot SET chunks_read = chunks_read + 1 WHERE id = $1 AND state = 'running' RETURNING 1",
+            None,
+            &args,
+        )?
+        .len()
+            == 1)
+    }))
+}
+
 /// What a snapshot taken now does not see.
 fn unseen_now() -> Unseen {
     // SAFETY: a new snapshot in the current transaction, read at once.
@@ -1110,11 +1094,4 @@ unsafe fn unseen_by(snapshot: pg_sys::Snapshot) -> Unseen {
         let xip = (0..(*snapshot).xcnt as usize).map(|i| (*(*snapshot).xip.add(i)).into_inner());
         Unseen::new((*snapshot).xmax.into_inner(), xip)
     }
-}
-
-/// An identifier quoted as PostgreSQL's `quote_ident` quotes it (keywords too).
-fn quote_identifier(name: &str) -> String {
-    let Ok(c) = CString::new(name) else { return format!("\"{}\"", name.replace('"', "\"\"")) };
-    // SAFETY: quote_identifier returns its argument or a palloc'd quoted copy.
-    unsafe { CStr::from_ptr(pg_sys::quote_identifier(c.as_ptr())) }.to_string_lossy().into_owned()
 }

@@ -20,6 +20,7 @@
 //! pgwire-replication's own buffer holds at most [`PGWIRE_BUFFER_EVENTS`] messages. A stream
 //! of huge (TOASTed) rows therefore holds a few of them in memory, not gigabytes.
 
+use std::ffi::CStr;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -40,12 +41,26 @@ pub const CHANNEL_BYTES: usize = 64 << 20;
 /// pgwire-replication's buffer between its socket reader and our thread, in messages.
 const PGWIRE_BUFFER_EVENTS: usize = 64;
 
-/// Settings of the walsender session that change how pgoutput renders values as text:
-/// pinned to PostgreSQL's defaults (what the decoder expects), whatever `ALTER DATABASE`
-/// or `ALTER ROLE ... SET` says. Snapshot chunks are read with the same settings
-/// (`snapshot::TEXT_SETTINGS`), so a row's key has the same text in both.
-const WALSENDER_OPTIONS: &str =
-    "-c datestyle=ISO,MDY -c intervalstyle=postgres -c extra_float_digits=1 -c bytea_output=hex -c TimeZone=UTC";
+/// Settings that change how values are rendered as text, pinned to PostgreSQL's defaults
+/// (what the decoder expects) whatever `ALTER DATABASE` or `ALTER ROLE ... SET` says: for the
+/// walsender session (`walsender_options`) and for snapshot chunks (`snapshot.rs`), so a row's
+/// key has the same text in both. Values contain no spaces (they go into `-c name=value`).
+pub const TEXT_OUTPUT_SETTINGS: &[(&CStr, &CStr)] = &[
+    (c"datestyle", c"ISO,MDY"),
+    (c"intervalstyle", c"postgres"),
+    (c"extra_float_digits", c"1"),
+    (c"bytea_output", c"hex"),
+    (c"TimeZone", c"UTC"),
+];
+
+/// The walsender session's `options` startup parameter: [`TEXT_OUTPUT_SETTINGS`].
+fn walsender_options() -> String {
+    TEXT_OUTPUT_SETTINGS
+        .iter()
+        .map(|(name, value)| format!("-c {}={}", name.to_string_lossy(), value.to_string_lossy()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
 
 /// What the stream thread passes to the main thread, in stream order.
 #[derive(Debug)]
@@ -209,7 +224,7 @@ impl Connection {
             .with_wakeup_interval(self.status_interval)
             .with_application_name(self.application_name.clone())
             .with_buffer_size(PGWIRE_BUFFER_EVENTS)
-            .with_options(WALSENDER_OPTIONS)
+            .with_options(walsender_options())
     }
 }
 
@@ -524,5 +539,16 @@ mod tests {
             Item::Message { transactional: true, lsn: Lsn(1), prefix: "p".into(), content: Bytes::from_static(b"abc") };
         assert_eq!(msg.size(), 4);
         assert_eq!(Item::KeepAlive { wal_end: Lsn(1) }.size(), 0);
+    }
+
+    #[test]
+    fn the_walsender_gets_the_text_output_settings_as_startup_options() {
+        assert_eq!(
+            walsender_options(),
+            "-c datestyle=ISO,MDY -c intervalstyle=postgres -c extra_float_digits=1 -c bytea_output=hex -c TimeZone=UTC"
+        );
+        for (name, value) in TEXT_OUTPUT_SETTINGS {
+            assert!(!value.to_bytes().contains(&b' ') && !name.to_bytes().contains(&b' '));
+        }
     }
 }

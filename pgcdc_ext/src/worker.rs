@@ -583,7 +583,7 @@ impl Worker {
         }
         self.at_cap = false;
         // The next snapshot chunk, if one is due: its rows come with its high watermark.
-        self.snapshots.step(false, &mut self.encoder, &mut self.catalog);
+        self.snapshots.step(&mut self.encoder, &mut self.catalog);
 
         let batch = self.options.batch_size();
         let mut rows: Vec<Row> = Vec::new();
@@ -727,14 +727,11 @@ impl Worker {
                 // A snapshot chunk's rows, at its high watermark: staged like a standalone
                 // message's records, at positions just below the watermark's LSN.
                 events.extend(self.snapshots.watermark(&content, lsn, &mut self.encoder)?);
-                let last = events.last().map(|ev| Position::new(ev.commit_lsn, ev.ordinal));
-                let saved = self.tx_last_ordinal;
-                self.take(events, rows)?;
-                self.tx_last_ordinal = saved;
-                if let Some(last) = last {
+                // A chunk is complete once staged (unlike a message's LSN, H - 1 is no
+                // transaction's commit LSN: see pgcdc_core::snapshot).
+                if let Some(last) = self.take_standalone(lsn, events, rows)? {
                     self.complete_lsn = self.complete_lsn.max(last.commit_lsn);
                 }
-                self.confirmer.standalone(lsn, last, self.effective_acked());
                 return Ok(());
             }
             Item::Message { transactional, lsn, prefix, content } => {
@@ -749,12 +746,8 @@ impl Worker {
                 self.encode(lsn, &msg, events)?;
                 if !transactional && !self.confirmer.in_transaction() {
                     // The core gives records outside a transaction ordinal 0 (STANDALONE_ORDINAL).
-                    let last = events.last().map(|ev| Position::new(ev.commit_lsn, ev.ordinal));
                     debug_assert!(events.iter().all(|ev| ev.ordinal == STANDALONE_ORDINAL));
-                    let saved = self.tx_last_ordinal;
-                    self.take(events, rows)?;
-                    self.tx_last_ordinal = saved;
-                    self.confirmer.standalone(lsn, last, self.effective_acked());
+                    self.take_standalone(lsn, events, rows)?;
                     return Ok(());
                 }
             }
@@ -767,6 +760,24 @@ impl Worker {
             }
         }
         self.take(events, rows)
+    }
+
+    /// Takes the records of something outside any transaction at `lsn` (a non-transactional
+    /// message, a snapshot chunk at its high watermark) and tells the confirmer; returns the
+    /// position of the last one.
+    fn take_standalone(
+        &mut self,
+        lsn: Lsn,
+        events: &mut Vec<Event>,
+        rows: &mut Vec<Row>,
+    ) -> Result<Option<Position>, String> {
+        let last = events.last().map(|ev| Position::new(ev.commit_lsn, ev.ordinal));
+        // Their ordinals are not the open transaction's (there is none).
+        let saved = self.tx_last_ordinal;
+        self.take(events, rows)?;
+        self.tx_last_ordinal = saved;
+        self.confirmer.standalone(lsn, last, self.effective_acked());
+        Ok(last)
     }
 
     fn encode(&mut self, wal_start: Lsn, msg: &Message<'_>, events: &mut Vec<Event>) -> Result<(), String> {

@@ -37,7 +37,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub use crate::snapshot::Marker;
 pub use options::{
     BinaryMode, DecimalMode, EncoderOptions, HstoreMode, IntervalMode, MessagePrefixFilter, OptionError,
     PrefixPatterns, SkippedOperations, TimePrecisionMode, UnchangedToastMode,
@@ -50,6 +49,7 @@ use crate::pgoutput::{
     PG_EPOCH_OFFSET_MICROS,
 };
 use crate::relation::{RelationCache, TableSchema};
+use crate::snapshot::Marker;
 use crate::value::{self, ValueError};
 use crate::{Lsn, Oid, Xid};
 
@@ -169,7 +169,7 @@ pub enum EncodeError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SnapshotRead {
     /// `source.snapshot`.
-    pub marker: crate::snapshot::Marker,
+    pub marker: Marker,
     /// `source.lsn`: the chunk's high watermark.
     pub lsn: Lsn,
     /// The event's position (commit LSN, ordinal): see [`crate::snapshot`].
@@ -550,16 +550,22 @@ impl Encoder {
         }
     }
 
-    fn define_relation(&mut self, r: &Relation, catalog: &mut dyn CatalogSource) -> Result<(), EncodeError> {
-        // Type and table facts are re-read on every Relation message, which follows every
-        // schema change: a type keeps its OID through `ALTER TYPE .. ADD VALUE/ATTRIBUTE`, so
-        // facts kept from an earlier version of the relation would be stale.
+    /// Reads the facts of `r`'s user-defined types again. Type and table facts are re-read on
+    /// every Relation message, which follows every schema change: a type keeps its OID through
+    /// `ALTER TYPE .. ADD VALUE/ATTRIBUTE`, so facts kept from an earlier version of the
+    /// relation would be stale.
+    fn register_user_types(&mut self, r: &Relation, catalog: &mut dyn CatalogSource) -> Result<(), EncodeError> {
         let user_types = user_types(r);
         if !user_types.is_empty() {
             let rows =
                 catalog.type_rows(&user_types).map_err(|reason| EncodeError::Catalog { relation: r.id, reason })?;
             self.catalog.register_type_rows(rows);
         }
+        Ok(())
+    }
+
+    fn define_relation(&mut self, r: &Relation, catalog: &mut dyn CatalogSource) -> Result<(), EncodeError> {
+        self.register_user_types(r, catalog)?;
         let info = catalog.table_info(r.id).ok();
         if let Some(info) = &info {
             self.catalog.register_table(r.id, info.clone());
@@ -1022,7 +1028,7 @@ impl Encoder {
         in_tx: bool,
         snapshot: Option<&str>,
     ) {
-        let tx = self.tx.as_ref().filter(|_| in_tx && snapshot.is_none());
+        let tx = self.tx.as_ref().filter(|_| in_tx);
         let last_commit_end = if snapshot.is_some() { None } else { self.last_commit_end };
         out.push_str("{\"version\":\"");
         out.push_str(DEBEZIUM_COMPAT_VERSION);
@@ -1161,20 +1167,10 @@ impl Encoder {
         r: &Relation,
         catalog: &mut dyn CatalogSource,
     ) -> Result<(), EncodeError> {
-        let user_types = user_types(r);
-        if !user_types.is_empty() {
-            let rows =
-                catalog.type_rows(&user_types).map_err(|reason| EncodeError::Catalog { relation: r.id, reason })?;
-            self.catalog.register_type_rows(rows);
-        }
+        self.register_user_types(r, catalog)?;
         let info = catalog.table_info(r.id).map_err(|reason| EncodeError::Catalog { relation: r.id, reason })?;
         self.relations.define_snapshot(r, &self.catalog, Some(&info), &self.options.topic_prefix);
         Ok(())
-    }
-
-    /// The relation as [`Encoder::define_snapshot_relation`] last defined it.
-    pub fn snapshot_relation(&self, id: Oid) -> Option<&TableSchema> {
-        self.relations.snapshot_table(id)
     }
 
     /// Encodes one row a snapshot read (`op: "r"`, `before` null), at `read`'s position.
