@@ -19,6 +19,7 @@ import pytest
 
 from ext_support import (
     Consumer,
+    canon_key,
     diff_states,
     event_key,
     event_value,
@@ -801,16 +802,68 @@ def test_a_feed_owned_by_a_role_snapshots_only_as_that_role(pg):
 
 def test_initial_snapshot_marks_first_and_last_when_the_last_table_is_empty(pg):
     """source.snapshot: exactly one "first" (the first row read) and one "last" (the last row
-    read), also when the table read last has no rows."""
+    read), also when the publication's last table has no rows."""
     make_table(pg, "el_a", 5)
     make_table(pg, "el_z", 0)
     pg.execute("CREATE PUBLICATION el_p FOR TABLE el_a, el_z")
     create_feed(pg, "elf", "el_p", {"snapshot.mode": "initial"})
     s = wait_snapshot(pg, "elf", timeout=60)
-    assert s["rows"] == 5 and s["tables"] == ["public.el_a", "public.el_z"], s
+    # A table empty when the slot was created is not read: its rows are all in the stream.
+    assert s["rows"] == 5 and s["tables"] == ["public.el_a"], s
     reads = r_events(read_all(pg, "elf"))
     marks = [event_value(e)["source"]["snapshot"] for e in reads]
     pg.execute("SELECT pgcdc.drop_feed('elf')")
     assert len(reads) == 5
     assert marks[0] == "first" and marks.count("first") == 1, marks
     assert marks[-1] == "last" and marks.count("last") == 1, f"no row is marked last: {marks}"
+
+
+def test_the_last_marker_moves_to_the_last_table_with_rows_when_a_later_one_empties(pg):
+    """A table with rows when the feed was created but emptied before its turn: the "last"
+    row is the last of the table before it. The queue cap holds the snapshot after its first
+    chunk while the later table is emptied."""
+    make_table(pg, "em_a", 5)
+    make_table(pg, "em_z", 1)
+    pg.execute("CREATE PUBLICATION em_p FOR TABLE em_a, em_z")
+    create_feed(pg, "emf", "em_p", {"snapshot.mode": "initial", "snapshot.fetch.size": 2, "max_staged_rows": 2})
+    wait_until(lambda: (snapshot_row(pg, "emf") or {}).get("chunks") == 1, 30, "the first chunk")
+    pg.execute("DELETE FROM em_z")
+    events: list[dict] = []
+    deadline = time.monotonic() + 60
+    while True:  # consume (and acknowledge, to stay below the cap) until the snapshot is done
+        s = snapshot_row(pg, "emf")
+        batch = read_all(pg, "emf")
+        if not batch and s["state"] == "done":
+            break
+        assert time.monotonic() < deadline, s
+        if batch:
+            events += batch
+            pg.execute("SELECT pgcdc.ack('emf', %s, %s)", params=[batch[-1]["commit_lsn"], batch[-1]["ordinal"]])
+        time.sleep(0.05)
+    pg.execute("SELECT pgcdc.drop_feed('emf')")
+    assert s["tables"] == ["public.em_a", "public.em_z"] and s["rows"] == 5, s
+    reads = r_events(events)
+    marks = [event_value(e)["source"]["snapshot"] for e in reads]
+    assert [event_key(e) for e in reads] == [canon_key({"id": i}) for i in range(1, 6)], marks
+    assert marks == ["first", "true", "true", "true", "last"], marks
+
+
+def test_a_table_empty_at_create_feed_is_not_read_so_its_rows_come_once(pg):
+    """The default initial snapshot of a table that is empty when the feed is created: rows
+    written right after come as their changes only, never again as reads."""
+    make_table(pg, "once_t", 0)
+    pg.execute("CREATE PUBLICATION once_p FOR TABLE once_t")
+    create_feed(pg, "oncef", "once_p", {})
+    pg.execute("INSERT INTO once_t SELECT g, 'v', 1 FROM generate_series(1, 100) g")
+    s = wait_snapshot(pg, "oncef", timeout=30)
+    assert s["kind"] == "initial" and s["tables"] == [] and s["rows"] == 0, s
+    pg.execute("INSERT INTO once_t VALUES (101, 'last', 1)")
+    events = wait_until(
+        lambda: (lambda evs: evs if any(event_key(e) == canon_key({"id": 101}) for e in evs) else None)(
+            read_all(pg, "oncef")
+        ),
+        30,
+        "the last insert",
+    )
+    pg.execute("SELECT pgcdc.drop_feed('oncef')")
+    assert [e["op"] for e in events] == ["c"] * 101, [e["op"] for e in events if e["op"] != "c"]

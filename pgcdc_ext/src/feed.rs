@@ -688,8 +688,9 @@ fn create_feed(
             .get_one::<i32>()
         }))
         .unwrap_or(0);
-        if let Some(tables) = initial.as_ref().filter(|t| !t.is_empty()) {
-            snapshot::queue(feed_id, true, tables);
+        if let Some(planned) = initial {
+            let tables = snapshot::with_rows(planned, publication, owner_oid);
+            snapshot::queue(feed_id, true, &tables);
         }
         wake_at_commit(true, None);
         consistent

@@ -183,7 +183,29 @@ pub fn plan(
     chosen.into_iter().map(|c| (c.oid, c.name, c.estimate)).collect()
 }
 
-/// Inserts a pending snapshot of `tables` (from [`plan`]); returns its id.
+/// Whether `oid` has no row a snapshot would read now, read as `owner`. A table that is gone
+/// has none; one the owner cannot read counts as not empty (its chunk read reports why).
+fn is_empty_now(oid: pg_sys::Oid, publication: &str, owner: pg_sys::Oid) -> bool {
+    match describe(oid, publication) {
+        None => true,
+        Some(table) => read_as(owner, || table.read(None, 1)).is_ok_and(|(rows, _)| rows.is_empty()),
+    }
+}
+
+/// The tables of an initial snapshot (from [`plan`]) that have rows now, once the feed's slot
+/// exists. An empty one needs no snapshot: every row committed before the slot's consistent
+/// point is visible now (the slot waited for the transactions running when it was created),
+/// so none existed, and every later one is in the stream. Reading it anyway would deliver
+/// rows written meanwhile twice (as their change, then as a read).
+pub fn with_rows(
+    planned: Vec<(pg_sys::Oid, String, i64)>,
+    publication: &str,
+    owner: pg_sys::Oid,
+) -> Vec<(pg_sys::Oid, String, i64)> {
+    planned.into_iter().filter(|t| !is_empty_now(t.0, publication, owner)).collect()
+}
+
+/// Inserts a pending snapshot of `tables` (from [`plan`]; none: done at once); returns its id.
 pub fn queue(feed_id: i32, initial: bool, tables: &[(pg_sys::Oid, String, i64)]) -> i64 {
     let oids: Vec<pg_sys::Oid> = tables.iter().map(|t| t.0).collect();
     let names: Vec<String> = tables.iter().map(|t| t.1.clone()).collect();
@@ -197,8 +219,11 @@ pub fn queue(feed_id: i32, initial: bool, tables: &[(pg_sys::Oid, String, i64)])
             estimate.into(),
         ];
         c.update(
-            "INSERT INTO pgcdc.snapshot (feed_id, kind, tables, table_names, rows_estimated) \
-             VALUES ($1, $2, $3, $4, $5) RETURNING id",
+            "WITH t AS (SELECT pg_catalog.cardinality($3::pg_catalog.oid[]) = 0 AS nothing) \
+             INSERT INTO pgcdc.snapshot (feed_id, kind, tables, table_names, rows_estimated, state, started_at, \
+             finished_at) SELECT $1, $2, $3, $4, $5, CASE WHEN nothing THEN 'done' ELSE 'pending' END, \
+             CASE WHEN nothing THEN pg_catalog.now() END, CASE WHEN nothing THEN pg_catalog.now() END FROM t \
+             RETURNING id",
             None,
             &args,
         )?
@@ -689,10 +714,7 @@ impl Snapshotter {
     /// dropped meanwhile has none).
     fn rest_is_empty(&self, from: usize) -> bool {
         let Some(active) = self.active.as_ref() else { return true };
-        active.tables.iter().skip(from).all(|&oid| match describe(oid, &self.publication) {
-            None => true,
-            Some(table) => read_as(self.owner, || table.read(None, 1)).is_ok_and(|(rows, _)| rows.is_empty()),
-        })
+        active.tables.iter().skip(from).all(|&oid| is_empty_now(oid, &self.publication, self.owner))
     }
 
     /// A watermark message at `lsn` in the stream: at the in-flight chunk's high watermark,
