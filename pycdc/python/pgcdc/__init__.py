@@ -19,19 +19,19 @@ Feed events hold exact Python types (``Decimal`` for numeric, ``bytes`` for byte
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Optional
 
 from . import _pgcdc
 from ._feed import (
+    SNAPSHOT_MODES,
     FeedStream,
     ack,
     alter_feed,
+    cancel_snapshot,
     connect,
     create_feed,
     drop_feed,
     feed_status,
-    SNAPSHOT_MODES,
-    cancel_snapshot,
     feeds,
     pause_feed,
     reset_feed,
@@ -57,12 +57,13 @@ from .errors import (
     ProgrammingError,
     SnapshotFailed,
 )
-from .errors import ConnectionError  # noqa: A004 - not in __all__: do not shadow the builtin
+from .errors import ConnectionError as ConnectionError  # noqa: A004 - not in __all__: do not shadow the builtin
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DEBEZIUM_VERSION",
+    "SNAPSHOT_MODES",
     "AuthenticationError",
     "DataError",
     "DatabaseError",
@@ -80,7 +81,6 @@ __all__ = [
     "OperationalError",
     "ProgrammingError",
     "ReplicationMessage",
-    "SNAPSHOT_MODES",
     "SnapshotFailed",
     "ack",
     "alter_feed",
@@ -126,7 +126,7 @@ def message_to_debezium_json(message: Any, indent: Optional[int] = 2) -> str:
     return _pgcdc.message_to_debezium_json(message, indent)
 
 
-def message_to_dict(message: Any) -> Dict[str, Any]:
+def message_to_dict(message: Any) -> dict[str, Any]:
     """The message as a dict with exactly the keys ``pgoutput-decoder`` gave: ``op``,
     ``before``, ``after``, ``source``, ``ts_ms``, ``ts_us``, ``ts_ns`` (and, when they apply,
     ``unchanged_columns`` and ``message``).
@@ -140,7 +140,7 @@ def message_to_dict(message: Any) -> Dict[str, Any]:
     if isinstance(message, ReplicationMessage):
         return _pgcdc.message_to_dict(message)
     source = message.source
-    result: Dict[str, Any] = {
+    result: dict[str, Any] = {
         "op": message.op,
         "before": message.before,
         "after": message.after,

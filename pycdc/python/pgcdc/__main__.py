@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -142,8 +143,10 @@ async def _snapshot(args: argparse.Namespace) -> int:
     except BaseException as e:
         line.finish()
         if isinstance(e, (KeyboardInterrupt, asyncio.CancelledError)):
-            print(f"pgcdc: stopped waiting; snapshot {sid} goes on (to cancel it: cancel-snapshot {args.name})",
-                  file=sys.stderr)
+            print(
+                f"pgcdc: stopped waiting; snapshot {sid} goes on (to cancel it: cancel-snapshot {args.name})",
+                file=sys.stderr,
+            )
         raise
     print(f"snapshot {sid} of feed {args.name} done: {int(last.get('rows') or 0):,} rows")
     return 0
@@ -156,10 +159,8 @@ async def _tail(args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):
-            pass
     status = 0
     stopped = asyncio.ensure_future(stop.wait())
     line = ProgressLine(sys.stderr)
@@ -174,7 +175,9 @@ async def _tail(args: argparse.Namespace) -> int:
             it = stream.__aiter__()
             while not stop.is_set():
                 nxt = asyncio.ensure_future(it.__anext__())
-                done, _ = await asyncio.wait({nxt, stopped}, timeout=args.idle_exit, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    {nxt, stopped}, timeout=args.idle_exit, return_when=asyncio.FIRST_COMPLETED
+                )
                 if nxt not in done:
                     nxt.cancel()
                     break  # interrupted or idle
@@ -204,10 +207,8 @@ async def _tail(args: argparse.Namespace) -> int:
         stopped.cancel()
         if watcher is not None:
             watcher.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-            except asyncio.CancelledError:
-                pass
             line.finish()
     if args.progress:
         how = "acknowledged" if ack else "not acknowledged"
@@ -247,9 +248,11 @@ async def _main(args: argparse.Namespace) -> int:
         else:
             print(f"{'feed':<20} {'id':>6} {'kind':<11} {'state':<9} {'rows':>12} {'estimated':>12} tables")
             for r in rows:
-                print(f"{r['feed']:<20} {r['id']:>6} {r['kind']:<11} {r['state']:<9} {r['rows'] or 0:>12} "
-                      f"{r['rows_estimated'] if r['rows_estimated'] is not None else '-':>12} "
-                      f"{','.join(r['tables'] or [])}")
+                print(
+                    f"{r['feed']:<20} {r['id']:>6} {r['kind']:<11} {r['state']:<9} {r['rows'] or 0:>12} "
+                    f"{r['rows_estimated'] if r['rows_estimated'] is not None else '-':>12} "
+                    f"{','.join(r['tables'] or [])}"
+                )
     elif args.cmd == "list":
         rows = await _feed.feeds(dsn)
         if args.json:
@@ -287,10 +290,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     c.add_argument("name")
     c.add_argument("--publication", "-p", required=True)
     c.add_argument("--sink", choices=["table", "notify"], default="table")
-    c.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
-                   help="feed or Debezium option, e.g. decimal.handling.mode=string")
-    c.add_argument("--snapshot", choices=list(_feed.SNAPSHOT_MODES), default=None,
-                   help="snapshot.mode (extension default: initial, the existing rows first)")
+    c.add_argument(
+        "--option",
+        "-o",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="feed or Debezium option, e.g. decimal.handling.mode=string",
+    )
+    c.add_argument(
+        "--snapshot",
+        choices=list(_feed.SNAPSHOT_MODES),
+        default=None,
+        help="snapshot.mode (extension default: initial, the existing rows first)",
+    )
     d = sub.add_parser("drop", help="drop a feed")
     d.add_argument("name")
     d.add_argument("--if-exists", action="store_true")
@@ -299,8 +312,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     sub.add_parser("reset", help="discard the feed's backlog (acknowledge everything up to now)").add_argument("name")
     sn = sub.add_parser("snapshot", help="snapshot tables into the feed (op r events), with a progress bar")
     sn.add_argument("name")
-    sn.add_argument("--table", "-t", action="append", default=[], metavar="SCHEMA.TABLE",
-                    help="a published table (repeatable; default every table of the publication)")
+    sn.add_argument(
+        "--table",
+        "-t",
+        action="append",
+        default=[],
+        metavar="SCHEMA.TABLE",
+        help="a published table (repeatable; default every table of the publication)",
+    )
     sn.add_argument("--no-wait", dest="wait", action="store_false", help="queue it and exit at once")
     sub.add_parser("cancel-snapshot", help="cancel the feed's pending and running snapshots").add_argument("name")
     sl = sub.add_parser("snapshots", help="list snapshots (of one feed)")
@@ -313,15 +332,21 @@ def main(argv: Optional[list[str]] = None) -> int:
     t = sub.add_parser("tail", help="print events as JSON lines")
     t.add_argument("name")
     acking = t.add_mutually_exclusive_group()
-    acking.add_argument("--ack", dest="ack", action="store_true", default=None,
-                        help="acknowledge each event once its line is flushed (default only when stdout is a terminal)")
+    acking.add_argument(
+        "--ack",
+        dest="ack",
+        action="store_true",
+        default=None,
+        help="acknowledge each event once its line is flushed (default only when stdout is a terminal)",
+    )
     acking.add_argument("--no-ack", dest="ack", action="store_false", help="never acknowledge")
     t.add_argument("--limit", type=int, default=0, help="stop after N events")
     t.add_argument("--idle-exit", type=float, default=None, metavar="SECONDS", help="stop after SECONDS without events")
     t.add_argument("--indent", type=int, default=None)
     t.add_argument("--batch-size", type=int, default=1000)
-    t.add_argument("--progress", action="store_true",
-                   help="progress (also of a running snapshot) and a summary on stderr")
+    t.add_argument(
+        "--progress", action="store_true", help="progress (also of a running snapshot) and a summary on stderr"
+    )
     args = ap.parse_args(argv)
     try:
         code = asyncio.run(_main(args))

@@ -9,6 +9,7 @@ reader callback wakes them all and each re-checks its own condition.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any, Optional
 
 
@@ -55,10 +56,8 @@ class Waker:
 
     def _release(self) -> None:
         if self._loop is not None:
-            try:
+            with contextlib.suppress(RuntimeError, ValueError):  # the loop is closed already
                 self._loop.remove_reader(self._core.fileno())
-            except (RuntimeError, ValueError):  # the loop is closed already
-                pass
             self._loop = None
 
 

@@ -11,7 +11,7 @@ import asyncio
 import json
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional
 
 from . import _pgcdc
 from ._aio import Waker, run_op
@@ -20,22 +20,22 @@ from .errors import ConnectionError as PgConnectionError
 from .errors import Error, OperationalError, ProgrammingError, SnapshotFailed
 
 __all__ = [
+    "SNAPSHOT_MODES",
     "FeedStream",
+    "ack",
+    "alter_feed",
+    "cancel_snapshot",
     "connect",
     "create_feed",
     "drop_feed",
-    "pause_feed",
-    "resume_feed",
-    "alter_feed",
-    "feeds",
     "feed_status",
-    "ack",
+    "feeds",
+    "pause_feed",
     "reset_feed",
+    "resume_feed",
     "snapshot",
-    "wait_snapshot",
-    "cancel_snapshot",
     "snapshots",
-    "SNAPSHOT_MODES",
+    "wait_snapshot",
 ]
 
 #: The values of the ``snapshot.mode`` feed option (``create_feed(..., snapshot=...)``).
@@ -58,12 +58,12 @@ class FeedStream:
     ``auto_acknowledge=True`` acknowledges an event when the loop asks for the next one.
     """
 
-    def __init__(self, core: "_pgcdc._Feed", feed: str) -> None:
+    def __init__(self, core: _pgcdc._Feed, feed: str) -> None:
         self._core = core
         self._waker = Waker(core)
         self.feed = feed
 
-    def __aiter__(self) -> "FeedStream":
+    def __aiter__(self) -> FeedStream:
         return self
 
     async def __anext__(self) -> Event:
@@ -99,7 +99,7 @@ class FeedStream:
 
     stop = close
 
-    async def __aenter__(self) -> "FeedStream":
+    async def __aenter__(self) -> FeedStream:
         return self
 
     async def __aexit__(self, exc_type: Optional[type[BaseException]], *exc: object) -> None:
@@ -167,7 +167,9 @@ async def connect(
     return stream
 
 
-async def _query(dsn: str, sql: str, *params: Optional[str], connect_timeout: Optional[float] = None) -> list[dict[str, Any]]:
+async def _query(
+    dsn: str, sql: str, *params: Optional[str], connect_timeout: Optional[float] = None
+) -> list[dict[str, Any]]:
     """Runs ``sql`` with ``search_path`` pinned to pg_catalog; every name in it is qualified
     (``pg_catalog.text``, ``OPERATOR(pg_catalog.=)``, ``pgcdc.*``) all the same."""
     text = await run_op(_pgcdc._query_json(dsn, sql, list(params), connect_timeout))
@@ -340,7 +342,7 @@ async def snapshot(
 async def wait_snapshot(
     dsn: str,
     feed: str,
-    id: int,
+    id: int,  # noqa: A002 - public keyword, the snapshot's id as pgcdc.snapshots names it
     *,
     progress: Optional[Callable[[dict[str, Any]], None]] = None,
     poll_interval: float = 0.5,

@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Callable, Optional, TextIO
 
-__all__ = ["format_progress", "ProgressLine"]
+__all__ = ["ProgressLine", "format_progress"]
 
 BAR_WIDTH = 20
 
@@ -27,7 +27,7 @@ def _num(v: Any) -> Optional[float]:
 
 def _duration(seconds: float) -> str:
     """``0:07``, ``12:34``, ``1:02:03`` (like tqdm)."""
-    s = max(0, int(round(seconds)))
+    s = max(0, round(seconds))
     h, rest = divmod(s, 3600)
     m, s = divmod(rest, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"

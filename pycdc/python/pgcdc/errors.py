@@ -29,18 +29,18 @@ import builtins
 from typing import Any, Optional
 
 __all__ = [
-    "Error",
-    "InterfaceError",
-    "NoPendingLSNError",
-    "DatabaseError",
-    "OperationalError",
-    "ConnectionError",
     "AuthenticationError",
-    "ProgrammingError",
+    "ConnectionError",
     "DataError",
+    "DatabaseError",
+    "Error",
     "IntegrityError",
-    "NotSupportedError",
+    "InterfaceError",
     "InternalError",
+    "NoPendingLSNError",
+    "NotSupportedError",
+    "OperationalError",
+    "ProgrammingError",
     "SnapshotFailed",
 ]
 
