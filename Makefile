@@ -2,8 +2,8 @@
 #
 #   make demo            build everything, start a throwaway cluster with pgcdc, stream live
 #                        events to the terminal (FOLLOW=1 keeps streaming until Ctrl-C)
-#   make test            install whatever is missing, then run every test suite
-#   make lint            rustfmt + clippy (-D warnings)
+#   make test            install whatever is missing, lint, then run every test suite
+#   make lint            rustfmt, clippy (-D warnings), mypy --strict, ruff check and format --check
 #   make bench           every benchmark (core, extension staging, Python client), ratios
 #   make golden-capture  regenerate pgcdc_core/tests/fixtures/ from a throwaway PostgreSQL
 #   make clean           remove build output, the venv (and its stamp) and pytest caches
@@ -43,13 +43,16 @@ export PG_CONFIG PGRX_HOME
         ext-install py-develop demo lint bench bench-core bench-ext bench-py bench-snapshot golden-capture clean
 
 # ---------------------------------------------------------------- tests
-# `deps` first, so a fresh machine gets everything. Order matters (no -j): `cargo pgrx test`
-# installs its own test build of the extension, so ext-install must come after it.
-test: deps test-core test-ext test-py
+# `deps` first, so a fresh machine gets everything, then `lint`: with --keep-going a lint
+# failure does not stop the suites, but `make test` still fails. Order matters (no -j): `cargo
+# pgrx test` installs its own test build of the extension, so ext-install must come after it.
+test: deps lint test-core test-ext test-py
 
 test-core:
-	@echo "==> test-core: cargo test -p pgcdc_core"
+	@echo "==> test-core: cargo test -p pgcdc_core -p pgcdc_wire (with and without TLS)"
 	@cargo test -p pgcdc_core
+	@cargo test -p pgcdc_wire
+	@cargo test -p pgcdc_wire --features tls
 
 test-ext: test-ext-pgrx test-ext-e2e
 
@@ -123,14 +126,20 @@ $(VENV)/.requirements.stamp: tests/requirements.txt
 	@touch $@
 
 # ---------------------------------------------------------------- other
-lint:
+# deps-pgrx: clippy of pgcdc_ext needs pgrx's config; venv: the Python for PyO3, mypy, ruff.
+lint: deps-pgrx venv
 	@echo "==> lint: cargo fmt --check"
 	@cargo fmt --all -- --check
-	@echo "==> lint: cargo clippy -D warnings (core, extension, Python extension); mypy --strict"
+	@echo "==> lint: cargo clippy -D warnings (core, wire client, extension, Python extension)"
 	@cargo clippy -p pgcdc_core --all-targets -- -D warnings
+	@cargo clippy -p pgcdc_wire --all-targets -- -D warnings
+	@cargo clippy -p pgcdc_wire --all-targets --features tls -- -D warnings
 	@cargo clippy -p pgcdc_ext --all-targets -- -D warnings
 	@PYO3_PYTHON=$(abspath $(PY)) cargo clippy -p pycdc --all-targets -- -D warnings
+	@echo "==> lint: mypy --strict, ruff check, ruff format --check (pycdc/python/pgcdc)"
 	@$(VENV)/bin/mypy --strict pycdc/python/pgcdc
+	@$(VENV)/bin/ruff check pycdc/python/pgcdc
+	@$(VENV)/bin/ruff format --check pycdc/python/pgcdc
 
 bench: deps-os venv ext-install
 	@$(MAKE) py-develop PY_RELEASE=1

@@ -11,6 +11,7 @@ import re
 import select
 import threading
 import time
+import urllib.parse
 from collections import Counter
 
 import psycopg
@@ -902,6 +903,57 @@ def test_replication_with_a_scram_password():
         c.execute("SELECT pgcdc.resume_feed('pwf')")
         st = wait_until(lambda: (lambda s: s if s["state"] == "error" else None)(status(c, "pwf")), 30, "error")
         assert "password" in st["last_error"], st
+    finally:
+        c.stop()
+
+
+def test_replication_conninfo_is_a_libpq_connection_string():
+    """pgcdc.replication_conninfo is parsed as libpq does: quoted values with spaces, escaped
+    quotes and backslashes, the URL form; one it cannot parse is a clear feed error."""
+    c = start_cluster("pgcdc-conninfo", password_encryption="scram-sha-256")
+    password = "a b'c\\d"  # a b'c\d
+    try:
+        def formatted(template: str, *args: str) -> None:
+            # Utility statements take no parameters: let the server quote the values.
+            c.execute(c.execute(f"SELECT pg_catalog.format(%s{', %s::text' * len(args)})", params=[template, *args])[0][0])
+
+        formatted("CREATE ROLE %I LOGIN REPLICATION PASSWORD %L", "repl user", password)
+        hba = c.datadir / "pg_hba.conf"
+        hba.write_text('host all "repl user" 127.0.0.1/32 scram-sha-256\n' + hba.read_text())
+        c.execute("SELECT pg_reload_conf()")
+        c.execute("CREATE TABLE ci_t (id int PRIMARY KEY, v text)")
+        c.execute("CREATE PUBLICATION ci_p FOR TABLE ci_t")
+        c.execute("GRANT SELECT ON ci_t TO \"repl user\"")
+        escaped = password.replace("\\", "\\\\").replace("'", "\\'")
+        keyword_form = f"host=127.0.0.1 port={c.port} user='repl user' password='{escaped}'"
+        url_form = f"postgresql://repl%20user:{urllib.parse.quote(password, safe='')}@127.0.0.1:{c.port}"
+
+        def use(conninfo: str) -> None:
+            formatted("ALTER SYSTEM SET pgcdc.replication_conninfo = %L", conninfo)
+            c.execute("SELECT pg_reload_conf()")
+
+        use(keyword_form)
+        c.execute("SELECT pgcdc.create_feed('cif', publication => 'ci_p', options => '{\"snapshot.mode\": \"no_data\"}')")
+        insert_rows(c, "ci_t", [1, 2], per_tx=2)
+        assert ids_of(collect(c, "cif", 2)) == [1, 2]
+        assert c.execute("SELECT usename FROM pg_stat_replication WHERE application_name = 'pgcdc feed cif'") == [
+            ("repl user",)
+        ]
+
+        def restart_feed() -> None:
+            c.execute("SELECT pgcdc.pause_feed('cif')")
+            wait_until(lambda: status(c, "cif")["worker_pid"] is None, 15, "the worker to stop")
+            c.execute("SELECT pgcdc.resume_feed('cif')")
+
+        use(url_form)
+        restart_feed()
+        insert_rows(c, "ci_t", [3], per_tx=1)
+        assert 3 in ids_of(collect(c, "cif", 3))
+
+        use(f"host=127.0.0.1 port={c.port} password='unterminated")
+        restart_feed()
+        st = wait_until(lambda: (lambda s: s if s["state"] == "error" else None)(status(c, "cif")), 30, "error")
+        assert "pgcdc.replication_conninfo" in st["last_error"], st
     finally:
         c.stop()
 

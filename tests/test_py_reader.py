@@ -12,6 +12,7 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
+import psycopg
 import pytest
 
 try:
@@ -1039,6 +1040,58 @@ def test_password_auth(secure_cluster: Cluster, user: str, password: str) -> Non
         c.execute(f"SELECT pg_drop_replication_slot('{slot}')")
 
     run(main())
+
+
+CHANNEL_BINDING_CASES = [
+    # user, password, sslmode, channel_binding
+    ("scram_user", "scram-secret", "require", "require"),
+    ("scram_user", "scram-secret", "require", "prefer"),
+    ("scram_user", "scram-secret", "require", "disable"),
+    ("scram_user", "scram-secret", "disable", "require"),  # no TLS: nothing to bind to
+    ("scram_user", "scram-secret", "disable", "prefer"),
+    ("md5_user", "md5-secret", "require", "require"),  # md5 cannot bind
+    ("tls_only", "", "require", "require"),  # trust: authenticated without SCRAM
+    ("tls_only", "", "require", "prefer"),
+]
+
+
+@pytest.mark.parametrize("user,password,sslmode,channel_binding", CHANNEL_BINDING_CASES)
+def test_channel_binding_is_accepted_and_refused_as_libpq_does(
+    secure_cluster: Cluster, user: str, password: str, sslmode: str, channel_binding: str
+) -> None:
+    """SCRAM channel binding (SCRAM-SHA-256-PLUS, tls-server-end-point): the reader connects
+    exactly when libpq (psycopg) does with the same settings, and says why when it does not."""
+    c = secure_cluster
+    try:
+        psycopg.connect(
+            host="127.0.0.1", port=c.port, dbname="postgres", user=user, password=password,
+            sslmode=sslmode, channel_binding=channel_binding, connect_timeout=5,
+        ).close()
+        libpq_connects = True
+    except psycopg.OperationalError:
+        libpq_connects = False
+    slot = f"cb_{user}_{sslmode}_{channel_binding}"
+    c.execute(f"SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')")
+
+    async def main() -> None:
+        r = reader(c, "postgres", slot=slot, user=user, password=password, sslmode=sslmode,
+                   channel_binding=channel_binding, sslrootcert=c.root_cert, reconnect=False)
+        if libpq_connects:
+            key = 500 + CHANNEL_BINDING_CASES.index((user, password, sslmode, channel_binding))
+            c.execute("INSERT INTO items VALUES (%s, 'bound', 1)", params=[key])
+            (e,) = await take(r, 1)
+            assert e.after["id"] == key
+            await r.stop()
+        else:
+            with pytest.raises(pgcdc.ConnectionError, match="channel binding required"):
+                await take(r, 1)
+
+    try:
+        run(main())
+    finally:
+        c.execute(f"SELECT pg_drop_replication_slot('{slot}')")
+    # What libpq does with these settings is what the test expects of itself, too.
+    assert libpq_connects == (channel_binding != "require" or (user == "scram_user" and sslmode == "require"))
 
 
 @pytest.mark.parametrize("sslmode", ["require", "verify-ca", "verify-full"])

@@ -13,6 +13,7 @@ pub mod debezium;
 pub mod json;
 pub mod lsn;
 pub mod pgoutput;
+pub mod position;
 pub mod relation;
 pub mod snapshot;
 pub mod value;

@@ -171,6 +171,17 @@ pub fn with_settings<R>(settings: &[(&CStr, &CStr)], f: impl FnOnce() -> R) -> R
     result
 }
 
+/// [`with_settings`] for settings spelled as Rust strings (e.g.
+/// `pgcdc_wire::session::TEXT_OUTPUT_SETTINGS`, which the walsender sessions also use).
+pub fn with_str_settings<R>(settings: &[(&str, &str)], f: impl FnOnce() -> R) -> R {
+    let owned: Vec<(CString, CString)> = settings
+        .iter()
+        .map(|(n, v)| (CString::new(*n).expect("setting name"), CString::new(*v).expect("setting value")))
+        .collect();
+    let borrowed: Vec<(&CStr, &CStr)> = owned.iter().map(|(n, v)| (n.as_c_str(), v.as_c_str())).collect();
+    with_settings(&borrowed, f)
+}
+
 /// Runs `f` with `search_path` set to [`SAFE_SEARCH_PATH`] (see [`with_settings`]).
 pub fn with_safe_search_path<R>(f: impl FnOnce() -> R) -> R {
     with_settings(&[(c"search_path", SAFE_SEARCH_PATH)], f)

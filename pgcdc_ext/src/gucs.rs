@@ -10,7 +10,7 @@
 //! | `pgcdc.status_interval` | 1s | sighup | how often the walsender hears the acknowledged LSN |
 //! | `pgcdc.launcher_interval` | 5s | sighup | launcher reconcile period (it is also woken by SQL calls) |
 //! | `pgcdc.max_event_size` | 1GB - 1kB | sighup | an event whose JSON (key + value + headers) is larger stops its feed with an error instead of being staged (PostgreSQL cannot store a value of 1 GB or more) |
-//! | `pgcdc.replication_conninfo` | empty | sighup | `host=.. port=.. user=.. password=..` for the worker's replication connection; empty = this server's first unix socket as the bootstrap superuser |
+//! | `pgcdc.replication_conninfo` | empty | sighup | the workers' replication connection, a libpq connection string (`host=127.0.0.1 user=repl password='a b'` or `postgresql://repl@localhost`); what it leaves out is this server's first unix socket, port, the bootstrap superuser and the feed's database; a password may also come from the password file |
 //!
 //! Per feed, `max_staged_rows`, `max_staged_bytes` and `batch_size` can be overridden in the
 //! feed's options (see [`crate::feed`]).
@@ -115,8 +115,8 @@ pub fn init() {
     );
     GucRegistry::define_string_guc(
         c"pgcdc.replication_conninfo",
-        c"Replication connection of feed workers: host=, port=, user=, password= (space separated).",
-        c"Empty: this server's first unix socket directory and port, as the bootstrap superuser.",
+        c"Replication connection of feed workers: a libpq connection string (key=value or URL).",
+        c"What it leaves out: this server's first unix socket directory and port, as the bootstrap superuser.",
         &REPLICATION_CONNINFO,
         GucContext::Sighup,
         GucFlags::SUPERUSER_ONLY,

@@ -41,7 +41,6 @@ use crate::catalog::SpiCatalog;
 use crate::datum::PgLsn;
 use crate::feed::{self, raise, required, spi_ok};
 use crate::position::Position;
-use crate::stream;
 
 /// Rows per chunk unless `snapshot.fetch.size` says otherwise.
 pub const DEFAULT_FETCH_SIZE: u32 = 10_240;
@@ -968,7 +967,7 @@ impl TableRead {
         // Row-level security off: a policy that applies to the owner is an error, never a
         // silently partial read.
         access::with_settings(&[(c"row_security", c"off")], || {
-            access::with_settings(stream::TEXT_OUTPUT_SETTINGS, || {
+            access::with_str_settings(pgcdc_wire::session::TEXT_OUTPUT_SETTINGS, || {
                 // SAFETY: SPI is connected for the call.
                 Spi::connect(|_| unsafe { select_text(&sql, &params, self.relation.columns.len()) })
             })

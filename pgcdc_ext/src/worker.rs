@@ -39,7 +39,7 @@
 use std::time::{Duration, Instant};
 
 use pgcdc_core::debezium::{Encoder, Event};
-use pgcdc_core::pgoutput::{Begin, Commit, Decoder, LogicalMessage, Message};
+use pgcdc_core::pgoutput::{Decoder, Message};
 use pgcdc_core::snapshot::WATERMARK_PREFIX;
 use pgcdc_core::Lsn;
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
@@ -54,7 +54,8 @@ use crate::gucs;
 use crate::position::{dedupe_floor, Confirmer, Position, STANDALONE_ORDINAL};
 use crate::queue::{self, Row, Stager};
 use crate::snapshot::{Mode, Snapshotter};
-use crate::stream::{Connection, Item, Stream, StreamError};
+use crate::stream::{Connection, Item, Stream};
+use pgcdc_wire::{ConnParams, Pgoutput, WireError};
 
 /// Runs `f` in a transaction of its own (state captured by `f` stays consistent on error
 /// because the worker exits).
@@ -333,7 +334,7 @@ impl Worker {
             options,
             conn,
             stream: None,
-            decoder: Decoder::new(1),
+            decoder: Decoder::new(proto_version()),
             encoder,
             catalog: SpiCatalog::default(),
             confirmer: Confirmer::new(),
@@ -389,12 +390,9 @@ impl Worker {
         }
     }
 
-    fn connect(&mut self) -> Result<(), StreamError> {
-        let stream = Stream::start(self.conn.clone()).map_err(|e| StreamError {
-            message: format!("cannot start the replication thread: {e}"),
-            sqlstate: None,
-            permanent: false,
-        })?;
+    fn connect(&mut self) -> Result<(), WireError> {
+        let stream = Stream::start(self.conn.clone())
+            .map_err(|e| WireError::Interface(format!("cannot start the replication thread: {e}")))?;
         self.stream = Some(stream);
         log!(
             "pgcdc feed \"{}\": streaming slot \"{}\" (publication \"{}\", acknowledged up to {}, \
@@ -486,13 +484,19 @@ impl Worker {
     }
 
     /// Records a stream failure: permanent ones put the feed in the error state.
-    fn stream_failed(&mut self, err: StreamError) {
+    fn stream_failed(&mut self, err: WireError) {
         let id = self.feed.id;
         let name = self.feed.name.clone();
-        if err.permanent {
-            let mut message = err.message.clone();
-            if err.sqlstate.as_deref() == Some("42704") && message.contains("publication") {
-                // PostgreSQL decodes each change with the catalog of its time: a change
+        let mut message = format!("replication: {err}");
+        if let WireError::Server(e) = &err {
+            for extra in [&e.detail, &e.hint].into_iter().flatten() {
+                message.push_str(&format!(" ({extra})"));
+            }
+        }
+        if is_permanent(&err) {
+            if err.sqlstate() == Some("42704") && in_transaction(|| slot_exists(&self.feed.slot_name)) {
+                // The slot is there, so the missing object is the publication as of a change:
+                // PostgreSQL decodes each change with the catalog of its time, and a change
                 // written while the publication did not exist can never be decoded.
                 message.push_str(&format!(
                     "; changes written while publication \"{}\" did not exist cannot be decoded: \
@@ -505,10 +509,10 @@ impl Worker {
             log!("pgcdc feed \"{name}\": {message}; the feed is stopped (state error)");
             in_transaction(|| set_error(id, &message));
         } else {
-            log!("pgcdc feed \"{name}\": {err}; restarting");
+            log!("pgcdc feed \"{name}\": {message}; restarting");
             let failures = self.failures + 1;
             in_transaction(|| {
-                record_failure_in_tx(id, &err.message, failures);
+                record_failure_in_tx(id, &message, failures);
             });
         }
     }
@@ -696,65 +700,54 @@ impl Worker {
     /// Handles one item from the stream; Err = a permanent problem (the feed stops).
     fn handle(&mut self, item: Item, events: &mut Vec<Event>, rows: &mut Vec<Row>) -> Result<(), String> {
         events.clear();
-        match item {
+        let (wal_start, data) = match item {
             Item::KeepAlive { wal_end } => {
                 self.received_lsn = self.received_lsn.max(wal_end);
                 self.confirmer.keepalive(wal_end);
                 return Ok(());
             }
-            Item::Begin { final_lsn, xid, commit_time } => {
-                self.catalog.set_transaction(Some(xid));
-                self.snapshots.begin(xid);
+            Item::Data { wal_start, data } => (wal_start, data),
+        };
+        self.received_lsn = self.received_lsn.max(wal_start);
+        let msg = self.decoder.decode(&data).map_err(|e| format!("cannot decode the change at {wal_start}: {e}"))?;
+        match &msg {
+            Message::Begin(b) => {
+                self.catalog.set_transaction(Some(b.xid));
+                self.snapshots.begin(b.xid);
                 self.confirmer.begin();
                 self.tx_last_ordinal = 0;
-                let msg = Message::Begin(Begin { final_lsn, commit_time, xid });
-                self.encode(final_lsn, &msg, events)?;
+                self.encode(b.final_lsn, &msg, events)?;
             }
-            Item::Commit { commit_lsn, end_lsn, commit_time } => {
+            Message::Commit(c) => {
                 self.catalog.set_transaction(None);
-                self.received_lsn = self.received_lsn.max(end_lsn);
-                let msg = Message::Commit(Commit { flags: 0, commit_lsn, end_lsn, commit_time });
-                self.encode(commit_lsn, &msg, events)?;
+                self.received_lsn = self.received_lsn.max(c.end_lsn);
+                self.encode(c.commit_lsn, &msg, events)?;
                 self.take(events, rows)?;
-                self.confirmer.commit(commit_lsn, end_lsn, self.tx_last_ordinal, self.effective_acked());
-                self.complete_lsn = commit_lsn;
+                self.confirmer.commit(c.commit_lsn, c.end_lsn, self.tx_last_ordinal, self.effective_acked());
+                self.complete_lsn = c.commit_lsn;
                 return Ok(());
             }
-            Item::Message { transactional, lsn, prefix, content }
-                if !transactional && prefix == WATERMARK_PREFIX && !self.confirmer.in_transaction() =>
-            {
+            Message::Message(m) if !m.transactional && !self.confirmer.in_transaction() => {
+                let lsn = m.lsn;
                 self.received_lsn = self.received_lsn.max(lsn);
-                // A snapshot chunk's rows, at its high watermark: staged like a standalone
-                // message's records, at positions just below the watermark's LSN.
-                events.extend(self.snapshots.watermark(&content, lsn, &mut self.encoder)?);
-                // A chunk is complete once staged (unlike a message's LSN, H - 1 is no
-                // transaction's commit LSN: see pgcdc_core::snapshot).
-                if let Some(last) = self.take_standalone(lsn, events, rows)? {
-                    self.complete_lsn = self.complete_lsn.max(last.commit_lsn);
-                }
-                return Ok(());
-            }
-            Item::Message { transactional, lsn, prefix, content } => {
-                self.received_lsn = self.received_lsn.max(lsn);
-                let msg = Message::Message(LogicalMessage {
-                    xid: None,
-                    transactional,
-                    lsn,
-                    prefix: &prefix,
-                    content: &content,
-                });
-                self.encode(lsn, &msg, events)?;
-                if !transactional && !self.confirmer.in_transaction() {
-                    // The core gives records outside a transaction ordinal 0 (STANDALONE_ORDINAL).
-                    debug_assert!(events.iter().all(|ev| ev.ordinal == STANDALONE_ORDINAL));
-                    self.take_standalone(lsn, events, rows)?;
+                if m.prefix == WATERMARK_PREFIX {
+                    // A snapshot chunk's rows, at its high watermark: staged like a standalone
+                    // message's records, at positions just below the watermark's LSN.
+                    events.extend(self.snapshots.watermark(m.content, lsn, &mut self.encoder)?);
+                    // A chunk is complete once staged (unlike a message's LSN, H - 1 is no
+                    // transaction's commit LSN: see pgcdc_core::snapshot).
+                    if let Some(last) = self.take_standalone(lsn, events, rows)? {
+                        self.complete_lsn = self.complete_lsn.max(last.commit_lsn);
+                    }
                     return Ok(());
                 }
+                self.encode(lsn, &msg, events)?;
+                // The core gives records outside a transaction ordinal 0 (STANDALONE_ORDINAL).
+                debug_assert!(events.iter().all(|ev| ev.ordinal == STANDALONE_ORDINAL));
+                self.take_standalone(lsn, events, rows)?;
+                return Ok(());
             }
-            Item::Data { wal_start, data } => {
-                self.received_lsn = self.received_lsn.max(wal_start);
-                let msg =
-                    self.decoder.decode(&data).map_err(|e| format!("cannot decode the change at {wal_start}: {e}"))?;
+            _ => {
                 self.encode(wal_start, &msg, events)?;
                 self.snapshots.observe(&msg, &self.encoder);
             }
@@ -1006,9 +999,32 @@ fn current_database() -> String {
     unsafe { std::ffi::CStr::from_ptr(p) }.to_string_lossy().into_owned()
 }
 
+/// The pgoutput protocol of this server (the walsender is this server's).
+fn proto_version() -> u32 {
+    pgcdc_wire::session::proto_version(pg_sys::PG_VERSION_NUM)
+}
+
+/// Whether a stream failure is for good: retrying cannot help (slot or publication missing,
+/// privileges, authentication, database missing, a slot that cannot be read any more, a
+/// connection setting this worker cannot honour). Decided by kind and SQLSTATE only.
+fn is_permanent(err: &WireError) -> bool {
+    match err {
+        WireError::Interface(_) => true,
+        WireError::Server(e) => matches!(e.code.as_str(), "42704" | "42501" | "28000" | "28P01" | "3D000" | "55000"),
+        WireError::Connect(_) | WireError::Io(_) | WireError::Protocol(_) => false,
+    }
+}
+
+fn slot_exists(slot: &str) -> bool {
+    feed::spi_ok(Spi::connect(|c| {
+        let args = [slot.into()];
+        Ok(c.select("SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1", None, &args)?.len() == 1)
+    }))
+}
+
 /// The replication connection: this server's first unix socket directory and port, as the
 /// bootstrap superuser (the worker's own user), unless `pgcdc.replication_conninfo` says
-/// otherwise.
+/// otherwise (a libpq connection string: quoted values, escapes, URL form, password file).
 fn connection_for(feed: &Feed, dbname: &str) -> Result<Connection, String> {
     let (user, sockdirs, port): (String, String, String) = feed::spi_ok(Spi::connect(|c| {
         let row = c
@@ -1026,21 +1042,53 @@ fn connection_for(feed: &Feed, dbname: &str) -> Result<Connection, String> {
         ))
     }));
     let first_dir = sockdirs.split(',').map(str::trim).find(|d| d.starts_with('/')).unwrap_or("127.0.0.1").to_owned();
-    let mut conn = Connection {
-        host: first_dir,
-        port: port.parse().unwrap_or(5432),
-        user,
-        password: String::new(),
-        database: dbname.to_owned(),
+    let conninfo = gucs::replication_conninfo().unwrap_or_default();
+    let mut params = replication_params(&conninfo, &first_dir, &port, &user, dbname)?;
+    params.application_name = format!("{WORKER_TYPE} {}", feed.name);
+    let version = pg_sys::PG_VERSION_NUM;
+    Ok(Connection {
+        params,
         slot: feed.slot_name.clone(),
-        publication: feed.publication.clone(),
-        application_name: format!("{WORKER_TYPE} {}", feed.name),
+        pgoutput: Pgoutput {
+            publications: vec![feed.publication.clone()],
+            // Snapshot watermarks and the feed's message events.
+            messages: pgcdc_wire::session::supports_messages(version),
+            streaming: false,
+        },
         status_interval: Duration::from_millis(gucs::STATUS_INTERVAL_MS.get().max(100) as u64),
+    })
+}
+
+/// `pgcdc.replication_conninfo` over this server's defaults: what it leaves out is this
+/// server's socket, port, the worker's user and the feed's database, never the postmaster's
+/// environment (only `HOME` and `PGPASSFILE`, for the password file, as libpq). It may not
+/// name another database: the slot is this one's.
+fn replication_params(
+    conninfo: &str,
+    socket_dir: &str,
+    port: &str,
+    user: &str,
+    dbname: &str,
+) -> Result<ConnParams, String> {
+    let defaults = |key: &str| -> Option<String> {
+        match key {
+            "PGHOST" => Some(socket_dir.to_owned()),
+            "PGPORT" => Some(port.to_owned()),
+            "PGUSER" => Some(user.to_owned()),
+            "PGDATABASE" => Some(dbname.to_owned()),
+            "HOME" | "PGPASSFILE" => std::env::var(key).ok(),
+            _ => None,
+        }
     };
-    if let Some(ci) = gucs::replication_conninfo() {
-        conn.apply_conninfo(&ci)?;
+    let params =
+        ConnParams::from_dsn_with(conninfo, &defaults).map_err(|e| format!("pgcdc.replication_conninfo: {e}"))?;
+    if params.database != dbname {
+        return Err(format!(
+            "pgcdc.replication_conninfo: dbname={} is not this feed's database \"{dbname}\" (leave dbname out)",
+            params.database
+        ));
     }
-    Ok(conn)
+    Ok(params)
 }
 
 #[cfg(test)]
@@ -1049,6 +1097,43 @@ mod tests {
 
     const PAGE: u64 = 8192;
     const SEGMENT: u64 = 16 << 20;
+
+    #[test]
+    fn replication_conninfo_is_a_libpq_connection_string_over_this_servers_defaults() {
+        let p = replication_params("", "/run/pg", "5433", "postgres", "app").unwrap();
+        assert_eq!(
+            (p.host.as_str(), p.port, p.user.as_str(), p.database.as_str()),
+            ("/run/pg", 5433, "postgres", "app")
+        );
+        assert_eq!(p.password, None);
+        let p = replication_params(
+            r"host=127.0.0.1 port=5434 user='repl user' password='a b\'c\\d'",
+            "/run/pg",
+            "5433",
+            "postgres",
+            "app",
+        )
+        .unwrap();
+        assert_eq!((p.host.as_str(), p.port, p.user.as_str()), ("127.0.0.1", 5434, "repl user"));
+        assert_eq!(p.password.as_deref(), Some(r"a b'c\d"));
+        let p = replication_params("postgresql://repl:p%40ss@localhost:5435", "/run/pg", "5433", "postgres", "app")
+            .unwrap();
+        assert_eq!((p.user.as_str(), p.password.as_deref(), p.port), ("repl", Some("p@ss"), 5435));
+        assert!(replication_params("dbname=other", "/run/pg", "5433", "postgres", "app")
+            .unwrap_err()
+            .contains("dbname"));
+        assert!(replication_params("password='unterminated", "/d", "1", "u", "app").is_err());
+        assert!(replication_params("hostaddr=1.2.3.4", "/d", "1", "u", "app").unwrap_err().contains("hostaddr"));
+    }
+
+    #[test]
+    fn stream_failures_are_permanent_by_sqlstate() {
+        assert!(is_permanent(&WireError::server("42704", "replication slot \"x\" does not exist", None)));
+        assert!(is_permanent(&WireError::server("55000", "cannot read from logical replication slot \"x\"", None)));
+        assert!(!is_permanent(&WireError::server("55006", "replication slot \"x\" is active for PID 7", None)));
+        assert!(!is_permanent(&WireError::Io("lost".into())));
+        assert!(is_permanent(&WireError::Interface("sslmode=require needs TLS".into())));
+    }
 
     #[test]
     fn the_end_of_wal_before_a_page_boundary_is_the_boundary() {

@@ -10,8 +10,8 @@ use pgcdc_core::debezium::CatalogSource;
 use pgcdc_core::pgoutput::Relation;
 use pgcdc_core::Oid;
 
-use crate::conninfo::ConnParams;
 use crate::errors::PgError;
+use pgcdc_wire::ConnParams;
 
 const TYPE_INFO_SQL: &str = include_str!("../../sql/type_info.sql");
 const TABLE_INFO_SQL: &str = include_str!("../../sql/table_info.sql");
@@ -33,12 +33,12 @@ impl CatalogConn {
 
     async fn client(&mut self) -> Result<&tokio_postgres::Client, PgError> {
         if self.client.as_ref().is_none_or(|c| c.is_closed()) {
-            let (client, conn) = crate::tls::connect_sql(&self.params).await?;
+            let (client, conn) = crate::sql::connect_sql(&self.params).await?;
             tokio::spawn(async move {
                 let _ = conn.await;
             });
             let err = |e| PgError::from_tokio_postgres(e, &self.params);
-            crate::tls::pin_search_path(&client).await.map_err(err)?;
+            crate::sql::pin_search_path(&client).await.map_err(err)?;
             self.type_stmt = Some(client.prepare(TYPE_INFO_SQL).await.map_err(err)?);
             self.table_stmt = Some(client.prepare(TABLE_INFO_SQL).await.map_err(err)?);
             self.client = Some(client);

@@ -25,43 +25,8 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyType};
 
-use crate::conninfo::ConnParams;
-
-/// An ErrorResponse from the server.
-#[derive(Debug, Clone, Default)]
-pub struct ServerError {
-    pub severity: String,
-    pub code: String,
-    pub message: String,
-    pub detail: Option<String>,
-    pub hint: Option<String>,
-}
-
-impl ServerError {
-    /// Parses the fields of an ErrorResponse/NoticeResponse body.
-    pub fn parse(body: &[u8]) -> ServerError {
-        let mut e = ServerError::default();
-        let mut rest = body;
-        while let Some((&kind, tail)) = rest.split_first() {
-            if kind == 0 {
-                break;
-            }
-            let end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
-            let value = String::from_utf8_lossy(&tail[..end]).into_owned();
-            match kind {
-                b'V' => e.severity = value,
-                b'S' if e.severity.is_empty() => e.severity = value,
-                b'C' => e.code = value,
-                b'M' => e.message = value,
-                b'D' => e.detail = Some(value),
-                b'H' => e.hint = Some(value),
-                _ => {}
-            }
-            rest = tail.get(end + 1..).unwrap_or(&[]);
-        }
-        e
-    }
-}
+pub use pgcdc_wire::ServerError;
+use pgcdc_wire::{ConnParams, WireError};
 
 #[derive(Debug, Clone)]
 pub enum PgError {
@@ -94,13 +59,7 @@ impl fmt::Display for PgError {
 
 impl PgError {
     pub fn server(code: &str, message: impl Into<String>, hint: Option<String>) -> PgError {
-        PgError::Server(ServerError {
-            severity: "ERROR".into(),
-            code: code.into(),
-            message: message.into(),
-            detail: None,
-            hint,
-        })
+        PgError::Server(ServerError::new(code, message, hint))
     }
 
     /// The server refused an acknowledgement because the position is beyond what the feed
@@ -122,12 +81,7 @@ impl PgError {
     pub fn is_transient(&self) -> bool {
         match self {
             PgError::Io(_) | PgError::Connect(_) => true,
-            PgError::Server(e) => {
-                e.code.starts_with("08")
-                    || e.code.starts_with("57P")
-                    || e.code == "53300" // too_many_connections
-                    || e.code == "55006" // object_in_use: the old walsender still holds the slot
-            }
+            PgError::Server(e) => pgcdc_wire::error::sqlstate_is_transient(&e.code),
             _ => false,
         }
     }
@@ -221,23 +175,20 @@ impl PgError {
     }
 }
 
-impl From<PgError> for PyErr {
-    fn from(e: PgError) -> PyErr {
-        Python::attach(|py| e.to_py(py))
+impl From<WireError> for PgError {
+    fn from(e: WireError) -> PgError {
+        match e {
+            WireError::Interface(m) => PgError::Interface(m),
+            WireError::Connect(m) => PgError::Connect(m),
+            WireError::Io(m) => PgError::Io(m),
+            WireError::Protocol(m) => PgError::Protocol(m),
+            WireError::Server(e) => PgError::Server(e),
+        }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_error_fields() {
-        let body = b"SERROR\0VERROR\0C28P01\0Mpassword authentication failed for user \"x\"\0Hcheck it\0\0";
-        let e = ServerError::parse(body);
-        assert_eq!(e.code, "28P01");
-        assert_eq!(e.severity, "ERROR");
-        assert_eq!(e.hint.as_deref(), Some("check it"));
-        assert!(e.message.starts_with("password authentication failed"));
+impl From<PgError> for PyErr {
+    fn from(e: PgError) -> PyErr {
+        Python::attach(|py| e.to_py(py))
     }
 }

@@ -39,7 +39,7 @@
 //! one never delivered. A feed dropped and created again under the stream's name is another
 //! feed: a session that finds it (at a reconnect, or in a read) ends the stream.
 //!
-//! Names: every session pins `search_path` first ([`crate::tls::pin_search_path`]) and every
+//! Names: every session pins `search_path` first ([`crate::sql::pin_search_path`]) and every
 //! statement is schema-qualified, so nothing planted on the user's `search_path` runs.
 //!
 //! Values: the event JSON is turned into Python with the column types from the catalog and
@@ -66,10 +66,10 @@ use pyo3::types::{PyDict, PyString};
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, Notify};
 
-use crate::conninfo::ConnParams;
 use crate::errors::PgError;
 use crate::signal::{Op, Signal, Stop};
 use crate::values;
+use pgcdc_wire::ConnParams;
 
 type Pos = (Lsn, u32);
 
@@ -1210,7 +1210,7 @@ async fn session(shared: &Arc<Shared>, config: &FeedConfig) -> Result<(), PgErro
     // Setting up is abandoned at once by close() when there is nothing to flush, and at the
     // close deadline otherwise.
     let setup = async {
-        let (client, mut connection) = crate::tls::connect_sql(&config.conn).await?;
+        let (client, mut connection) = crate::sql::connect_sql(&config.conn).await?;
         let (notes_tx, notes) = mpsc::unbounded_channel::<Result<String, PgError>>();
         let params = config.conn.clone();
         let driver = tokio::spawn(async move {
@@ -1230,7 +1230,7 @@ async fn session(shared: &Arc<Shared>, config: &FeedConfig) -> Result<(), PgErro
             let _ = notes_tx.send(Err(PgError::Io(format!("connection to {} closed", params.endpoint()))));
         });
         let opened = async {
-            bounded(&config.conn, "SET search_path", crate::tls::pin_search_path(&client)).await?;
+            bounded(&config.conn, "SET search_path", crate::sql::pin_search_path(&client)).await?;
             let row = bounded(&config.conn, "the feed lookup", client.query_opt(FEED_SQL, &[&config.feed]))
                 .await
             .map_err(|e| match e {
@@ -1249,7 +1249,7 @@ async fn session(shared: &Arc<Shared>, config: &FeedConfig) -> Result<(), PgErro
                 ));
             };
             let channel: String = row.get(1);
-            bounded(&config.conn, "LISTEN", client.batch_execute(&format!("LISTEN {}", crate::wire::quote_ident(&channel))))
+            bounded(&config.conn, "LISTEN", client.batch_execute(&format!("LISTEN {}", pgcdc_wire::quote_ident(&channel))))
                 .await?;
             Ok::<_, PgError>(row)
         }
@@ -1808,13 +1808,13 @@ fn _query_json(dsn: &str, sql: String, params: Vec<Option<String>>, connect_time
         conn.connect_timeout = crate::seconds("connect_timeout", t)?.max(Duration::from_millis(1));
     }
     Ok(Op::spawn(async move {
-        let (client, connection) = crate::tls::connect_sql(&conn).await?;
+        let (client, connection) = crate::sql::connect_sql(&conn).await?;
         let driver = tokio::spawn(connection);
         let wrapped =
             format!("SELECT coalesce(pg_catalog.json_agg(q), '[]'::pg_catalog.json)::pg_catalog.text FROM ({sql}) q");
         let p: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
             params.iter().map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
-        let r = match crate::tls::pin_search_path(&client).await {
+        let r = match crate::sql::pin_search_path(&client).await {
             Ok(()) => client.query_one(&wrapped, &p).await,
             Err(e) => Err(e),
         }

@@ -27,7 +27,6 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 mod catalog;
-mod conninfo;
 mod errors;
 mod feed;
 mod message;
@@ -36,13 +35,12 @@ mod pgtext;
 mod reader;
 mod seed;
 mod signal;
-mod tls;
+mod sql;
 mod values;
-mod wire;
 
-use conninfo::{ConnParams, SslMode};
 use errors::PgError;
 use message::{Interval, Mode, ReplicationMessage};
+use pgcdc_wire::{ChannelBindingMode, ConnParams, SslMode};
 use reader::{NextError, Reader, ReaderConfig};
 use signal::Op;
 
@@ -155,7 +153,7 @@ impl PyReader {
         publications, slot_name, host, database, port, user, password, start_lsn, auto_acknowledge,
         *, sslmode, sslrootcert, connect_timeout, application_name, include_truncate, include_messages,
         create_slot, debezium_options, reconnect, reconnect_timeout, max_buffered, allow_cleartext_password=false,
-        offset_store=None, format=None, rich_types=false
+        offset_store=None, format=None, rich_types=false, channel_binding=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -183,6 +181,7 @@ impl PyReader {
         offset_store: Option<PathBuf>,
         format: Option<String>,
         rich_types: bool,
+        channel_binding: Option<String>,
     ) -> PyResult<Self> {
         if publications.is_empty() {
             return Err(PgError::Interface("publication_name is required".into()).into());
@@ -191,6 +190,10 @@ impl PyReader {
         let sslrootcert = sslrootcert.or_else(|| env("PGSSLROOTCERT").map(PathBuf::from));
         let sslmode = SslMode::resolve(sslmode.or_else(|| env("PGSSLMODE")).as_deref(), sslrootcert.as_deref())
             .map_err(PgError::Interface)?;
+        let channel_binding = match channel_binding.or_else(|| env("PGCHANNELBINDING")) {
+            Some(v) => ChannelBindingMode::parse(&v).map_err(PgError::Interface)?,
+            None => ChannelBindingMode::Prefer,
+        };
         let start_lsn = start_lsn.as_ref().map(lsn_arg).transpose()?;
         let mut conn = ConnParams {
             host,
@@ -200,6 +203,7 @@ impl PyReader {
             database,
             sslmode,
             sslrootcert,
+            channel_binding,
             connect_timeout: seconds("connect_timeout", connect_timeout)?.max(Duration::from_millis(1)),
             application_name,
             allow_cleartext_password,

@@ -4,12 +4,13 @@
 //! ```text
 //!  walsender --CopyData--> [stream task, tokio]  decode (pgcdc_core Decoder), encode
 //!                              |                 (pgcdc_core Encoder), slice row columns
-//!                              | Item::Msg / Item::Commit into a bounded queue (no GIL)
+//!                              | events into a bounded queue (no GIL); ends of
+//!                              | transactions to the Confirmer (pgcdc_core::position)
 //!                              v
 //!                 [Python thread] next_ready() pops one item per event; wait() parks
 //!                              |  the coroutine (GIL released) until the queue has more
 //!                              v
-//!            acknowledgements -> Acks.flush -> standby status update 'flushed' -> the slot's
+//!        acknowledgements -> Confirmer -> standby status update 'flushed' -> the slot's
 //!                                                        confirmed_flush_lsn advances
 //! ```
 //!
@@ -48,20 +49,19 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use pgcdc_core::debezium::{Encoder, EncoderOptions, Event, Op};
-use pgcdc_core::pgoutput::frame::{self, ServerMessage, StandbyStatusUpdate};
 use pgcdc_core::pgoutput::{ColumnData, Decoder, Message, OldTuple, TupleData};
+use pgcdc_core::position::{Confirmer, Position, STANDALONE_ORDINAL};
 use pgcdc_core::relation::TableSchema;
 use pgcdc_core::{Lsn, Oid};
+use pgcdc_wire::{quote_ident, quote_literal, ConnParams, Pgoutput, ReplConn, Session, Wal};
 use tokio::sync::Notify;
 
 use crate::catalog::CatalogConn;
-use crate::conninfo::ConnParams;
 use crate::errors::PgError;
 use crate::message::{LogicalMessage, RowMsg};
 use crate::offsets::{Offset, OffsetStore, Pos};
 use crate::signal::{Signal, Stop};
 use crate::values::Col;
-use crate::wire::{quote_ident, quote_literal, tag, ReplConn};
 
 /// What the reader was asked to do.
 #[derive(Debug, Clone)]
@@ -83,30 +83,45 @@ pub struct ReaderConfig {
     pub offsets: Option<OffsetStore>,
 }
 
-/// An entry of the delivery queue.
-pub enum Item {
-    Msg(Box<RowMsg>),
-    /// The end of a transaction (or of a non-transactional message): confirmable once every
-    /// event delivered before it is acknowledged.
-    Commit {
-        end_lsn: Lsn,
-    },
-}
-
 /// Acknowledgement bookkeeping, shared by the Python thread and the stream task.
 #[derive(Debug, Default)]
 struct Acks {
-    /// Position to report as flushed (the slot's confirmed_flush_lsn follows it).
-    flush: Lsn,
+    /// Which end of a transaction the slot may confirm (the rule the extension uses too).
+    confirmer: Confirmer,
+    /// Confirmed regardless of the confirmer: the start position, the offset store's, and
+    /// `acknowledge(lsn)`.
+    floor: Lsn,
     last_delivered: Option<Pos>,
     acked: Option<Pos>,
-    /// End LSN of the last transaction whose events were all delivered.
-    last_completed: Option<Lsn>,
+}
+
+impl Acks {
+    /// Position to report as flushed (the slot's confirmed_flush_lsn follows it).
+    fn flush(&self) -> Lsn {
+        self.floor.max(self.confirmer.confirmable())
+    }
+
+    fn acked_position(&self) -> Position {
+        self.acked.map_or(Position::ZERO, |(lsn, ordinal)| Position::new(lsn, ordinal))
+    }
+
+    /// Everything delivered so far is processed.
+    fn acknowledge_delivered(&mut self) {
+        self.acked = self.last_delivered;
+        let acked = self.acked_position();
+        self.confirmer.acknowledged(acked);
+    }
+
+    /// A new session resends everything after the flush position: start the confirmer over.
+    fn restart(&mut self) {
+        self.floor = self.flush();
+        self.confirmer = Confirmer::new();
+    }
 }
 
 #[derive(Default)]
 struct State {
-    queue: VecDeque<Item>,
+    queue: VecDeque<Box<RowMsg>>,
     acks: Acks,
     /// Terminal error, raised by every later `next_ready`.
     error: Option<PgError>,
@@ -163,18 +178,18 @@ impl Reader {
     pub fn new(config: ReaderConfig) -> Result<Reader, PgError> {
         let saved = config.offsets.as_ref().map(OffsetStore::load).transpose()?.flatten();
         let mut state = State::default();
-        state.acks.flush = config.start_lsn.unwrap_or(Lsn::ZERO);
+        state.acks.floor = config.start_lsn.unwrap_or(Lsn::ZERO);
         if let Some(saved) = &saved {
             // Everything at or below the stored position counts as delivered and acknowledged:
             // the first session resumes after it (see `session`).
-            state.acks.flush = state.acks.flush.max(saved.flushed);
+            state.acks.floor = state.acks.floor.max(saved.flushed);
             state.acks.acked = saved.acknowledged;
             state.acks.last_delivered = saved.acknowledged;
         }
         if config.offsets.is_some() {
             state.saved = Some(saved.unwrap_or_default());
         }
-        state.reported = state.acks.flush;
+        state.reported = state.acks.flush();
         Ok(Reader {
             config,
             shared: Arc::new(Shared {
@@ -218,29 +233,19 @@ impl Reader {
     pub fn next_ready(&self) -> Result<Option<Box<RowMsg>>, NextError> {
         self.check_process().map_err(NextError::Failed)?;
         let mut st = self.shared.lock();
-        let flush_before = st.acks.flush;
+        let flush_before = st.acks.flush();
         if self.config.auto_ack {
             // Asking for the next event means the previous one is processed, and with it
             // every transaction completed so far.
-            st.acks.acked = st.acks.last_delivered;
-            if let Some(end) = st.acks.last_completed {
-                st.acks.flush = st.acks.flush.max(end);
-            }
+            st.acks.acknowledge_delivered();
         }
-        let mut out = None;
         let before = st.queue.len();
-        while let Some(item) = st.queue.pop_front() {
-            match item {
-                Item::Commit { end_lsn } => apply_commit(&mut st.acks, end_lsn),
-                Item::Msg(m) => {
-                    st.acks.last_delivered = Some(m.position());
-                    out = Some(m);
-                    break;
-                }
-            }
+        let out = st.queue.pop_front();
+        if let Some(m) = &out {
+            st.acks.last_delivered = Some(m.position());
         }
         let room = before >= self.config.max_buffered / 2 && st.queue.len() < self.config.max_buffered / 2;
-        let flush_moved = st.acks.flush != flush_before;
+        let flush_moved = st.acks.flush() != flush_before;
         drop(st);
         if room {
             self.shared.space.notify_one();
@@ -257,7 +262,7 @@ impl Reader {
                 } else if st.finished || st.stopping {
                     Err(NextError::Ended)
                 } else if !st.queue.is_empty() {
-                    // Filled while we looked (only Commits were taken): try again at once.
+                    // Filled while we looked: try again at once.
                     drop(st);
                     self.shared.signal.notify();
                     Ok(None)
@@ -280,23 +285,14 @@ impl Reader {
         }
         let before = st.queue.len();
         if let Some(lsn) = lsn {
-            st.acks.flush = st.acks.flush.max(lsn);
+            st.acks.floor = st.acks.floor.max(lsn);
         } else {
             if self.config.auto_ack {
                 return Err(PgError::NoPendingLsn(
                     "No pending LSN to acknowledge: this reader has auto_acknowledge=True and confirms transactions by itself".into(),
                 ));
             }
-            st.acks.acked = st.acks.last_delivered;
-            if let Some(end) = st.acks.last_completed {
-                st.acks.flush = st.acks.flush.max(end);
-            }
-            // Transactions completed by what was just acknowledged.
-            while let Some(Item::Commit { end_lsn }) = st.queue.front() {
-                let end_lsn = *end_lsn;
-                st.queue.pop_front();
-                apply_commit(&mut st.acks, end_lsn);
-            }
+            st.acks.acknowledge_delivered();
         }
         let room = before >= self.config.max_buffered / 2 && st.queue.len() < self.config.max_buffered / 2;
         drop(st);
@@ -340,7 +336,7 @@ impl Reader {
     }
 
     pub fn confirmed_lsn(&self) -> Lsn {
-        self.shared.lock().acks.flush
+        self.shared.lock().acks.flush()
     }
 
     pub fn backend_pid(&self) -> i32 {
@@ -364,32 +360,6 @@ pub const STOP_GRACE: Duration = Duration::from_secs(5);
 pub enum NextError {
     Failed(PgError),
     Ended,
-}
-
-/// Appends decoded items to the delivery queue; true when that moved the flush position.
-///
-/// Ends of transactions whose events were all taken already (the consumer may have
-/// acknowledged them before this COMMIT arrived) are applied at once, as `next_ready()` would
-/// have, so that `acknowledge()` followed by `stop()` confirms them.
-fn enqueue(st: &mut State, items: impl IntoIterator<Item = Item>) -> bool {
-    let flush_before = st.acks.flush;
-    let mut items = items.into_iter().peekable();
-    if st.queue.is_empty() {
-        while let Some(Item::Commit { end_lsn }) = items.peek() {
-            let end_lsn = *end_lsn;
-            items.next();
-            apply_commit(&mut st.acks, end_lsn);
-        }
-    }
-    st.queue.extend(items);
-    st.acks.flush != flush_before
-}
-
-fn apply_commit(acks: &mut Acks, end_lsn: Lsn) {
-    acks.last_completed = Some(end_lsn);
-    if acks.acked == acks.last_delivered {
-        acks.flush = acks.flush.max(end_lsn);
-    }
 }
 
 // ------------------------------------------------------------------------- stream task
@@ -421,6 +391,7 @@ async fn run(shared: Arc<Shared>, config: ReaderConfig) {
             st.backend_pid = 0;
             // Undelivered events will be sent again from the confirmed position.
             st.queue.clear();
+            st.acks.restart();
         }
         shared.space.notify_one();
         match result {
@@ -464,11 +435,11 @@ async fn run(shared: Arc<Shared>, config: ReaderConfig) {
         }
     }
     let mut st = shared.lock();
-    if st.error.is_none() && st.acks.flush > st.reported && streamed_once && st.unconfirmed.is_none() {
+    if st.error.is_none() && st.acks.flush() > st.reported && streamed_once && st.unconfirmed.is_none() {
         let why = st.last_failure.as_ref().map(|e| format!(": {e}")).unwrap_or_default();
         st.unconfirmed = Some(PgError::Operational(format!(
             "the confirmation of {} (what was acknowledged) could not be sent to the server before the reader stopped{why}; the slot stays at {} and those events will be delivered again",
-            st.acks.flush, st.reported
+            st.acks.flush(), st.reported
         )));
     }
     st.finished = true;
@@ -482,7 +453,7 @@ fn persist(shared: &Shared, config: &ReaderConfig) -> Result<(), PgError> {
     let (offset, changed) = {
         let st = shared.lock();
         let saved = st.saved.clone().unwrap_or_default();
-        let offset = Offset { flushed: st.acks.flush, acknowledged: st.acks.acked, ..saved.clone() };
+        let offset = Offset { flushed: st.acks.flush(), acknowledged: st.acks.acked, ..saved.clone() };
         let changed = offset != saved;
         (offset, changed)
     };
@@ -525,7 +496,7 @@ async fn check_system_identifier(conn: &mut ReplConn, shared: &Shared, config: &
 /// Something is acknowledged that the server has not heard yet.
 fn unreported(shared: &Shared) -> bool {
     let st = shared.lock();
-    st.acks.flush > st.reported
+    st.acks.flush() > st.reported
 }
 
 fn past_stop_deadline(shared: &Shared) -> bool {
@@ -617,22 +588,17 @@ struct Stream<'a> {
     catalog: CatalogConn,
     relations: HashMap<Oid, (u64, Arc<TableSchema>)>,
     events: Vec<Event>,
-    pending: Vec<Item>,
-    /// Position of the open transaction's commit, if one is open.
-    in_tx: bool,
+    /// Decoded events not yet in the shared queue (boxed: they move on to the queue and to
+    /// Python without copying).
+    #[allow(clippy::vec_box)]
+    pending: Vec<Box<RowMsg>>,
+    /// Highest ordinal of the open transaction's events (counting those skipped as delivered
+    /// before a reconnect): what the confirmer waits for at its commit.
+    tx_last_ordinal: u32,
     /// Skip events at or before this position: delivered before a reconnect.
     resume_after: Option<Pos>,
-    /// Highest WAL position received.
-    received: Lsn,
-    reported: Option<Lsn>,
-    last_status: Instant,
     /// A keepalive asked for a reply we could not fully satisfy (for shutdown detection).
     unsatisfied_ping: Option<Instant>,
-    liveness: Liveness,
-    /// When the server was last heard from (or we last started listening again).
-    last_heard: Instant,
-    /// A reply was requested in the current silence.
-    pinged: bool,
 }
 
 thread_local! {
@@ -653,36 +619,29 @@ async fn session(shared: &Arc<Shared>, config: &ReaderConfig, streamed_once: &mu
     let setup = async {
         let mut conn = ReplConn::connect(&config.conn).await?;
         check_slot(&mut conn, config).await?;
-        if config.include_messages && conn.server_version != 0 && conn.server_version < 140000 {
-            return Err(PgError::server(
-                "0A000",
-                "include_messages=True needs PostgreSQL 14 or later (pgoutput's messages option)",
-                Some("Use include_messages=False with this server.".into()),
-            ));
-        }
         check_system_identifier(&mut conn, shared, config).await?;
-        let liveness = Liveness::from_wal_sender_timeout(&mut conn).await?;
         let (start, resume_after) = {
             let st = shared.lock();
-            (st.acks.flush, st.acks.last_delivered)
+            (st.acks.flush(), st.acks.last_delivered)
         };
-        let publications = config.publications.iter().map(|p| quote_ident(p)).collect::<Vec<_>>().join(",");
-        let mut options = format!("proto_version '1', publication_names {}", quote_literal(&publications));
-        if config.include_messages {
-            options.push_str(", messages 'true'");
-        }
-        let command = format!("START_REPLICATION SLOT {} LOGICAL {} ({})", quote_ident(&config.slot), start, options);
-        conn.start_replication(&command).await?;
-        Ok::<_, PgError>((conn, liveness, start, resume_after))
+        let pgoutput = Pgoutput {
+            publications: config.publications.clone(),
+            messages: config.include_messages,
+            // Streamed transactions would be held in memory until their commit: off, so the
+            // server spills big transactions to disk instead.
+            streaming: false,
+        };
+        let session = Session::start(conn, &config.slot, start, &pgoutput, STATUS_MAX_INTERVAL).await?;
+        Ok::<_, PgError>((session, resume_after))
     };
-    let (mut conn, liveness, start, resume_after) = tokio::select! {
+    let (mut conn, resume_after) = tokio::select! {
         r = setup => r?,
         _ = shared.stop.abandon(|| unreported(shared)) => return Ok(SessionEnd::Stopped),
     };
     *streamed_once = true;
     {
         let mut st = shared.lock();
-        st.backend_pid = conn.backend_pid;
+        st.backend_pid = conn.backend_pid();
         st.sessions += 1;
         st.last_failure = None;
     }
@@ -692,21 +651,15 @@ async fn session(shared: &Arc<Shared>, config: &ReaderConfig, streamed_once: &mu
     let mut s = Stream {
         shared,
         config,
-        decoder: Decoder::new(1),
+        decoder: Decoder::new(pgcdc_wire::session::proto_version(conn.server_version())),
         encoder,
         catalog: CatalogConn::new(config.conn.clone()),
         relations: HashMap::new(),
         events: Vec::new(),
         pending: Vec::new(),
-        in_tx: false,
+        tx_last_ordinal: 0,
         resume_after,
-        received: start,
-        reported: None,
-        last_status: Instant::now(),
         unsatisfied_ping: None,
-        liveness,
-        last_heard: Instant::now(),
-        pinged: false,
     };
     let result = s.run(&mut conn).await;
     match result {
@@ -732,68 +685,20 @@ async fn session(shared: &Arc<Shared>, config: &ReaderConfig, streamed_once: &mu
     }
 }
 
-/// When a silent server counts as gone (see the module docs).
-#[derive(Debug, Clone, Copy)]
-struct Liveness {
-    /// Ask for a reply after this much silence.
-    ping_after: Duration,
-    /// Give the connection up after this much silence.
-    lost_after: Duration,
-}
-
-impl Liveness {
-    async fn from_wal_sender_timeout(conn: &mut ReplConn) -> Result<Liveness, PgError> {
-        let rows = conn.simple_query("SHOW wal_sender_timeout").await?;
-        let text = rows.first().and_then(|r| r.first().cloned().flatten()).unwrap_or_default();
-        Ok(Liveness::for_timeout(parse_pg_duration(&text)))
-    }
-
-    fn for_timeout(wal_sender_timeout: Option<Duration>) -> Liveness {
-        match wal_sender_timeout.filter(|t| !t.is_zero()) {
-            Some(t) => Liveness {
-                ping_after: (t / 2).max(Duration::from_millis(500)),
-                lost_after: (t * 2).max(Duration::from_secs(2)),
-            },
-            None => Liveness { ping_after: Duration::from_secs(30), lost_after: Duration::from_secs(120) },
-        }
-    }
-}
-
-/// A duration setting as `SHOW` prints it (`60s`, `1min`, `500ms`, `0`); None when unreadable.
-fn parse_pg_duration(text: &str) -> Option<Duration> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let n: u64 = t[..split].parse().ok()?;
-    let ms = match t[split..].trim() {
-        "" | "ms" => n,
-        "s" => n * 1000,
-        "min" => n * 60_000,
-        "h" => n * 3_600_000,
-        "d" => n * 86_400_000,
-        _ => return None,
-    };
-    Some(Duration::from_millis(ms))
-}
-
-const STATUS_MIN_INTERVAL: Duration = Duration::from_millis(100);
-const STATUS_MAX_INTERVAL: Duration = Duration::from_secs(10);
+/// At least this often the server hears the flush position, moving or not.
+const STATUS_MAX_INTERVAL: Duration = pgcdc_wire::session::STATUS_MAX_INTERVAL;
 
 impl Stream<'_> {
-    async fn run(&mut self, conn: &mut ReplConn) -> Result<SessionEnd, PgError> {
+    fn flush(&self) -> Lsn {
+        self.shared.lock().acks.flush()
+    }
+
+    async fn run(&mut self, conn: &mut Session) -> Result<SessionEnd, PgError> {
         loop {
             // Everything already buffered, without waiting.
-            while let Some(msg) = conn.try_message()? {
-                match msg.tag {
-                    tag::COPY_DATA => {
-                        if let Some(end) = self.copy_data(conn, msg.body).await? {
-                            return Ok(end);
-                        }
-                    }
-                    tag::ERROR_RESPONSE => {
-                        return Err(PgError::Server(crate::errors::ServerError::parse(&msg.body)));
-                    }
-                    tag::COPY_DONE => return Ok(SessionEnd::Reconnect("the server ended the stream".into())),
-                    _ => {}
+            while let Some(wal) = conn.next_wal()? {
+                if let Some(end) = self.wal(conn, wal).await? {
+                    return Ok(end);
                 }
                 if self.pending.len() >= 1024 {
                     if let Some(end) = self.push_pending(conn).await? {
@@ -808,126 +713,74 @@ impl Stream<'_> {
                 return Ok(SessionEnd::Stopped);
             }
             self.maybe_send_status(conn).await?;
-            let due = self.next_status_due();
-            let silence = if self.pinged { self.liveness.lost_after } else { self.liveness.ping_after };
+            let due = conn.status_due(self.flush());
+            let silence = conn.silence_due();
             let wake = self.shared.wake.notified();
             tokio::select! {
                 biased;
-                r = conn.fill() => {
-                    r?;
-                    self.last_heard = Instant::now();
-                    self.pinged = false;
-                }
+                r = conn.fill() => r?,
                 _ = wake => {}
                 _ = self.shared.stop.requested() => {}
                 _ = tokio::time::sleep_until(due.into()) => {}
-                _ = tokio::time::sleep_until((self.last_heard + silence).into()) => self.silence(conn).await?,
+                _ = tokio::time::sleep_until(silence.into()) => conn.silence(self.flush()).await?,
             }
         }
     }
 
-    /// Nothing heard from the server for a while: ask it for a reply, and give the connection
-    /// up when even that gets no answer (a half-open TCP connection looks exactly like this).
-    async fn silence(&mut self, conn: &mut ReplConn) -> Result<(), PgError> {
-        let quiet = self.last_heard.elapsed();
-        if quiet >= self.liveness.lost_after {
-            return Err(PgError::Io(format!(
-                "nothing heard from the server for {:.0} s (wal_sender_timeout x 2): the connection is considered lost",
-                quiet.as_secs_f64()
-            )));
-        }
-        if !self.pinged && quiet >= self.liveness.ping_after {
-            self.pinged = true;
-            self.send_status(conn, true).await?;
-        }
-        Ok(())
-    }
-
-    fn next_status_due(&self) -> Instant {
-        let flush = self.shared.lock().acks.flush;
-        if self.reported != Some(flush) {
-            self.last_status + STATUS_MIN_INTERVAL
-        } else {
-            self.last_status + STATUS_MAX_INTERVAL
-        }
-    }
-
-    async fn maybe_send_status(&mut self, conn: &mut ReplConn) -> Result<(), PgError> {
-        let flush = self.shared.lock().acks.flush;
-        let elapsed = self.last_status.elapsed();
-        if (self.reported != Some(flush) && elapsed >= STATUS_MIN_INTERVAL) || elapsed >= STATUS_MAX_INTERVAL {
+    async fn maybe_send_status(&mut self, conn: &mut Session) -> Result<(), PgError> {
+        if Instant::now() >= conn.status_due(self.flush()) {
             self.send_status(conn, false).await?;
         }
         Ok(())
     }
 
-    async fn send_status(&mut self, conn: &mut ReplConn, reply: bool) -> Result<(), PgError> {
+    async fn send_status(&mut self, conn: &mut Session, reply: bool) -> Result<(), PgError> {
         // The offset store first: the server may forget what it is told (see `crate::offsets`).
         persist(self.shared, self.config)?;
-        let flush = self.shared.lock().acks.flush;
-        let update = StandbyStatusUpdate {
-            written: self.received.max(flush),
-            flushed: flush,
-            applied: flush,
-            client_time: frame::pg_timestamp(SystemTime::now()),
-            reply_requested: reply,
-        };
-        conn.send_copy_data(&update.encode()).await?;
-        self.reported = Some(flush);
-        self.last_status = Instant::now();
+        let flush = self.flush();
+        conn.send_status(flush, reply).await?;
         let mut st = self.shared.lock();
         st.reported = st.reported.max(flush);
         Ok(())
     }
 
-    /// Moves decoded items to the shared queue, waiting for room (while still reporting
+    /// Moves decoded events to the shared queue, waiting for room (while still reporting
     /// status) when the consumer is behind.
-    async fn push_pending(&mut self, conn: &mut ReplConn) -> Result<Option<SessionEnd>, PgError> {
+    async fn push_pending(&mut self, conn: &mut Session) -> Result<Option<SessionEnd>, PgError> {
         if self.pending.is_empty() {
             return Ok(None);
         }
         loop {
             let space = self.shared.space.notified();
-            let pushed = {
+            {
                 let mut st = self.shared.lock();
                 if st.stopping {
                     return Ok(Some(SessionEnd::Stopped));
                 }
                 if st.queue.len() < self.config.max_buffered {
-                    let flush_moved = enqueue(&mut st, self.pending.drain(..));
-                    let armed = !st.queue.is_empty() && std::mem::replace(&mut st.armed, false);
+                    st.queue.extend(self.pending.drain(..));
+                    let armed = std::mem::replace(&mut st.armed, false);
                     drop(st);
                     if armed {
                         self.shared.signal.notify();
                     }
-                    Some(flush_moved)
-                } else {
-                    None
+                    return Ok(None);
                 }
-            };
-            if let Some(flush_moved) = pushed {
-                if flush_moved {
-                    self.maybe_send_status(conn).await?;
-                }
-                return Ok(None);
             }
-            let due = self.next_status_due();
+            let due = conn.status_due(self.flush());
             tokio::select! {
                 _ = space => {}
                 _ = self.shared.stop.requested() => {}
                 _ = tokio::time::sleep_until(due.into()) => self.maybe_send_status(conn).await?,
             }
             // We were not reading meanwhile: the silence is ours, not the server's.
-            self.last_heard = Instant::now();
-            self.pinged = false;
+            conn.listening_again();
         }
     }
 
-    async fn copy_data(&mut self, conn: &mut ReplConn, body: Bytes) -> Result<Option<SessionEnd>, PgError> {
-        let msg = frame::decode(&body).map_err(|e| PgError::Protocol(format!("walsender message: {e}")))?;
-        match msg {
-            ServerMessage::Keepalive(k) => {
-                self.received = self.received.max(k.wal_end);
+    async fn wal(&mut self, conn: &mut Session, wal: Wal) -> Result<Option<SessionEnd>, PgError> {
+        match wal {
+            Wal::Keepalive { wal_end, reply_requested } => {
                 // Everything before this keepalive is queued; confirm the WAL end when nothing
                 // is open or unacknowledged.
                 if let Some(end) = self.push_pending(conn).await? {
@@ -935,16 +788,12 @@ impl Stream<'_> {
                 }
                 let satisfied = {
                     let mut st = self.shared.lock();
-                    let idle = !self.in_tx
-                        && !self.encoder.in_transaction()
-                        && st.queue.is_empty()
-                        && st.acks.acked == st.acks.last_delivered;
-                    if idle {
-                        st.acks.flush = st.acks.flush.max(k.wal_end);
+                    if !self.encoder.in_transaction() {
+                        st.acks.confirmer.keepalive(wal_end);
                     }
-                    st.acks.flush >= k.wal_end
+                    st.acks.flush() >= wal_end
                 };
-                if k.reply_requested {
+                if reply_requested {
                     self.send_status(conn, false).await?;
                     if !satisfied {
                         // A second ping right after our answer: the server is shutting down and
@@ -959,12 +808,11 @@ impl Stream<'_> {
                 }
                 Ok(None)
             }
-            ServerMessage::XLogData(x) => {
-                self.received = self.received.max(x.wal_start);
-                let data = body.slice_ref(x.data);
-                self.pgoutput(x.wal_start, data).await?;
+            Wal::Data { wal_start, data } => {
+                self.pgoutput(wal_start, data).await?;
                 Ok(None)
             }
+            Wal::Ended => Ok(Some(SessionEnd::Reconnect("the server ended the stream".into()))),
         }
     }
 
@@ -981,13 +829,9 @@ impl Stream<'_> {
         self.encoder
             .handle(wal_start, &msg, &mut catalog, &mut events)
             .map_err(|e| PgError::Data(format!("change at {wal_start}: {e}")))?;
-        match &msg {
-            Message::Begin(_) => self.in_tx = true,
-            Message::Commit(c) => {
-                self.in_tx = false;
-                self.pending.push(Item::Commit { end_lsn: c.end_lsn });
-            }
-            _ => {}
+        if let Message::Begin(_) = &msg {
+            self.tx_last_ordinal = 0;
+            self.shared.lock().acks.confirmer.begin();
         }
         let mut truncated = 0usize;
         for ev in events.drain(..) {
@@ -1026,6 +870,9 @@ impl Stream<'_> {
             // apart from a transaction committed at the same LSN (as the extension does).
             let ordinal = if non_tx_message { 0 } else { ev.ordinal };
             let pos = (ev.commit_lsn, ordinal);
+            if !non_tx_message {
+                self.tx_last_ordinal = self.tx_last_ordinal.max(ordinal);
+            }
             if self.resume_after.is_some_and(|r| pos <= r) {
                 continue;
             }
@@ -1041,7 +888,7 @@ impl Stream<'_> {
                 (Message::Delete(d), _) => self.table(d.relation_id),
                 _ => None,
             };
-            self.pending.push(Item::Msg(Box::new(RowMsg {
+            self.pending.push(Box::new(RowMsg {
                 op: ev.op,
                 table,
                 before,
@@ -1054,13 +901,20 @@ impl Stream<'_> {
                 xid: ev.xid,
                 ts_ns: NOW_NANOS.with(|c| c.get()),
                 message,
-            })));
+            }));
             if non_tx_message {
-                // Nothing commits it: confirmable right after (its own LSN + 1).
-                self.pending.push(Item::Commit { end_lsn: Lsn(ev.lsn.0 + 1) });
+                // Nothing commits it: confirmable at its own LSN once acknowledged.
+                let mut st = self.shared.lock();
+                let acked = st.acks.acked_position();
+                st.acks.confirmer.standalone(ev.lsn, Some(Position::new(ev.lsn, STANDALONE_ORDINAL)), acked);
             }
         }
         self.events = events;
+        if let Message::Commit(c) = &msg {
+            let mut st = self.shared.lock();
+            let acked = st.acks.acked_position();
+            st.acks.confirmer.commit(c.commit_lsn, c.end_lsn, self.tx_last_ordinal, acked);
+        }
         Ok(())
     }
 
@@ -1096,29 +950,20 @@ mod tests {
     #[test]
     fn a_commit_arriving_after_acknowledge_is_confirmed() {
         // Manual mode: the transaction's only event was taken and acknowledged before its
-        // COMMIT reached the queue.
-        let mut st = State::default();
-        st.acks.last_delivered = Some((Lsn(0x200), 4));
-        st.acks.acked = st.acks.last_delivered;
-        assert!(enqueue(&mut st, [Item::Commit { end_lsn: Lsn(0x210) }]));
-        assert_eq!(st.acks.flush, Lsn(0x210));
-        assert!(st.queue.is_empty());
-        // Not acknowledged yet: remembered, confirmed by the acknowledgement.
-        st.acks.last_delivered = Some((Lsn(0x300), 4));
-        assert!(!enqueue(&mut st, [Item::Commit { end_lsn: Lsn(0x310) }]));
-        assert_eq!((st.acks.flush, st.acks.last_completed), (Lsn(0x210), Some(Lsn(0x310))));
-    }
-
-    #[test]
-    fn liveness_follows_wal_sender_timeout() {
-        assert_eq!(parse_pg_duration("60s"), Some(Duration::from_secs(60)));
-        assert_eq!(parse_pg_duration("1min"), Some(Duration::from_secs(60)));
-        assert_eq!(parse_pg_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_pg_duration("0"), Some(Duration::ZERO));
-        assert_eq!(parse_pg_duration("soon"), None);
-        let l = Liveness::for_timeout(Some(Duration::from_secs(60)));
-        assert_eq!((l.ping_after, l.lost_after), (Duration::from_secs(30), Duration::from_secs(120)));
-        let off = Liveness::for_timeout(Some(Duration::ZERO));
-        assert_eq!(off.lost_after, Duration::from_secs(120));
+        // COMMIT was decoded.
+        let mut acks = Acks { last_delivered: Some((Lsn(0x200), 4)), ..Acks::default() };
+        acks.acknowledge_delivered();
+        let acked = acks.acked_position();
+        acks.confirmer.commit(Lsn(0x200), Lsn(0x210), 4, acked);
+        assert_eq!(acks.flush(), Lsn(0x210));
+        // Not acknowledged yet: confirmed by the acknowledgement.
+        acks.confirmer.commit(Lsn(0x300), Lsn(0x310), 4, acked);
+        assert_eq!(acks.flush(), Lsn(0x210));
+        acks.last_delivered = Some((Lsn(0x300), 4));
+        acks.acknowledge_delivered();
+        assert_eq!(acks.flush(), Lsn(0x310));
+        // A new session starts the confirmer over at the flush position.
+        acks.restart();
+        assert_eq!(acks.flush(), Lsn(0x310));
     }
 }

@@ -93,6 +93,9 @@ class LogicalReplicationReader:
     socket unless ``allow_cleartext_password=True``; SCRAM cannot be downgraded mid-way.
     ``sslmode`` is libpq's; ``verify-ca``/``verify-full`` need ``sslrootcert`` (or
     ``~/.postgresql/root.crt``); ``sslrootcert="system"`` trusts the usual web authorities.
+    ``channel_binding`` is libpq's too (``disable``, ``prefer`` (default, or
+    ``PGCHANNELBINDING``), ``require``): over TLS, SCRAM binds the authentication to the
+    server's certificate (``SCRAM-SHA-256-PLUS``), so a man in the middle cannot relay it.
 
     Servers: PostgreSQL 10 and later (``include_messages`` needs 14).
     """
@@ -122,8 +125,9 @@ class LogicalReplicationReader:
         max_buffered: int = 16384,
         allow_cleartext_password: bool = False,
         offset_store: Optional[Union[str, os.PathLike[str]]] = None,
-        format: Optional[str] = None,
+        format: Optional[str] = None,  # noqa: A002 - the pgoutput-decoder library's keyword
         rich_types: bool = False,
+        channel_binding: Optional[str] = None,
     ) -> None:
         publications = [publication_name] if isinstance(publication_name, str) else list(publication_name)
         self._core = _pgcdc._Reader(
@@ -151,13 +155,14 @@ class LogicalReplicationReader:
             offset_store=os.fspath(offset_store) if offset_store is not None else None,
             format=format,
             rich_types=bool(rich_types),
+            channel_binding=channel_binding,
         )
         self._waker = Waker(self._core)
         self.auto_acknowledge = bool(auto_acknowledge)
         self.publication_name = publication_name
         self.slot_name = slot_name
 
-    def __aiter__(self) -> "LogicalReplicationReader":
+    def __aiter__(self) -> LogicalReplicationReader:
         return self
 
     async def __anext__(self) -> ReplicationMessage:
@@ -188,7 +193,7 @@ class LogicalReplicationReader:
             await self._waker.wait()
         core.check_stopped()
 
-    async def __aenter__(self) -> "LogicalReplicationReader":
+    async def __aenter__(self) -> LogicalReplicationReader:
         return self
 
     async def __aexit__(self, exc_type: Optional[type[BaseException]], *exc: object) -> None:

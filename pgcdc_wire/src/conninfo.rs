@@ -13,7 +13,8 @@
 //! | `connect_timeout` | seconds (decimals allowed; 0 = no limit) |
 //! | `application_name`, `fallback_application_name`, `options` | sent at startup |
 //! | `keepalives`, `keepalives_idle`, `keepalives_interval`, `keepalives_count`, `tcp_user_timeout` | TCP liveness; keepalives are on by default (30 s idle, 10 s interval, 3 probes) so a half-open connection is noticed |
-//! | `client_encoding` (UTF8 only), `target_session_attrs` (`any` only), `channel_binding` / `gssencmode` (`disable`/`prefer`: never used) | accepted when they ask for nothing this client lacks |
+//! | `channel_binding` | `disable`, `prefer` (default), `require`: SCRAM channel binding (`tls-server-end-point`) as libpq; needs TLS |
+//! | `client_encoding` (UTF8 only), `target_session_attrs` (`any` only), `gssencmode` (`disable`/`prefer`: never used) | accepted when they ask for nothing this client lacks |
 //!
 //! Every other key (`hostaddr`, several hosts, `sslcert`, `service`, ...) is refused with an
 //! `InterfaceError` naming it, instead of being silently dropped.
@@ -85,6 +86,31 @@ pub fn is_system_root(p: &Path) -> bool {
     p.as_os_str() == "system"
 }
 
+/// libpq's `channel_binding`: whether SCRAM binds the authentication to the TLS channel
+/// (`SCRAM-SHA-256-PLUS` with `tls-server-end-point`), so a man in the middle that terminates
+/// TLS cannot relay the exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelBindingMode {
+    /// Never bind.
+    Disable,
+    /// Bind when the connection is TLS and the server offers it.
+    Prefer,
+    /// Bind, or refuse to connect (no TLS, a server that does not offer it, or one that
+    /// authenticates without SCRAM).
+    Require,
+}
+
+impl ChannelBindingMode {
+    pub fn parse(s: &str) -> Result<ChannelBindingMode, String> {
+        Ok(match s {
+            "disable" => ChannelBindingMode::Disable,
+            "prefer" => ChannelBindingMode::Prefer,
+            "require" => ChannelBindingMode::Require,
+            other => return Err(format!("invalid channel_binding {other:?}: expected disable, prefer or require")),
+        })
+    }
+}
+
 /// TCP keepalive settings (libpq's `keepalives_*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Keepalive {
@@ -110,6 +136,7 @@ pub struct ConnParams {
     pub database: String,
     pub sslmode: SslMode,
     pub sslrootcert: Option<PathBuf>,
+    pub channel_binding: ChannelBindingMode,
     /// Bound on reaching the server and authenticating.
     pub connect_timeout: Duration,
     pub application_name: String,
@@ -133,6 +160,7 @@ impl Default for ConnParams {
             database: "postgres".into(),
             sslmode: SslMode::Prefer,
             sslrootcert: None,
+            channel_binding: ChannelBindingMode::Prefer,
             connect_timeout: Duration::from_secs(10),
             application_name: "pgcdc".into(),
             options: None,
@@ -152,6 +180,7 @@ const SUPPORTED: &[&str] = &[
     "dbname",
     "sslmode",
     "sslrootcert",
+    "channel_binding",
     "connect_timeout",
     "application_name",
     "fallback_application_name",
@@ -170,7 +199,7 @@ fn harmless(key: &str, value: &str) -> Option<bool> {
     Some(match key {
         "client_encoding" => matches!(v.as_str(), "utf8" | "utf-8" | "unicode" | "auto"),
         "target_session_attrs" => v == "any",
-        "channel_binding" | "gssencmode" => matches!(v.as_str(), "disable" | "prefer"),
+        "gssencmode" => matches!(v.as_str(), "disable" | "prefer"),
         "sslnegotiation" => v == "postgres",
         "load_balance_hosts" => v == "disable",
         _ => return None,
@@ -191,48 +220,16 @@ impl ConnParams {
         }
     }
 
-    /// A tokio-postgres configuration for an ordinary (non-replication) session. TLS, when
-    /// wanted, is set up by [`crate::tls::MakeRustlsConnect`] with the same `sslmode`.
-    pub fn pg_config(&self) -> tokio_postgres::Config {
-        let mut c = tokio_postgres::Config::new();
-        c.host(&self.host)
-            .port(self.port)
-            .user(&self.user)
-            .dbname(&self.database)
-            .application_name(&self.application_name)
-            .connect_timeout(self.connect_timeout)
-            .ssl_mode(match self.sslmode {
-                SslMode::Disable => tokio_postgres::config::SslMode::Disable,
-                SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
-                _ => tokio_postgres::config::SslMode::Require,
-            });
-        if let Some(p) = &self.password {
-            c.password(p);
-        }
-        if let Some(o) = &self.options {
-            c.options(o);
-        }
-        match self.keepalive {
-            Some(k) => {
-                c.keepalives(true).keepalives_idle(k.idle).keepalives_interval(k.interval).keepalives_retries(k.count);
-            }
-            None => {
-                c.keepalives(false);
-            }
-        }
-        if let Some(t) = self.tcp_user_timeout {
-            c.tcp_user_timeout(t);
-        }
-        c
-    }
-
     /// Parses a libpq connection string (URL or `key=value` form), with libpq's environment
     /// variables for what it leaves out. Unsupported keys are an error naming them.
     pub fn from_dsn(dsn: &str) -> Result<ConnParams, String> {
         Self::from_dsn_with(dsn, &|k| std::env::var(k).ok())
     }
 
-    fn from_dsn_with(dsn: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<ConnParams, String> {
+    /// As [`ConnParams::from_dsn`], with `env` in place of the process environment: the
+    /// extension parses `pgcdc.replication_conninfo` over its own defaults this way (the
+    /// postmaster's environment is not the user's).
+    pub fn from_dsn_with(dsn: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<ConnParams, String> {
         let pairs = parse_conninfo(dsn)?;
         let mut kv: BTreeMap<String, String> = BTreeMap::new();
         for (k, v) in pairs {
@@ -272,6 +269,10 @@ impl ConnParams {
         let database = get("dbname", "PGDATABASE").unwrap_or_else(|| user.clone());
         let sslrootcert = get("sslrootcert", "PGSSLROOTCERT").map(PathBuf::from);
         let sslmode = SslMode::resolve(get("sslmode", "PGSSLMODE").as_deref(), sslrootcert.as_deref())?;
+        let channel_binding = match get("channel_binding", "PGCHANNELBINDING") {
+            Some(v) => ChannelBindingMode::parse(&v)?,
+            None => ChannelBindingMode::Prefer,
+        };
         let connect_timeout = match get("connect_timeout", "PGCONNECT_TIMEOUT") {
             Some(t) => {
                 let s: f64 = t.trim().parse().map_err(|_| format!("invalid connect_timeout {t:?}"))?;
@@ -321,6 +322,7 @@ impl ConnParams {
             database,
             sslmode,
             sslrootcert,
+            channel_binding,
             connect_timeout,
             application_name,
             options: get("options", "PGOPTIONS"),
@@ -630,8 +632,14 @@ mod tests {
         assert!(parse("host=x bogus=1", &[]).unwrap_err().contains("bogus"));
         assert!(parse("host=a,b", &[]).unwrap_err().contains("several hosts"));
         assert!(parse("postgresql://a:1,b:2/db", &[]).unwrap_err().contains("several hosts"));
-        assert!(parse("channel_binding=require host=x", &[]).unwrap_err().contains("channel_binding=require"));
-        parse("host=x target_session_attrs=any channel_binding=prefer client_encoding=UTF8", &[]).unwrap();
+        assert!(parse("channel_binding=maybe host=x", &[]).unwrap_err().contains("invalid channel_binding"));
+        let p = parse("host=x target_session_attrs=any channel_binding=require client_encoding=UTF8", &[]).unwrap();
+        assert_eq!(p.channel_binding, ChannelBindingMode::Require);
+        assert_eq!(
+            parse("host=x", &[("PGCHANNELBINDING", "disable")]).unwrap().channel_binding,
+            ChannelBindingMode::Disable
+        );
+        assert_eq!(parse("host=x", &[]).unwrap().channel_binding, ChannelBindingMode::Prefer);
     }
 
     #[test]

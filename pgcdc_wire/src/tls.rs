@@ -1,12 +1,8 @@
-//! TLS with rustls (ring provider) for both the replication connection and tokio-postgres
-//! sessions, following libpq's `sslmode` (see [`crate::conninfo`]).
+//! TLS with rustls (ring provider), following libpq's `sslmode` (see [`crate::conninfo`]),
+//! and the `tls-server-end-point` channel binding data SCRAM-SHA-256-PLUS needs.
 
-use std::future::Future;
-use std::io;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
@@ -14,8 +10,7 @@ use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvi
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect};
+use sha2::Digest;
 
 use crate::conninfo::{is_system_root, ConnParams, SslMode};
 
@@ -173,108 +168,115 @@ impl ServerCertVerifier for ChainOnly {
     }
 }
 
-/// tokio-postgres' TLS hook backed by [`client_config`].
-#[derive(Clone)]
-pub struct MakeRustlsConnect(pub Arc<ClientConfig>);
+/// A configuration that encrypts without checking the server at all: for sessions whose
+/// `sslmode` never starts TLS but whose library wants a connector anyway.
+pub fn unverified_config() -> Result<Arc<ClientConfig>, String> {
+    let provider = provider();
+    Ok(Arc::new(
+        ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS setup: {e}"))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+            .with_no_client_auth(),
+    ))
+}
 
-impl<S> MakeTlsConnect<S> for MakeRustlsConnect
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    type Stream = RustlsStream<S>;
-    type TlsConnect = RustlsConnect;
-    type Error = io::Error;
-
-    fn make_tls_connect(&mut self, domain: &str) -> Result<RustlsConnect, io::Error> {
-        let name = server_name(domain).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        Ok(RustlsConnect(self.0.clone(), name))
+/// The `tls-server-end-point` channel binding data of a server certificate (RFC 5929 4.1):
+/// its hash with the hash function of its signature algorithm, SHA-256 for MD5 and SHA-1
+/// (and for anything this does not recognise, as PostgreSQL's own choice would fail there).
+pub fn end_point_hash(cert_der: &[u8]) -> Vec<u8> {
+    match signature_algorithm(cert_der) {
+        Some(oid) if SHA384_SIGNATURES.contains(&oid) => sha2::Sha384::digest(cert_der).to_vec(),
+        Some(oid) if SHA512_SIGNATURES.contains(&oid) => sha2::Sha512::digest(cert_der).to_vec(),
+        _ => sha2::Sha256::digest(cert_der).to_vec(),
     }
 }
 
-pub struct RustlsConnect(Arc<ClientConfig>, ServerName<'static>);
+/// DER contents of the signature algorithm OIDs that use SHA-384 and SHA-512.
+const SHA384_SIGNATURES: [&[u8]; 2] = [
+    &[0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x01, 0x0C], // sha384WithRSAEncryption
+    &[0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x04, 0x03, 0x03],       // ecdsa-with-SHA384
+];
+const SHA512_SIGNATURES: [&[u8]; 2] = [
+    &[0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x01, 0x0D], // sha512WithRSAEncryption
+    &[0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x04, 0x03, 0x04],       // ecdsa-with-SHA512
+];
 
-impl<S> TlsConnect<S> for RustlsConnect
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    type Stream = RustlsStream<S>;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<RustlsStream<S>>> + Send>>;
-
-    fn connect(self, stream: S) -> Self::Future {
-        let connector = tokio_rustls::TlsConnector::from(self.0);
-        Box::pin(async move { Ok(RustlsStream(Box::new(connector.connect(self.1, stream).await?))) })
+/// The OID of a certificate's outer `signatureAlgorithm`
+/// (`Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signatureValue }`).
+fn signature_algorithm(der: &[u8]) -> Option<&[u8]> {
+    let (tag, certificate, _) = der_element(der)?;
+    if tag != 0x30 {
+        return None;
     }
+    let (_, _, after_tbs) = der_element(certificate)?;
+    let (tag, algorithm, _) = der_element(after_tbs)?;
+    if tag != 0x30 {
+        return None;
+    }
+    let (tag, oid, _) = der_element(algorithm)?;
+    (tag == 0x06).then_some(oid)
 }
 
-pub struct RustlsStream<S>(Box<tokio_rustls::client::TlsStream<S>>);
-
-impl<S: AsyncRead + AsyncWrite + Unpin> tokio_postgres::tls::TlsStream for RustlsStream<S> {
-    fn channel_binding(&self) -> ChannelBinding {
-        ChannelBinding::none()
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for RustlsStream<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.0).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for RustlsStream<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.0).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.0).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.0).poll_shutdown(cx)
-    }
-}
-
-/// A tokio-postgres session whose stream may or may not be TLS.
-pub type SqlConnection = tokio_postgres::Connection<tokio_postgres::Socket, RustlsStream<tokio_postgres::Socket>>;
-
-/// Sent first in every SQL session pgcdc opens (see [`pin_search_path`]).
-const PIN_SEARCH_PATH: &str = "SET search_path = pg_catalog, pg_temp";
-
-/// Pins the session's `search_path` to the system catalog, before any other statement: names
-/// in what pgcdc sends (all schema-qualified as well) then never resolve to objects someone
-/// planted in a schema on the user's `search_path` (a `public.unnest(oid[])`, an operator
-/// `=`, a type `text`), which would run as the connecting role.
-pub async fn pin_search_path(client: &tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
-    client.batch_execute(PIN_SEARCH_PATH).await
-}
-
-/// Opens an ordinary SQL session with the TLS `params` asks for. The caller drives the
-/// returned connection (spawn it, or poll it for notifications), then calls
-/// [`pin_search_path`].
-pub async fn connect_sql(
-    params: &ConnParams,
-) -> Result<(tokio_postgres::Client, SqlConnection), crate::errors::PgError> {
-    let config = params.pg_config();
-    // With sslmode=disable tokio-postgres never calls the connector; it still needs one.
-    let tls = match client_config(params).map_err(crate::errors::PgError::Interface)? {
-        Some(tls) => tls,
-        None => Arc::new(
-            ClientConfig::builder_with_provider(provider())
-                .with_safe_default_protocol_versions()
-                .map_err(|e| crate::errors::PgError::Interface(format!("TLS setup: {e}")))?
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AcceptAny(provider())))
-                .with_no_client_auth(),
-        ),
+/// One DER element: (tag, contents, the bytes after it). None when truncated or malformed.
+fn der_element(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = b.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (first as usize, rest)
+    } else {
+        let n = (first & 0x7F) as usize;
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n].iter().fold(0usize, |acc, &d| (acc << 8) | d as usize);
+        (len, &rest[n..])
     };
-    let connect = config.connect(MakeRustlsConnect(tls));
-    // tokio-postgres applies connect_timeout to the TCP connect only; bound the handshake too.
-    match tokio::time::timeout(params.connect_timeout + std::time::Duration::from_millis(500), connect).await {
-        Ok(Ok(pair)) => Ok(pair),
-        Ok(Err(e)) => Err(crate::errors::PgError::from_tokio_postgres(e, params)),
-        Err(_) => Err(crate::errors::PgError::Connect(format!(
-            "connection to {} timed out after {:?}",
-            params.endpoint(),
-            params.connect_timeout
-        ))),
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A certificate skeleton: SEQUENCE { tbs, SEQUENCE { OID }, BIT STRING }.
+    fn cert(oid: &[u8], tbs_len: usize) -> Vec<u8> {
+        let mut tbs = vec![0x30, 0x82, (tbs_len >> 8) as u8, tbs_len as u8];
+        tbs.extend(std::iter::repeat_n(0u8, tbs_len));
+        let mut alg = vec![0x30, (oid.len() + 2) as u8, 0x06, oid.len() as u8];
+        alg.extend_from_slice(oid);
+        let sig = [0x03, 0x02, 0x00, 0xFF];
+        let body_len = tbs.len() + alg.len() + sig.len();
+        let mut der = vec![0x30, 0x82, (body_len >> 8) as u8, body_len as u8];
+        der.extend(tbs);
+        der.extend(alg);
+        der.extend(sig);
+        der
+    }
+
+    #[test]
+    fn the_end_point_hash_follows_the_signature_algorithm() {
+        let sha256_rsa = [0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x01, 0x0B];
+        let sha1_rsa = [0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x01, 0x05];
+        for (oid, len) in
+            [(&sha256_rsa[..], 32), (&sha1_rsa[..], 32), (SHA384_SIGNATURES[1], 48), (SHA512_SIGNATURES[0], 64)]
+        {
+            let der = cert(oid, 300);
+            assert_eq!(signature_algorithm(&der), Some(oid));
+            assert_eq!(end_point_hash(&der).len(), len);
+        }
+        let der = cert(&sha256_rsa, 300);
+        assert_eq!(end_point_hash(&der), sha2::Sha256::digest(&der).to_vec());
+    }
+
+    #[test]
+    fn malformed_certificates_never_panic() {
+        for n in 0..40 {
+            let der = cert(SHA384_SIGNATURES[0], 10);
+            let _ = end_point_hash(&der[..n.min(der.len())]);
+        }
+        assert_eq!(signature_algorithm(&[0x30, 0x84, 0xFF, 0xFF, 0xFF, 0xFF]), None);
+        assert_eq!(end_point_hash(b"").len(), 32);
     }
 }
