@@ -64,7 +64,7 @@ LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = r.pid AND a.backend_type = 'p
 LEFT JOIN LATERAL (
     SELECT e.staged_at AS oldest_staged_at
     FROM pgcdc.event e
-    WHERE e.feed_id = f.id
+    WHERE e.feed_id = f.id AND e.commit_lsn < 'FFFFFFFF/0'  -- not a streamed transaction's
     ORDER BY e.commit_lsn, e.ordinal
     LIMIT 1) q ON true
 LEFT JOIN LATERAL (

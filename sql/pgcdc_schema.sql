@@ -68,6 +68,25 @@ COMMENT ON TABLE pgcdc.event IS
 COMMENT ON COLUMN pgcdc.event.relid IS
     'OID of the table the event comes from (NULL for messages and transaction records): pgcdc.read checks the reader''s privileges on this relation, so a table created later under the same name grants nothing on these events.';
 
+-- Streamed transactions (pgoutput streaming: a transaction bigger than
+-- logical_decoding_work_mem arrives in blocks before it commits). The worker stages each block
+-- in pgcdc.event as it arrives, under the provisional commit_lsn 'FFFFFFFF/<xid>' (beyond any
+-- real WAL position, so pgcdc.read never reaches it); at the commit one row here makes them
+-- readable at (commit_lsn, ordinal), with what the commit tells (pgcdc_core's
+-- debezium::streamed). UNLOGGED like the queue it describes.
+CREATE UNLOGGED TABLE pgcdc.stream_commit (
+    feed_id         integer NOT NULL,
+    commit_lsn      pg_lsn  NOT NULL,
+    xid             bigint  NOT NULL,
+    commit_micros   bigint  NOT NULL,
+    last_commit_end pg_lsn,
+    last_ordinal    integer NOT NULL,
+    PRIMARY KEY (feed_id, commit_lsn),
+    UNIQUE (feed_id, xid)
+);
+COMMENT ON TABLE pgcdc.stream_commit IS
+    'Committed streamed transactions whose events are in pgcdc.event under commit_lsn ''FFFFFFFF/<xid>'': their commit LSN, commit time (microseconds since 1970) and the end of the commit before them, which pgcdc.read fills into their events. Removed when every event is acknowledged.';
+
 -- What each feed worker is doing now. UNLOGGED: it describes running processes only.
 CREATE UNLOGGED TABLE pgcdc.feed_runtime (
     feed_id        integer     PRIMARY KEY,
@@ -128,5 +147,6 @@ CREATE TABLE pgcdc.snapshot_chunk (
 COMMENT ON TABLE pgcdc.snapshot_chunk IS
     'Snapshot chunks staged and not yet fully acknowledged: their cursor (table_index, from_key) and the position of their last row. A worker that finds one neither acknowledged nor in the queue (a crash emptied it) reads again from there.';
 
-REVOKE ALL ON pgcdc.feed, pgcdc.event, pgcdc.feed_runtime, pgcdc.snapshot, pgcdc.snapshot_chunk FROM PUBLIC;
+REVOKE ALL ON pgcdc.feed, pgcdc.event, pgcdc.stream_commit, pgcdc.feed_runtime, pgcdc.snapshot, pgcdc.snapshot_chunk
+    FROM PUBLIC;
 GRANT USAGE ON SCHEMA pgcdc TO PUBLIC;

@@ -73,6 +73,15 @@ impl RelationCache {
         self.tables.get(&id)
     }
 
+    /// Puts `table` in place of relation `id`'s definition (None: forgets it); returns what
+    /// was there. For definitions that hold only inside a streamed transaction.
+    pub fn swap(&mut self, id: Oid, table: Option<TableSchema>) -> Option<TableSchema> {
+        match table {
+            Some(t) => self.tables.insert(id, t),
+            None => self.tables.remove(&id),
+        }
+    }
+
     /// The relation as the latest snapshot chunk of it described it.
     pub fn snapshot_table(&self, id: Oid) -> Option<&TableSchema> {
         self.snapshot_tables.get(&id)

@@ -285,6 +285,15 @@ impl Window {
         self.tx_supersedes = self.low_seen || self.unseen.contains(xid);
     }
 
+    /// The transaction begun last (see [`Window::begin`]) committed with changes the window
+    /// did not observe (a streamed transaction's, staged as they arrived): if they must
+    /// supersede and `touched_table` (they changed the chunk's table), the window is unusable.
+    pub fn committed_elsewhere(&mut self, touched_table: bool) {
+        if self.tx_supersedes && touched_table {
+            self.usable = false;
+        }
+    }
+
     /// A change in the stream; `stream_table` is the stream's relation of the change.
     pub fn observe(&mut self, msg: &Message<'_>, stream_table: Option<&TableSchema>) {
         if !self.tx_supersedes {

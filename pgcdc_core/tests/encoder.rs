@@ -41,6 +41,93 @@ fn streamed_transactions_emit_only_committed_changes() {
     assert!(v["source"]["ts_ms"].as_i64().unwrap() > 1_700_000_000_000, "commit time from Stream Commit");
 }
 
+/// What the extension does with staged streams, in memory: records of a stream block wait
+/// under their transaction's xid, a rolled-back savepoint's are deleted and the numbering
+/// rewound, and at the commit they are bound and given its commit LSN.
+fn encode_fixture_staged(fixture: &common::Fixture) -> (Vec<Event>, usize) {
+    use pgcdc_core::pgoutput::Decoder;
+    use std::collections::HashMap;
+    let mut encoder = Encoder::new(EncoderOptions::default(), &fixture.database);
+    encoder.set_clock(|| common::FIXED_CLOCK_NANOS);
+    encoder.set_run_id(common::FIXED_RUN_ID);
+    encoder.stage_streams().unwrap();
+    let mut catalog = common::FixtureCatalog::new(fixture);
+    let mut decoder = Decoder::new(fixture.protocol_version);
+    let mut staged: HashMap<u32, Vec<Event>> = HashMap::new();
+    // Per streamed transaction: its savepoints' xids and the number of their first change.
+    let mut savepoints: HashMap<u32, Vec<(u32, u32)>> = HashMap::new();
+    let mut block: Option<u32> = None;
+    let mut out = Vec::new();
+    let mut undone = 0;
+    for change in &fixture.changes {
+        let bytes = common::unhex(&change.data);
+        let msg = decoder.decode(&bytes).unwrap();
+        let lsn: Lsn = change.lsn.parse().unwrap();
+        let mut events = Vec::new();
+        match &msg {
+            Message::StreamStart(s) => block = Some(s.xid),
+            Message::StreamStop => block = None,
+            Message::StreamCommit(c) => {
+                let commit = encoder.streamed_commit(c);
+                for mut e in staged.remove(&c.xid).unwrap_or_default() {
+                    e.commit_lsn = c.commit_lsn;
+                    e.value = e.value.as_deref().map(|v| commit.bind(v));
+                    out.push(e);
+                }
+                savepoints.remove(&c.xid);
+            }
+            Message::StreamAbort(a) if a.xid == a.subxid => {
+                staged.remove(&a.xid);
+                savepoints.remove(&a.xid);
+            }
+            Message::StreamAbort(a) => {
+                let list = savepoints.entry(a.xid).or_default();
+                if let Some(&(_, first)) = list.iter().find(|(sub, _)| *sub == a.subxid) {
+                    let events = staged.entry(a.xid).or_default();
+                    let before = events.len();
+                    events.retain(|e| e.ordinal < 3 * first + 1);
+                    undone += before - events.len();
+                    list.retain(|(_, f)| *f < first);
+                    encoder.rewind_stream(a.xid, first - 1);
+                }
+            }
+            _ => {}
+        }
+        if let (Some(top), Some(sub)) = (block, msg.xid()) {
+            let list = savepoints.entry(top).or_default();
+            if sub != top && !list.iter().any(|(s, _)| *s == sub) {
+                list.push((sub, encoder.stream_changes().unwrap() + 1));
+            }
+        }
+        encoder.handle(lsn, &msg, &mut catalog, &mut events).unwrap();
+        match block {
+            Some(top) => staged.entry(top).or_default().extend(events),
+            None => out.extend(events),
+        }
+    }
+    assert!(staged.values().all(Vec::is_empty), "nothing staged is left over");
+    (out, undone)
+}
+
+#[test]
+fn staged_streams_bind_to_exactly_what_held_streams_produce() {
+    let fixture = load_fixture("streaming_proto2.json");
+    let held = encode_fixture(&fixture, &[]);
+    let (staged, undone) = encode_fixture_staged(&fixture);
+    assert!(undone > 0, "the fixture rolls a streamed savepoint back");
+    assert_eq!(staged.len(), held.len());
+    for (s, h) in staged.iter().zip(&held) {
+        assert_eq!(s, h, "a staged, bound record is byte-identical to the held one");
+    }
+    assert!(held.iter().all(|e| !pgcdc_core::debezium::streamed::has_placeholders(e.value.as_deref().unwrap())));
+}
+
+#[test]
+fn staged_streams_are_refused_with_transaction_metadata() {
+    let opts = EncoderOptions::from_pairs([("provide.transaction.metadata", "true")]).unwrap();
+    assert!(Encoder::new(opts, "db").stage_streams().is_err());
+}
+
 #[test]
 fn prepared_transactions_emit_only_when_committed() {
     let fixture = load_fixture("twophase_proto3.json");

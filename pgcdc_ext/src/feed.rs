@@ -772,6 +772,7 @@ fn drop_feed(name: Option<&str>, if_exists: default!(Option<bool>, false)) -> bo
         spi_ok(Spi::connect_mut(|c| {
             let args = [feed.id.into()];
             queue::removing(|| c.update("DELETE FROM pgcdc.event WHERE feed_id = $1", None, &args))?;
+            c.update("DELETE FROM pgcdc.stream_commit WHERE feed_id = $1", None, &args)?;
             c.update("DELETE FROM pgcdc.feed_runtime WHERE feed_id = $1", None, &args)?;
             c.update("DELETE FROM pgcdc.feed WHERE id = $1", None, &args)?;
             Ok(())
@@ -913,67 +914,21 @@ fn read(
     let id = authorize(feed, "read");
     let f = access::as_extension_owner(|| load_by_id(id)).unwrap_or_else(|| missing_feed(feed));
     require_readable(caller, &f, publication_tables(&f.publication));
+    if after_lsn.is_some_and(|l| l.0 >= crate::streamed::PROVISIONAL) {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "after_lsn must be a position pgcdc.read returned, below FFFFFFFF/0".to_string(),
+            None,
+        );
+    }
     let after = match (after_lsn, after_ordinal) {
         (None, _) => f.acked,
         (Some(l), o) => {
             Position::new(l.0, o.map_or(crate::position::WHOLE_TRANSACTION, |o| o.max(0) as u32)).max(f.acked)
         }
     };
-    let rows: Vec<(ReadRow, Option<pg_sys::Oid>)> = access::as_extension_owner(|| {
-        // The primary key (feed_id, commit_lsn, ordinal) answers this in order whatever the
-        // statistics say: without ANALYZE the planner may otherwise sort the whole queue.
-        access::with_settings(
-            &[(c"enable_seqscan", c"off"), (c"enable_bitmapscan", c"off"), (c"enable_sort", c"off")],
-            || {
-                spi_ok(Spi::connect(|c| {
-                    let args = [
-                        f.id.into(),
-                        PgLsn(after.commit_lsn).into(),
-                        (after.ordinal as i32).into(),
-                        i64::from(max_events).into(),
-                    ];
-                    let mut rows = Vec::new();
-                    let mut bytes = 0usize;
-                    let cursor_rows = c.select(
-                        "SELECT commit_lsn, ordinal, lsn, xid, op, schema_name, table_name, topic, key, value, \
-                     headers::text, relid FROM pgcdc.event \
-                     WHERE feed_id = $1 AND (commit_lsn, ordinal) > ($2, $3) \
-                     ORDER BY commit_lsn, ordinal LIMIT $4",
-                        None,
-                        &args,
-                    )?;
-                    for row in cursor_rows {
-                        let key = row.get::<String>(9)?;
-                        let value = row.get::<String>(10)?;
-                        let headers = row.get::<String>(11)?;
-                        bytes += key.as_ref().map_or(0, String::len)
-                            + value.as_ref().map_or(0, String::len)
-                            + headers.as_ref().map_or(0, String::len);
-                        rows.push((
-                            (
-                                row.get::<PgLsn>(1)?.unwrap_or_default(),
-                                row.get::<i32>(2)?.unwrap_or_default(),
-                                row.get::<PgLsn>(3)?.unwrap_or_default(),
-                                row.get::<i64>(4)?,
-                                row.get::<String>(5)?.unwrap_or_default(),
-                                row.get::<String>(6)?.unwrap_or_default(),
-                                row.get::<String>(7)?.unwrap_or_default(),
-                                row.get::<String>(8)?.unwrap_or_default(),
-                                key.map(JsonText),
-                                value.map(JsonText),
-                                headers.map(JsonText),
-                            ),
-                            row.get::<pg_sys::Oid>(12)?,
-                        ));
-                        if bytes >= READ_BYTE_BUDGET {
-                            break;
-                        }
-                    }
-                    Ok(rows)
-                }))
-            },
-        )
-    });
+    let rows: Vec<(ReadRow, Option<pg_sys::Oid>)> =
+        access::as_extension_owner(|| spi_ok(read_rows(f.id, after, max_events as usize)));
     // The relations the returned events come from, by OID (they may have left the
     // publication since, been renamed, or been dropped: a table created later under the same
     // name is another table and grants nothing on these events).
@@ -988,6 +943,113 @@ fn read(
         .collect();
     require_readable(caller, &f, tables);
     TableIterator::new(rows.into_iter().map(|(r, _)| r))
+}
+
+/// The staged events after `after`, in position order: at most `max_events`, and no more once
+/// their JSON reaches [`READ_BYTE_BUDGET`]. Committed streamed transactions (see
+/// [`crate::streamed`]) are merged in at their commit LSNs, their placeholders filled in.
+fn read_rows(
+    feed_id: i32,
+    after: Position,
+    max_events: usize,
+) -> Result<Vec<(ReadRow, Option<pg_sys::Oid>)>, pgrx::spi::Error> {
+    let streams = crate::streamed::committed(feed_id, after.commit_lsn)?;
+    let mut rows = Vec::new();
+    let mut bytes = 0usize;
+    let mut from = after;
+    for stream in streams.iter().map(Some).chain([None]) {
+        // Events at their own positions, up to the next streamed transaction's commit.
+        let before = stream.map_or(crate::streamed::PROVISIONAL, |t| t.commit_lsn);
+        fetch_events(feed_id, (from, before), None, max_events, &mut rows, &mut bytes)?;
+        let Some(t) = stream else { break };
+        if rows.len() >= max_events || bytes >= READ_BYTE_BUDGET {
+            break;
+        }
+        // Then the streamed transaction's, shown at its commit.
+        let ordinal = if from.commit_lsn == t.commit_lsn { from.ordinal } else { 0 };
+        let at = Position::new(crate::streamed::provisional(t.xid), ordinal);
+        let until = Lsn(crate::streamed::provisional(t.xid).0 + 1);
+        fetch_events(feed_id, (at, until), Some(t), max_events, &mut rows, &mut bytes)?;
+        if rows.len() >= max_events || bytes >= READ_BYTE_BUDGET {
+            break;
+        }
+        from = Position::whole(t.commit_lsn);
+    }
+    Ok(rows)
+}
+
+/// Appends the events in `(after, before)` (after a position, below a commit LSN) to `rows`,
+/// until `max_events` or the byte budget. `streamed`: they are that streamed transaction's,
+/// shown at its commit.
+fn fetch_events(
+    feed_id: i32,
+    (after, before): (Position, Lsn),
+    streamed: Option<&crate::streamed::Committed>,
+    max_events: usize,
+    rows: &mut Vec<(ReadRow, Option<pg_sys::Oid>)>,
+    bytes: &mut usize,
+) -> Result<(), pgrx::spi::Error> {
+    let want = max_events.saturating_sub(rows.len());
+    if want == 0 {
+        return Ok(());
+    }
+    // The primary key (feed_id, commit_lsn, ordinal) answers this in order whatever the
+    // statistics say: without ANALYZE the planner may otherwise sort the whole queue.
+    access::with_settings(
+        &[(c"enable_seqscan", c"off"), (c"enable_bitmapscan", c"off"), (c"enable_sort", c"off")],
+        || {
+            Spi::connect(|c| {
+                let args = [
+                    feed_id.into(),
+                    PgLsn(after.commit_lsn).into(),
+                    (after.ordinal as i32).into(),
+                    PgLsn(before).into(),
+                    (want as i64).into(),
+                ];
+                let cursor_rows = c.select(
+                    "SELECT commit_lsn, ordinal, lsn, xid, op, schema_name, table_name, topic, key, value, \
+                 headers::text, relid FROM pgcdc.event \
+                 WHERE feed_id = $1 AND (commit_lsn, ordinal) > ($2, $3) AND commit_lsn < $4 \
+                 ORDER BY commit_lsn, ordinal LIMIT $5",
+                    None,
+                    &args,
+                )?;
+                for row in cursor_rows {
+                    let key = row.get::<String>(9)?;
+                    let mut value = row.get::<String>(10)?;
+                    let headers = row.get::<String>(11)?;
+                    let mut commit_lsn = row.get::<PgLsn>(1)?.unwrap_or_default();
+                    if let Some(t) = streamed {
+                        commit_lsn = PgLsn(t.commit_lsn);
+                        value = value.map(|v| t.commit.bind(&v));
+                    }
+                    *bytes += key.as_ref().map_or(0, String::len)
+                        + value.as_ref().map_or(0, String::len)
+                        + headers.as_ref().map_or(0, String::len);
+                    rows.push((
+                        (
+                            commit_lsn,
+                            row.get::<i32>(2)?.unwrap_or_default(),
+                            row.get::<PgLsn>(3)?.unwrap_or_default(),
+                            row.get::<i64>(4)?,
+                            row.get::<String>(5)?.unwrap_or_default(),
+                            row.get::<String>(6)?.unwrap_or_default(),
+                            row.get::<String>(7)?.unwrap_or_default(),
+                            row.get::<String>(8)?.unwrap_or_default(),
+                            key.map(JsonText),
+                            value.map(JsonText),
+                            headers.map(JsonText),
+                        ),
+                        row.get::<pg_sys::Oid>(12)?,
+                    ));
+                    if *bytes >= READ_BYTE_BUDGET {
+                        break;
+                    }
+                }
+                Ok(())
+            })
+        },
+    )
 }
 
 /// The tables `publication` publishes now: (oid, display name).
@@ -1101,6 +1163,13 @@ fn ack(feed: Option<&str>, lsn: Option<PgLsn>, ordinal: default!(Option<i32>, "N
             );
         }
     }
+    if lsn.0 >= crate::streamed::PROVISIONAL {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("cannot acknowledge {}: no event is staged at a position beyond FFFFFFFF/0", lsn.0),
+            Some("Acknowledge a position pgcdc.read returned for this feed.".into()),
+        );
+    }
     let id = authorize(feed, "acknowledge");
     let target = match ordinal {
         Some(o) => AckTarget::UpTo(Position::new(lsn.0, o as u32)),
@@ -1108,20 +1177,9 @@ fn ack(feed: Option<&str>, lsn: Option<PgLsn>, ordinal: default!(Option<i32>, "N
     };
     access::as_extension_owner(|| {
         let f = lock_by_id(id, RowLock::NoKeyUpdate).unwrap_or_else(|| missing_feed(feed));
-        let (last_staged, complete_lsn, target_staged): (Option<Position>, Lsn, bool) = spi_ok(Spi::connect(|c| {
+        let last_staged = spi_ok(queue::last_staged(f.id));
+        let (complete_lsn, target_staged): (Lsn, bool) = spi_ok(Spi::connect(|c| {
             let args = [f.id.into()];
-            let mut last = None;
-            for row in c.select(
-                "SELECT commit_lsn, ordinal FROM pgcdc.event WHERE feed_id = $1 \
-                 ORDER BY commit_lsn DESC, ordinal DESC LIMIT 1",
-                None,
-                &args,
-            )? {
-                last = Some(Position::new(
-                    row.get::<PgLsn>(1)?.unwrap_or_default().0,
-                    row.get::<i32>(2)?.unwrap_or_default().max(0) as u32,
-                ));
-            }
             let complete = c
                 .select("SELECT complete_lsn FROM pgcdc.feed_runtime WHERE feed_id = $1", None, &args)?
                 .next()
@@ -1146,8 +1204,14 @@ fn ack(feed: Option<&str>, lsn: Option<PgLsn>, ordinal: default!(Option<i32>, "N
                     &args[..2],
                 )?,
             };
-            Ok((last, complete, !staged.is_empty()))
+            Ok((complete, !staged.is_empty()))
         }));
+        let target_staged = target_staged
+            || spi_ok(crate::streamed::is_staged(
+                f.id,
+                target.position().commit_lsn,
+                matches!(target, AckTarget::UpTo(_)).then_some(target.position().ordinal),
+            ));
         let delivered = Delivered { acked: f.acked, last_staged, complete_lsn, target_staged };
         let new_acked = match delivered.resolve(target) {
             Ok(None) => return 0,
@@ -1192,33 +1256,18 @@ fn reset_feed(name: Option<&str>) -> PgLsn {
 /// below it and lowers the queue counters; wakes the worker at commit. Returns how many events
 /// it removed.
 fn acknowledge(f: &Feed, new_acked: Position) -> i64 {
+    let (streamed, streamed_bytes) = spi_ok(crate::streamed::remove_acknowledged(f.id, f.acked, new_acked));
+    // Everything at or below the previous acknowledged position is gone already: the lower
+    // bound keeps the index scan to the newly acknowledged range.
+    let (in_queue, in_queue_bytes) = spi_ok(queue::remove(f.id, f.acked, new_acked));
     let removed = spi_ok(Spi::connect_mut(|c| {
-        let args = [
-            f.id.into(),
-            PgLsn(new_acked.commit_lsn).into(),
-            (new_acked.ordinal as i32).into(),
-            PgLsn(f.acked.commit_lsn).into(),
-            (f.acked.ordinal as i32).into(),
-        ];
-        // Everything at or below the previous acknowledged position is gone already: the
-        // lower bound keeps the index scan to the newly acknowledged range.
-        let row = queue::removing(|| {
-            c.update(
-                "WITH gone AS (DELETE FROM pgcdc.event WHERE feed_id = $1 \
-                 AND (commit_lsn, ordinal) > ($4, $5) AND (commit_lsn, ordinal) <= ($2, $3) \
-                 RETURNING coalesce(octet_length(value), 0) + coalesce(octet_length(key), 0) AS bytes) \
-                 SELECT count(*), coalesce(sum(bytes), 0)::int8 FROM gone",
-                None,
-                &args,
-            )
-        })?
-        .first();
-        let removed = row.get::<i64>(1)?.unwrap_or(0);
-        let bytes = row.get::<i64>(2)?.unwrap_or(0);
+        let args = [f.id.into(), PgLsn(new_acked.commit_lsn).into(), (new_acked.ordinal as i32).into()];
+        let removed = in_queue + streamed;
+        let bytes = in_queue_bytes + streamed_bytes;
         c.update(
             "UPDATE pgcdc.feed SET acked_lsn = $2, acked_ordinal = $3, acked_at = now() WHERE id = $1",
             None,
-            &args[..3],
+            &args,
         )?;
         if removed > 0 {
             // The worker's queue counters (see pgcdc.feed_runtime).

@@ -182,6 +182,7 @@ fn collect_rows_of_dropped_feeds(ids: &[i32]) {
             c.update(
                 "WITH gone AS (SELECT unnest($1::int4[]) AS id EXCEPT SELECT id FROM pgcdc.feed), \
              e AS (DELETE FROM pgcdc.event WHERE feed_id IN (SELECT id FROM gone) RETURNING 1), \
+             s AS (DELETE FROM pgcdc.stream_commit WHERE feed_id IN (SELECT id FROM gone)), \
              r AS (DELETE FROM pgcdc.feed_runtime WHERE feed_id IN (SELECT id FROM gone) RETURNING 1) \
              SELECT (SELECT count(*) FROM e) + (SELECT count(*) FROM r)",
                 None,

@@ -36,6 +36,7 @@ pub mod queue;
 pub mod slot;
 pub mod snapshot;
 pub mod stream;
+pub mod streamed;
 pub mod worker;
 
 ::pgrx::pg_module_magic!(name, version);

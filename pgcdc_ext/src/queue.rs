@@ -542,13 +542,14 @@ pub fn notify(channel: &str, payloads: Vec<String>) -> Result<(), pgrx::spi::Err
     })
 }
 
-/// Highest staged position of a feed, if any.
+/// Highest staged position of a feed, if any: of the events in the queue at their own
+/// positions, and of the committed streamed transactions (see [`crate::streamed`]).
 pub fn last_staged(feed_id: i32) -> Result<Option<Position>, pgrx::spi::Error> {
-    Spi::connect(|c| {
-        let args = [feed_id.into()];
+    let in_queue = Spi::connect(|c| {
+        let args = [feed_id.into(), PgLsn(crate::streamed::PROVISIONAL).into()];
         let mut out = None;
         for row in c.select(
-            "SELECT commit_lsn, ordinal FROM pgcdc.event WHERE feed_id = $1 \
+            "SELECT commit_lsn, ordinal FROM pgcdc.event WHERE feed_id = $1 AND commit_lsn < $2 \
              ORDER BY commit_lsn DESC, ordinal DESC LIMIT 1",
             None,
             &args,
@@ -558,7 +559,35 @@ pub fn last_staged(feed_id: i32) -> Result<Option<Position>, pgrx::spi::Error> {
                 row.get::<i32>(2)?.unwrap_or_default().max(0) as u32,
             ));
         }
-        Ok(out)
+        Ok::<_, pgrx::spi::Error>(out)
+    })?;
+    Ok(in_queue.max(crate::streamed::last_staged(feed_id)?))
+}
+
+/// Deletes the feed's events at positions in `(after, upto]` (under [`removing`]). Returns the
+/// events and bytes (key + value) removed, for the queue counters.
+pub fn remove(feed_id: i32, after: Position, upto: Position) -> Result<(i64, i64), pgrx::spi::Error> {
+    let int4 = |o: u32| o.min(i32::MAX as u32) as i32;
+    Spi::connect_mut(|c| {
+        let args = [
+            feed_id.into(),
+            PgLsn(after.commit_lsn).into(),
+            int4(after.ordinal).into(),
+            PgLsn(upto.commit_lsn).into(),
+            int4(upto.ordinal).into(),
+        ];
+        let row = removing(|| {
+            c.update(
+                "WITH gone AS (DELETE FROM pgcdc.event WHERE feed_id = $1 \
+                 AND (commit_lsn, ordinal) > ($2, $3) AND (commit_lsn, ordinal) <= ($4, $5) \
+                 RETURNING coalesce(octet_length(value), 0) + coalesce(octet_length(key), 0) AS bytes) \
+                 SELECT count(*), coalesce(sum(bytes), 0)::int8 FROM gone",
+                None,
+                &args,
+            )
+        })?
+        .first();
+        Ok((row.get::<i64>(1)?.unwrap_or(0), row.get::<i64>(2)?.unwrap_or(0)))
     })
 }
 

@@ -487,6 +487,17 @@ impl Snapshotter {
         }
     }
 
+    /// A streamed transaction committed; its changes, staged as they arrived, touched
+    /// `relations`. Like a transaction delivered at its commit: if the chunk in flight must
+    /// see its changes and it changed the chunk's table, the chunk is read again (its changes
+    /// went by before the window).
+    pub fn stream_committed(&mut self, xid: Xid, relations: &std::collections::HashSet<pgcdc_core::Oid>) {
+        self.begin(xid);
+        if let Some(f) = self.in_flight.as_mut() {
+            f.window.committed_elsewhere(relations.contains(&f.window.relation_id()));
+        }
+    }
+
     /// A change in the stream (after its relation, if new, was defined in `encoder`).
     pub fn observe(&mut self, msg: &Message<'_>, encoder: &Encoder) {
         let Some(f) = self.in_flight.as_mut() else { return };

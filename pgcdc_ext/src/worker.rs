@@ -55,6 +55,7 @@ use crate::position::{dedupe_floor, Confirmer, Position, STANDALONE_ORDINAL};
 use crate::queue::{self, Row, Stager};
 use crate::snapshot::{Mode, Snapshotter};
 use crate::stream::{Connection, Item, Stream};
+use crate::streamed::{self, InProgress};
 use pgcdc_wire::{ConnParams, Pgoutput, WireError};
 
 /// Runs `f` in a transaction of its own (state captured by `f` stays consistent on error
@@ -165,6 +166,10 @@ struct Worker {
     stager: Stager,
     /// The feed's snapshots (chunks read between watermarks, see snapshot.rs).
     snapshots: Snapshotter,
+    /// Streamed transactions in progress (see streamed.rs).
+    streams: InProgress,
+    /// The feed was dropped while a step wrote to the queue: exit.
+    dropped: bool,
     acked: Position,
     /// Events at or below this position are downstream already (dedupe after restarts).
     floor: Position,
@@ -295,6 +300,9 @@ impl Worker {
             terminate_and_wait(pid, &feed.slot_name);
         }
 
+        // Streamed transactions that had not committed are sent again from their start.
+        feed::spi_ok(streamed::discard_uncommitted(feed_id));
+        let streams = feed::spi_ok(InProgress::load(feed_id));
         let last_staged = feed::spi_ok(queue::last_staged(feed_id));
         // One count at start (the queue may hold events of an earlier worker), while no ack
         // can commit; from then on the counters in pgcdc.feed_runtime are kept up to date
@@ -311,7 +319,7 @@ impl Worker {
                 .map(|v| v.flatten().unwrap_or(0))
         }));
         let dbname = current_database();
-        let conn = connection_for(&feed, &dbname).map_err(|e| {
+        let conn = connection_for(&feed, &options, &dbname).map_err(|e| {
             set_error(feed_id, &e);
             0
         })?;
@@ -324,6 +332,9 @@ impl Worker {
         );
         let mut encoder = Encoder::new(options.encoder.clone(), &dbname);
         encoder.exclude_schema(EXTENSION_SCHEMA);
+        if conn.pgoutput.streaming {
+            encoder.stage_streams().expect("streaming is only asked for when the encoder can stage it");
+        }
         // `__debezium.context.runId`: one UUIDv7 per worker start, as Debezium per engine run.
         encoder.set_run_id(&uuid::Uuid::now_v7().to_string());
         let worker = Worker {
@@ -340,6 +351,8 @@ impl Worker {
             confirmer: Confirmer::new(),
             stager: Stager::default(),
             snapshots,
+            streams,
+            dropped: false,
             tx_last_ordinal: 0,
             complete_lsn: Lsn::ZERO,
             received_lsn: Lsn::ZERO,
@@ -607,7 +620,11 @@ impl Worker {
                 set_error(self.feed.id, &message);
                 return Next::Exit(0);
             }
-            batch_bytes += rows[before..].iter().map(Row::size).sum::<i64>();
+            if self.dropped {
+                log!("pgcdc feed \"{}\": dropped; exiting", self.feed.name);
+                return Next::Exit(0);
+            }
+            batch_bytes += rows[before.min(rows.len())..].iter().map(Row::size).sum::<i64>();
             if self.over_cap_with(rows.len() as i64, batch_bytes) {
                 break;
             }
@@ -691,10 +708,13 @@ impl Worker {
     }
 
     /// Would the queue be at its cap with `rows` more events of `bytes`?
+    /// (Events of streamed transactions that have not committed do not count: nobody can
+    /// read, so nobody can acknowledge them yet.)
     fn over_cap_with(&self, rows: i64, bytes: i64) -> bool {
         let (max_rows, max_bytes) = (self.options.max_rows(), self.options.max_bytes());
-        (max_rows > 0 && self.staged_rows + rows >= max_rows)
-            || (max_bytes > 0 && self.staged_bytes + bytes >= max_bytes)
+        let (streaming_rows, streaming_bytes) = self.streams.uncommitted();
+        (max_rows > 0 && self.staged_rows - streaming_rows + rows >= max_rows)
+            || (max_bytes > 0 && self.staged_bytes - streaming_bytes + bytes >= max_bytes)
     }
 
     /// Handles one item from the stream; Err = a permanent problem (the feed stops).
@@ -727,6 +747,67 @@ impl Worker {
                 self.complete_lsn = c.commit_lsn;
                 return Ok(());
             }
+            Message::StreamStart(st) => {
+                if self.streams.start_block(st.xid, st.first_segment) {
+                    // The walsender starts the transaction over: what it sent before goes.
+                    self.stage_now(rows)?;
+                    self.discard_stream(st.xid, 1..=u32::MAX);
+                }
+                // Catalog lookups do not wait for this transaction: it is still running (DDL
+                // in it is not seen by them until it commits).
+                self.catalog.set_transaction(None);
+                self.encode(wal_start, &msg, events)?;
+                return Ok(());
+            }
+            Message::StreamStop => {
+                self.streams.stop_block();
+                self.encode(wal_start, &msg, events)?;
+                return Ok(());
+            }
+            Message::StreamAbort(a) => {
+                self.stage_now(rows)?;
+                if a.xid == a.subxid {
+                    if self.streams.end(a.xid).is_some_and(|t| !t.skip) {
+                        self.discard_stream(a.xid, 1..=u32::MAX);
+                    }
+                } else if let Some(rolled_back) = self.streams.roll_back(a.xid, a.subxid) {
+                    let removed =
+                        feed::spi_ok(streamed::discard(self.feed.id, a.xid, rolled_back.first_ordinal..=u32::MAX));
+                    self.uncount(removed);
+                    self.streams.removed(a.xid, removed);
+                    self.encoder.rewind_stream(a.xid, rolled_back.first_change - 1);
+                }
+                self.encode(wal_start, &msg, events)?;
+                return Ok(());
+            }
+            Message::StreamCommit(c) => {
+                let commit = self.encoder.streamed_commit(c);
+                self.encode(c.commit_lsn, &msg, events)?;
+                self.received_lsn = self.received_lsn.max(c.end_lsn);
+                let t = self.streams.end(c.xid).unwrap_or_default();
+                self.stage_now(rows)?;
+                self.commit_stream(c.xid, c.commit_lsn, commit, &t);
+                self.confirmer.commit(c.commit_lsn, c.end_lsn, t.last_ordinal, self.effective_acked());
+                self.complete_lsn = c.commit_lsn;
+                self.snapshots.stream_committed(c.xid, &t.relations);
+                return Ok(());
+            }
+            _ if self.streams.open.is_some() => {
+                // A change (or schema message) of the open stream block's transaction.
+                let changes = self.encoder.stream_changes().unwrap_or(0);
+                let relations: &[pgcdc_core::Oid] = match &msg {
+                    Message::Insert(i) => &[i.relation_id],
+                    Message::Update(u) => &[u.relation_id],
+                    Message::Delete(d) => &[d.relation_id],
+                    Message::Truncate(t) => &t.relation_ids,
+                    _ => &[],
+                };
+                if !relations.is_empty() || matches!(msg, Message::Message(_)) {
+                    self.streams.change(msg.xid(), relations, changes);
+                }
+                self.encode(wal_start, &msg, events)?;
+                return self.take_streamed(events, rows);
+            }
             Message::Message(m) if !m.transactional && !self.confirmer.in_transaction() => {
                 let lsn = m.lsn;
                 self.received_lsn = self.received_lsn.max(lsn);
@@ -753,6 +834,103 @@ impl Worker {
             }
         }
         self.take(events, rows)
+    }
+
+    /// Moves the records of the open stream block's transaction into `rows`, at its
+    /// provisional position (see streamed.rs), unless they were staged before this worker.
+    fn take_streamed(&mut self, events: &mut Vec<Event>, rows: &mut Vec<Row>) -> Result<(), String> {
+        let max_event = gucs::max_event_size();
+        let Some((xid, t)) = self.streams.current() else { return Ok(()) };
+        for ev in events.drain(..) {
+            t.last_ordinal = t.last_ordinal.max(ev.ordinal);
+            if t.skip {
+                continue;
+            }
+            let mut row = Row::from_event(ev);
+            row.position = Position::new(streamed::provisional(xid), row.position.ordinal);
+            if let Err(problem) = row.check(max_event) {
+                return Err(poison_message(&self.feed, &row, &problem));
+            }
+            t.rows += 1;
+            t.bytes += row.size();
+            self.staged_total += 1;
+            rows.push(row);
+        }
+        Ok(())
+    }
+
+    /// Stages `rows` now, in this step's transaction (before a stream's rows are deleted or
+    /// committed).
+    fn stage_now(&mut self, rows: &mut Vec<Row>) -> Result<(), String> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        if !feed::lock_for_worker(self.feed.id) {
+            self.dropped = true;
+            rows.clear();
+            return Ok(());
+        }
+        feed::spi_ok(self.stager.stage(self.feed.id, rows));
+        self.queued(rows);
+        rows.clear();
+        Ok(())
+    }
+
+    /// Deletes the staged events of streamed transaction `xid` in `ordinals`.
+    fn discard_stream(&mut self, xid: pgcdc_core::Xid, ordinals: std::ops::RangeInclusive<u32>) {
+        if !feed::lock_for_worker(self.feed.id) {
+            self.dropped = true;
+            return;
+        }
+        let removed = feed::spi_ok(streamed::discard(self.feed.id, xid, ordinals));
+        self.uncount(removed);
+    }
+
+    /// Takes `(events, bytes)` removed from the queue off the counters.
+    fn uncount(&mut self, (rows, bytes): (i64, i64)) {
+        self.staged_rows -= rows;
+        self.staged_bytes -= bytes;
+        self.unwritten_rows -= rows;
+        self.unwritten_bytes -= bytes;
+    }
+
+    /// Streamed transaction `xid` committed at `commit_lsn`: its staged events become
+    /// readable, except those already downstream (acknowledged, or staged by an earlier
+    /// worker), which go.
+    fn commit_stream(
+        &mut self,
+        xid: pgcdc_core::Xid,
+        commit_lsn: Lsn,
+        commit: pgcdc_core::debezium::StreamedCommit,
+        t: &streamed::Streaming,
+    ) {
+        if t.last_ordinal == 0 {
+            return;
+        }
+        let last = Position::new(commit_lsn, t.last_ordinal);
+        if t.skip || last <= self.floor {
+            // Everything is downstream already.
+            if !t.skip && t.rows > 0 {
+                self.discard_stream(xid, 1..=u32::MAX);
+            }
+            self.floor = self.floor.max(last);
+            return;
+        }
+        if !feed::lock_for_worker(self.feed.id) {
+            self.dropped = true;
+            return;
+        }
+        if self.floor.commit_lsn == commit_lsn {
+            // Partly acknowledged before a crash emptied the queue.
+            let removed = feed::spi_ok(streamed::discard(self.feed.id, xid, 1..=self.floor.ordinal));
+            self.uncount(removed);
+        }
+        let committed = streamed::Committed { commit_lsn, xid, commit, last_ordinal: t.last_ordinal };
+        feed::spi_ok(streamed::record(self.feed.id, &committed));
+        self.floor = last;
+        self.last_staged = Some(self.last_staged.map_or(last, |s| s.max(last)));
+        let payload = format!("{{\"commit_lsn\":\"{}\",\"ordinal\":{}}}", commit_lsn, t.last_ordinal);
+        feed::spi_ok(queue::notify(&self.feed.channel(), vec![payload]));
     }
 
     /// Takes the records of something outside any transaction at `lsn` (a non-transactional
@@ -1025,7 +1203,7 @@ fn slot_exists(slot: &str) -> bool {
 /// The replication connection: this server's first unix socket directory and port, as the
 /// bootstrap superuser (the worker's own user), unless `pgcdc.replication_conninfo` says
 /// otherwise (a libpq connection string: quoted values, escapes, URL form, password file).
-fn connection_for(feed: &Feed, dbname: &str) -> Result<Connection, String> {
+fn connection_for(feed: &Feed, options: &FeedOptions, dbname: &str) -> Result<Connection, String> {
     let (user, sockdirs, port): (String, String, String) = feed::spi_ok(Spi::connect(|c| {
         let row = c
             .select(
@@ -1053,7 +1231,10 @@ fn connection_for(feed: &Feed, dbname: &str) -> Result<Connection, String> {
             publications: vec![feed.publication.clone()],
             // Snapshot watermarks and the feed's message events.
             messages: pgcdc_wire::session::supports_messages(version),
-            streaming: false,
+            // Big transactions staged as they arrive (streamed.rs), where their events can
+            // wait in the queue: not for NOTIFY feeds, nor with transaction metadata (its
+            // records need the whole transaction).
+            streaming: feed.sink == Sink::Table && !options.encoder.provide_transaction_metadata,
         },
         status_interval: Duration::from_millis(gucs::STATUS_INTERVAL_MS.get().max(100) as u64),
     })

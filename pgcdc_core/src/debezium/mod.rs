@@ -28,14 +28,19 @@
 //!
 //! Streamed (protocol >= 2) and prepared (two-phase) transactions are buffered until their
 //! commit and dropped on abort/rollback, so records only ever describe committed changes.
+//! A caller that can stage records before they are visible (the extension) asks for streamed
+//! transactions as they arrive instead ([`Encoder::stage_streams`], see [`streamed`]).
 
 mod options;
 mod schema;
+pub mod streamed;
 mod values;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+pub use streamed::StreamedCommit;
 
 pub use options::{
     BinaryMode, DecimalMode, EncoderOptions, HstoreMode, IntervalMode, MessagePrefixFilter, OptionError,
@@ -45,8 +50,8 @@ pub use options::{
 use crate::catalog::{Catalog, TableInfo, TypeRow};
 use crate::json;
 use crate::pgoutput::{
-    ColumnData, Delete, Insert, LogicalMessage, Message, OldTuple, Relation, Truncate, TupleData, TypeMessage, Update,
-    PG_EPOCH_OFFSET_MICROS,
+    ColumnData, Delete, Insert, LogicalMessage, Message, OldTuple, Relation, StreamCommit, Truncate, TupleData,
+    TypeMessage, Update, PG_EPOCH_OFFSET_MICROS,
 };
 use crate::relation::{RelationCache, TableSchema};
 use crate::snapshot::Marker;
@@ -292,6 +297,9 @@ struct TxState {
     collections: Vec<(String, u64)>,
     begin_emitted: bool,
     origin: Option<(String, Lsn)>,
+    /// A streamed transaction staged before its commit: commit time and `sequence[0]` are
+    /// placeholders (see [`streamed`]).
+    deferred: bool,
 }
 
 /// Turns a pgoutput message stream into Debezium records.
@@ -306,6 +314,11 @@ pub struct Encoder {
     /// Streamed transactions by top-level xid, and the xid of the open stream block.
     streams: HashMap<Xid, Vec<Held>>,
     open_stream: Option<Xid>,
+    /// Streamed transactions staged as they arrive instead (see [`Encoder::stage_streams`]),
+    /// between their blocks; and, inside a block, the relations its Relation messages
+    /// displaced (restored at the block's end).
+    staged: Option<HashMap<Xid, streamed::Staged>>,
+    displaced: Vec<(Oid, Option<TableSchema>)>,
     /// Prepared transactions by gid, and the one being decoded.
     prepared: HashMap<String, Vec<Held>>,
     preparing: Option<(Xid, Vec<Held>)>,
@@ -331,6 +344,8 @@ impl Encoder {
             last_commit_end: None,
             streams: HashMap::new(),
             open_stream: None,
+            staged: None,
+            displaced: Vec::new(),
             prepared: HashMap::new(),
             preparing: None,
             clock: system_clock_nanos,
@@ -385,9 +400,47 @@ impl Encoder {
         self.last_commit_end = lsn;
     }
 
-    /// True between Begin and Commit of a transaction.
+    /// True between Begin and Commit of a transaction (and inside a staged stream block).
     pub fn in_transaction(&self) -> bool {
         self.tx.is_some()
+    }
+
+    /// Encode streamed transactions as their blocks arrive, instead of holding them until
+    /// their commit: their records come with commit LSN 0 and placeholders for what the commit
+    /// tells ([`streamed`]), bound with [`Encoder::streamed_commit`] by the caller, who also
+    /// undoes rolled-back savepoints ([`Encoder::rewind_stream`]). Err with transaction
+    /// metadata on: its BEGIN record and counts need the transaction's end.
+    pub fn stage_streams(&mut self) -> Result<(), &'static str> {
+        if self.options.provide_transaction_metadata {
+            return Err("provide.transaction.metadata needs whole transactions: streamed ones are held instead");
+        }
+        self.staged.get_or_insert_with(HashMap::new);
+        Ok(())
+    }
+
+    /// Whether streamed transactions are staged as they arrive.
+    pub fn stages_streams(&self) -> bool {
+        self.staged.is_some()
+    }
+
+    /// Changes of the open staged stream block's transaction so far (skipped ones too): the
+    /// next change is number `stream_changes() + 1`, with ordinals from `3 * that + 1`.
+    pub fn stream_changes(&self) -> Option<u32> {
+        self.open_stream.and(self.tx.as_ref()).map(|t| t.changes)
+    }
+
+    /// A savepoint of staged transaction `xid` was rolled back: it had made changes from
+    /// number `changes + 1` on, which the caller deleted. Numbering goes on from there.
+    pub fn rewind_stream(&mut self, xid: Xid, changes: u32) {
+        if let Some(st) = self.staged.as_mut().and_then(|s| s.get_mut(&xid)) {
+            st.tx.changes = st.tx.changes.min(changes);
+        }
+    }
+
+    /// What the records staged for the streamed transaction `c` commits learn from it. Call
+    /// before handing `c` to [`Encoder::handle`] (which moves `sequence[0]` on).
+    pub fn streamed_commit(&self, c: &StreamCommit) -> StreamedCommit {
+        StreamedCommit::new(c, self.last_commit_end)
     }
 
     /// Handles one pgoutput message. `wal_start` is the LSN the walsender sent it at (the
@@ -417,13 +470,37 @@ impl Encoder {
                     tx.origin = Some((o.name.clone(), o.commit_lsn));
                 }
             }
-            Message::Relation(r) => self.define_relation(r, catalog)?,
+            Message::Relation(r) => {
+                if self.open_stream.is_some() && !self.displaced.iter().any(|(id, _)| *id == r.id) {
+                    // Inside a staged block: the global definition comes back at its end.
+                    let global = self.relations.get(r.id).cloned();
+                    self.displaced.push((r.id, global));
+                }
+                self.define_relation(r, catalog)?
+            }
             Message::Type(t) => self.relations.note_type(t),
             Message::Insert(i) => self.insert(wal_start, i.relation_id, &i.new, out)?,
             Message::Update(u) => self.update(wal_start, u.relation_id, u.old.as_ref(), &u.new, out)?,
             Message::Delete(d) => self.delete(wal_start, d.relation_id, &d.old, out)?,
             Message::Truncate(t) => self.truncate(wal_start, t, out)?,
             Message::Message(m) => self.message(m.transactional, m.lsn.max(wal_start), m.prefix, m.content, out)?,
+            Message::StreamStart(s) if self.staged.is_some() => self.open_staged(s.xid),
+            Message::StreamStop if self.staged.is_some() => self.close_staged(),
+            Message::StreamCommit(c) if self.staged.is_some() => {
+                if let Some(st) = self.staged.as_mut().and_then(|m| m.remove(&c.xid)) {
+                    for (id, table) in st.relations {
+                        self.relations.swap(id, Some(table));
+                    }
+                }
+                self.last_commit_end = Some(c.end_lsn);
+            }
+            Message::StreamAbort(a) if self.staged.is_some() => {
+                if a.xid == a.subxid {
+                    self.staged.as_mut().and_then(|m| m.remove(&a.xid));
+                }
+                // A savepoint's: the caller rewinds (`rewind_stream`); its schema messages
+                // stay, pgoutput will not resend them for this stream.
+            }
             Message::StreamStart(s) => self.open_stream = Some(s.xid),
             Message::StreamStop => self.open_stream = None,
             Message::StreamCommit(c) => {
@@ -469,7 +546,8 @@ impl Encoder {
 
     /// Copies a change that must wait for its transaction's commit, if one must.
     fn hold(&self, msg: &Message<'_>) -> Result<Option<HeldMessage>, EncodeError> {
-        if self.open_stream.is_none() && self.preparing.is_none() {
+        let holding_stream = self.open_stream.is_some() && self.staged.is_none();
+        if !holding_stream && self.preparing.is_none() {
             return Ok(None);
         }
         Ok(Some(match msg {
@@ -585,7 +663,43 @@ impl Encoder {
             collections: Vec::new(),
             begin_emitted: false,
             origin: None,
+            deferred: false,
         });
+    }
+
+    /// A staged stream block of `xid` starts: its transaction state and relations are in
+    /// force until the block ends.
+    fn open_staged(&mut self, xid: Xid) {
+        let staged = self.staged.as_mut().and_then(|m| m.remove(&xid));
+        let (mut tx, relations) = match staged {
+            Some(st) => (st.tx, st.relations),
+            None => {
+                self.begin(Some(xid), Lsn::ZERO, 0);
+                (self.tx.take().expect("just begun"), Vec::new())
+            }
+        };
+        tx.deferred = true;
+        for (id, table) in relations {
+            let global = self.relations.swap(id, Some(table));
+            self.displaced.push((id, global));
+        }
+        self.tx = Some(tx);
+        self.open_stream = Some(xid);
+    }
+
+    /// The staged block ends: its relations go back to the transaction, the global ones
+    /// return.
+    fn close_staged(&mut self) {
+        let (Some(xid), Some(tx)) = (self.open_stream.take(), self.tx.take()) else { return };
+        let mut relations = Vec::with_capacity(self.displaced.len());
+        for (id, global) in std::mem::take(&mut self.displaced) {
+            if let Some(table) = self.relations.swap(id, global) {
+                relations.push((id, table));
+            }
+        }
+        if let Some(m) = self.staged.as_mut() {
+            m.insert(xid, streamed::Staged { tx, relations });
+        }
     }
 
     fn commit(&mut self, end_lsn: Lsn, out: &mut Vec<Event>) {
@@ -1029,19 +1143,29 @@ impl Encoder {
         snapshot: Option<&str>,
     ) {
         let tx = self.tx.as_ref().filter(|_| in_tx);
+        // A staged streamed transaction's commit is not known yet (see `streamed`).
+        let deferred = tx.is_some_and(|t| t.deferred);
         let last_commit_end = if snapshot.is_some() { None } else { self.last_commit_end };
+        let commit_time = |out: &mut String, placeholder: char, value: i64| {
+            if deferred {
+                out.push(placeholder);
+            } else {
+                json::write_i64(out, value);
+            }
+        };
         out.push_str("{\"version\":\"");
         out.push_str(DEBEZIUM_COMPAT_VERSION);
         out.push_str("\",\"connector\":\"postgresql\",\"name\":");
         json::write_str(out, &self.options.topic_prefix);
         out.push_str(",\"ts_ms\":");
-        json::write_i64(out, commit_micros.div_euclid(1000));
+        commit_time(out, streamed::TS_MS, commit_micros.div_euclid(1000));
         out.push_str(",\"snapshot\":\"");
         out.push_str(snapshot.unwrap_or("false"));
         out.push_str("\",\"db\":");
         json::write_str(out, &self.database);
         out.push_str(",\"sequence\":\"[");
         match last_commit_end {
+            _ if deferred => out.push(streamed::LAST_COMMIT),
             Some(l) => {
                 out.push_str("\\\"");
                 json::write_u64(out, l.0);
@@ -1052,9 +1176,9 @@ impl Encoder {
         out.push_str(",\\\"");
         json::write_u64(out, lsn.0);
         out.push_str("\\\"]\",\"ts_us\":");
-        json::write_i64(out, commit_micros);
+        commit_time(out, streamed::TS_US, commit_micros);
         out.push_str(",\"ts_ns\":");
-        json::write_i64(out, commit_micros.saturating_mul(1000));
+        commit_time(out, streamed::TS_NS, commit_micros.saturating_mul(1000));
         out.push_str(",\"schema\":");
         json::write_str(out, schema);
         out.push_str(",\"table\":");
@@ -1303,16 +1427,7 @@ pub fn user_types(r: &Relation) -> Vec<Oid> {
 }
 
 fn message_xid(msg: &Message<'_>) -> Option<Xid> {
-    match msg {
-        Message::Relation(r) => r.xid,
-        Message::Type(t) => t.xid,
-        Message::Insert(i) => i.xid,
-        Message::Update(u) => u.xid,
-        Message::Delete(d) => d.xid,
-        Message::Truncate(t) => t.xid,
-        Message::Message(m) => m.xid,
-        _ => None,
-    }
+    msg.xid()
 }
 
 /// Whether any primary-key column differs between the old and new tuple.

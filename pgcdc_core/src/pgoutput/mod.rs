@@ -95,6 +95,23 @@ pub enum Message<'a> {
     StreamPrepare(PrepareInfo),
 }
 
+impl Message<'_> {
+    /// The (sub)transaction that made a change or schema message inside a stream block
+    /// (protocol 2+); None outside blocks and for other messages.
+    pub fn xid(&self) -> Option<Xid> {
+        match self {
+            Message::Relation(r) => r.xid,
+            Message::Type(t) => t.xid,
+            Message::Insert(i) => i.xid,
+            Message::Update(u) => u.xid,
+            Message::Delete(d) => d.xid,
+            Message::Truncate(t) => t.xid,
+            Message::Message(m) => m.xid,
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Begin {
     /// LSN of the commit record (the transaction's final LSN).
