@@ -40,7 +40,7 @@ SUDO := $(shell if [ "$$(id -u)" = 0 ]; then echo; elif command -v sudo >/dev/nu
 export PG_CONFIG PGRX_HOME
 
 .PHONY: test test-core test-ext test-ext-pgrx test-ext-e2e test-py deps deps-os deps-pgrx venv \
-        ext-install py-develop demo lint bench bench-core bench-ext bench-py bench-snapshot golden-capture clean
+        ext-install py-develop demo lint bench bench-core bench-ext bench-py bench-snapshot bench-stream golden-capture clean
 
 # ---------------------------------------------------------------- tests
 # `deps` first, so a fresh machine gets everything, then `lint`: with --keep-going a lint
@@ -161,6 +161,10 @@ bench-py: deps-os venv ext-install
 bench-snapshot: deps-os venv ext-install
 	@echo "==> bench-snapshot: initial snapshot rows/s staged and to Python vs COPY TO STDOUT"
 	@$(PY) bench/snapshot_bench.py
+
+bench-stream: deps-os venv ext-install
+	@echo "==> bench-stream: one 5M-row transaction, COMMIT -> staged with streaming off and on"
+	@$(PY) bench/stream_bench.py
 
 golden-capture: deps-os venv
 	@echo "==> golden-capture: pgcdc_core/tests/fixtures/"

@@ -11,6 +11,8 @@
 4. Snapshots (bench/snapshot_bench.py): an initial snapshot of a 2M-row table, rows/s staged
    and delivered to the Python feed client, against psql draining COPY of the same table;
    the feed worker's private memory on that table against a quarter of it.
+5. Streaming (bench/stream_bench.py): one transaction of 5M rows (1M with --quick), COMMIT ->
+   every event staged with streaming off and on; spilled bytes and the worker's memory.
 
 The machine is shared and noisy: compare ratios measured in one run, not absolute rates.
 Needs the release extension installed and the release Python package (make bench does both).
@@ -99,6 +101,19 @@ def main() -> int:
             rows.append(("snapshot worker RSS", base,
                          f"private {before / 1024:.1f} -> {rss['anon_peak_full_kb'] / 1024:.1f} MB "
                          f"({rss['anon_growth_pct']:+.1f}%)", "flat (<= +10%)", "ok" if rss["ok"] else "GROWS"))
+
+        stream_json = Path(tmp) / "stream.json"
+        run([PY, "bench/stream_bench.py", "--rows", "1000000" if args.quick else "5000000", "--json", str(stream_json)])
+        stream = json.loads(stream_json.read_text())
+        off, on = stream["results"]
+        ratio = stream["ratio"]
+        rows.append(("streamed big transaction", f"{on['rows']:,} rows in one transaction",
+                     f"COMMIT->staged {ratio:.2f} x streaming off ({on['commit_to_staged_s']} vs {off['commit_to_staged_s']} s)",
+                     "<= 0.20", "ok" if ratio <= 0.2 else "ABOVE"))
+        rows.append(("streamed big transaction", "spill, worker memory",
+                     f"spilled {on['spill_bytes'] / 1e6:.0f} MB (off: {off['spill_bytes'] / 1e6:.0f}), worker private "
+                     f"{on.get('worker_RssAnon', 0)} MiB", "0, < 200 MB",
+                     "ok" if on["spill_bytes"] == 0 and on.get("worker_RssAnon", 0) < 200 else "ABOVE"))
 
     widths = [max(len(r[i]) for r in rows + [("component", "workload", "measured", "target", "")]) for i in range(5)]
     header = ("component", "workload", "measured", "target", "")

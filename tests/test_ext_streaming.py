@@ -254,25 +254,30 @@ def test_a_worker_restart_mid_stream_stages_the_transaction_once():
         c.stop()
 
 
-@pytest.mark.parametrize("sink_notify", [False, True])
-def test_feeds_that_need_whole_transactions_do_not_stream(sink_notify: bool):
+@pytest.mark.parametrize("case", ["metadata", "notify", "off"])
+def test_feeds_that_need_whole_transactions_or_say_so_do_not_stream(case: str):
     """Transaction metadata (BEGIN/END records with counts) and NOTIFY payloads need the whole
-    transaction: those feeds leave streaming off, and the server holds big transactions."""
+    transaction, and `streaming: false` asks for it: those feeds leave streaming off, and the
+    server holds big transactions until they commit."""
     c = start_cluster("pgcdc-stream-off", **STREAMING)
     try:
+        sink_notify = case == "notify"
         c.execute("CREATE TABLE off_t (id int PRIMARY KEY, v text)")
         c.execute("CREATE PUBLICATION off_p FOR TABLE off_t")
-        opts = {"snapshot.mode": "no_data", **({} if sink_notify else {"provide.transaction.metadata": "true"})}
+        opts = {"snapshot.mode": "no_data", **{"metadata": {"provide.transaction.metadata": "true"},
+                                                "off": {"streaming": False}}.get(case, {})}
         c.execute("SELECT pgcdc.create_feed('off', publication => 'off_p', options => %s, sink => %s)",
                   params=[json.dumps(opts), "notify" if sink_notify else "table"])
         with c.connect(autocommit=False) as conn:
             insert(conn, "off_t", 1, 5000)
             conn.commit()
         wait_until(lambda: status(c, "off")["confirmed_flush_lsn"] is not None, 30, "the worker")
-        if not sink_notify:
+        if case == "metadata":
             evs = collect(c, "off", 5002)
             assert ids_of(evs) == list(range(1, 5001))
             assert evs[0]["op"] == "begin" and evs[-1]["op"] == "end"
+        elif case == "off":
+            assert ids_of(collect(c, "off", 5000)) == list(range(1, 5001))
         else:
             wait_until(lambda: status(c, "off")["staged_total"] >= 5000, 60, "the worker to notify")
         assert streamed_txns(c, "off") == 0, "nothing was streamed"

@@ -61,7 +61,7 @@ pub const READ_BYTE_BUDGET: usize = 64 << 20;
 
 /// Feed-level option keys (the rest are the Debezium encoder's, see [`EncoderOptions`]).
 pub const FEED_KEYS: &[&str] =
-    &["max_staged_rows", "max_staged_bytes", "batch_size", "snapshot.mode", "snapshot.fetch.size"];
+    &["max_staged_rows", "max_staged_bytes", "batch_size", "snapshot.mode", "snapshot.fetch.size", "streaming"];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Sink {
@@ -108,6 +108,8 @@ pub struct FeedOptions {
     pub batch_size: Option<i32>,
     pub snapshot_mode: snapshot::Mode,
     pub fetch_size: u32,
+    /// Stage big transactions as the server streams them (see `streamed.rs`).
+    pub streaming: bool,
 }
 
 impl FeedOptions {
@@ -125,6 +127,7 @@ impl FeedOptions {
             batch_size: None,
             snapshot_mode: snapshot::Mode::Initial,
             fetch_size: snapshot::DEFAULT_FETCH_SIZE,
+            streaming: true,
         };
         for (key, value) in map {
             let text = match value {
@@ -162,6 +165,17 @@ impl FeedOptions {
                         return Err("option \"snapshot.fetch.size\" must be at least 1".into());
                     }
                     out.fetch_size = v as u32;
+                }
+                "streaming" => {
+                    out.streaming = match text.trim() {
+                        "true" | "on" => true,
+                        "false" | "off" => false,
+                        _ => {
+                            return Err(format!(
+                                "invalid value {text:?} for option \"streaming\"; expected true or false"
+                            ))
+                        }
+                    }
                 }
                 _ => out.encoder.set(key, &text).map_err(|e| match e {
                     OptionError::UnknownKey(k) => format!("unknown option \"{k}\""),

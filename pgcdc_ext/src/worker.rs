@@ -1231,10 +1231,10 @@ fn connection_for(feed: &Feed, options: &FeedOptions, dbname: &str) -> Result<Co
             publications: vec![feed.publication.clone()],
             // Snapshot watermarks and the feed's message events.
             messages: pgcdc_wire::session::supports_messages(version),
-            // Big transactions staged as they arrive (streamed.rs), where their events can
-            // wait in the queue: not for NOTIFY feeds, nor with transaction metadata (its
-            // records need the whole transaction).
-            streaming: feed.sink == Sink::Table && !options.encoder.provide_transaction_metadata,
+            // Big transactions staged as they arrive (streamed.rs), unless the feed says
+            // `streaming: false`, where their events can wait in the queue: not for NOTIFY
+            // feeds, nor with transaction metadata (its records need the whole transaction).
+            streaming: options.streaming && feed.sink == Sink::Table && !options.encoder.provide_transaction_metadata,
         },
         status_interval: Duration::from_millis(gucs::STATUS_INTERVAL_MS.get().max(100) as u64),
     })

@@ -1,0 +1,193 @@
+#!/usr/bin/env python3
+"""pgcdc streaming benchmark: one big transaction, staged after its commit (streaming off,
+the server holds or spills it) or as the server streams it (streaming on).
+
+    .venv/bin/python bench/stream_bench.py [--rows 5000000] [--work-mem 64MB] [--python] [--json out.json]
+
+Needs the extension installed (release build: pgcdc_ext/install.sh); --python needs the
+release Python package (`make py-develop PY_RELEASE=1`). Runs in a throwaway cluster.
+
+For each mode, a fresh feed (`{"streaming": false|true}`, no queue cap) on a W1-shaped table;
+one transaction inserts --rows rows (INSERT ... SELECT generate_series) and commits. Reported:
+- COMMIT -> staged: from the COMMIT's return until the feed's complete_lsn (feed_runtime)
+  passes the transaction's commit: every event readable with pgcdc.read;
+- with --python, COMMIT -> last event in Python (`pgcdc.connect`, auto-ack);
+- peak RSS (VmHWM) and peak private memory (RssAnon) of the feed worker and of its walsender;
+- spill_bytes / stream_bytes of the feed's slot (pg_stat_replication_slots), and the ratio
+  streaming / off of COMMIT -> staged (target <= 0.2).
+The machine is shared and noisy: compare the ratio of one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from ext_staging import SETTINGS as STAGING_SETTINGS  # noqa: E402
+from ext_staging import TABLE  # noqa: E402
+from pgcluster import Cluster  # noqa: E402
+
+TARGET = 0.2
+
+
+def lsn_int(lsn: str) -> int:
+    hi, lo = lsn.split("/")
+    return (int(hi, 16) << 32) | int(lo, 16)
+
+
+def mem_kb(pid: int) -> dict[str, int]:
+    out: dict[str, int] = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in ("VmHWM", "RssAnon"):
+                out[key] = int(rest.split()[0])
+    except OSError:
+        pass
+    return out
+
+
+class Sampler(threading.Thread):
+    """Peak memory of the feed worker and its walsender, sampled every 50 ms."""
+
+    def __init__(self, c: Cluster, feed: str) -> None:
+        super().__init__(daemon=True)
+        self.c, self.feed = c, feed
+        self.peak: dict[str, int] = {}
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            rows = self.c.execute(
+                "SELECT r.pid, (SELECT pid FROM pg_stat_replication WHERE application_name = %s) "
+                "FROM pgcdc.feed_runtime r JOIN pgcdc.feed f ON f.id = r.feed_id WHERE f.name = %s",
+                params=[f"pgcdc feed {self.feed}", self.feed],
+            )
+            for who, pid in zip(("worker", "walsender"), rows[0] if rows else ()):
+                if pid:
+                    for k, v in mem_kb(pid).items():
+                        key = f"{who}_{k}"
+                        self.peak[key] = max(self.peak.get(key, 0), v)
+            time.sleep(0.05)
+
+
+def slot_stats(c: Cluster, slot: str) -> tuple[int, int]:
+    rows = c.execute("SELECT spill_bytes, stream_bytes FROM pg_stat_replication_slots WHERE slot_name = %s",
+                     params=[slot])
+    return rows[0] if rows else (0, 0)
+
+
+async def python_last(c: Cluster, feed: str, rows: int, t_commit: float) -> float:
+    import pgcdc
+
+    n = 0
+    async with pgcdc.connect(c.dsn(), feed=feed, auto_acknowledge=True) as stream:
+        async for _ev in stream:
+            n += 1
+            if n >= rows:
+                return time.monotonic() - t_commit
+    raise AssertionError("stream ended early")
+
+
+def run_mode(c: Cluster, streaming: bool, rows: int, python: bool) -> dict:
+    feed = "sb_on" if streaming else "sb_off"
+    opts = {"snapshot.mode": "no_data", "streaming": streaming, "max_staged_rows": 0, "max_staged_bytes": 0}
+    c.execute("SELECT pgcdc.create_feed(%s, publication => 'bench_p', options => %s)", params=[feed, json.dumps(opts)])
+    deadline = time.monotonic() + 30
+    while not c.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", params=[f"pgcdc_{feed}"])[0][0]:
+        assert time.monotonic() < deadline, "the feed's worker did not start streaming"
+        time.sleep(0.05)
+    spill0, stream0 = slot_stats(c, f"pgcdc_{feed}")
+    sampler = Sampler(c, feed)
+    sampler.start()
+    with c.connect(autocommit=False) as conn:
+        t0 = time.monotonic()
+        conn.execute(
+            "INSERT INTO bench_t SELECT g, 'item ' || g, (g %% 100)::int, (g %% 1000) / 10.0, now() "
+            "FROM generate_series(1, %s) g",
+            [rows],
+        )
+        before_commit = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0]
+        conn.commit()
+        t_commit = time.monotonic()
+    generate_s = t_commit - t0
+    py_s = None
+    if python:
+        py_s = asyncio.run(python_last(c, feed, rows, t_commit))
+    while True:
+        r = c.execute("SELECT complete_lsn::text FROM pgcdc.feed_status WHERE name = %s", params=[feed])[0][0]
+        if r and lsn_int(r) >= lsn_int(before_commit):
+            break
+        time.sleep(0.01)
+    staged_s = time.monotonic() - t_commit
+    time.sleep(0.2)
+    sampler.stop.set()
+    sampler.join()
+    spill1, stream1 = slot_stats(c, f"pgcdc_{feed}")
+    readable = c.execute("SELECT count(*) FROM pgcdc.read(%s, 1000)", params=[feed])[0][0]
+    assert readable == min(rows, 1000), readable
+    c.execute("SELECT pgcdc.drop_feed(%s)", params=[feed])
+    c.execute("TRUNCATE bench_t")
+    c.execute("VACUUM pgcdc.event")
+    c.execute("CHECKPOINT")
+    return {
+        "mode": "streaming" if streaming else "off",
+        "rows": rows,
+        "generate_s": round(generate_s, 2),
+        "commit_to_staged_s": round(staged_s, 2),
+        "commit_to_python_s": round(py_s, 2) if py_s is not None else None,
+        "spill_bytes": spill1 - spill0,
+        "stream_bytes": stream1 - stream0,
+        **{k: round(v / 1024, 1) for k, v in sorted(sampler.peak.items())},
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", type=int, default=5_000_000)
+    ap.add_argument("--work-mem", default="64MB")
+    ap.add_argument("--python", action="store_true")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    settings = {**STAGING_SETTINGS, "wal_sender_timeout": "0", "logical_decoding_work_mem": args.work_mem,
+                "max_wal_size": "16GB"}
+    c = Cluster(settings, name="pgcdc-streambench")
+    results = []
+    try:
+        c.start()
+        c.execute("CREATE EXTENSION pgcdc")
+        c.execute(TABLE)
+        c.execute("CREATE PUBLICATION bench_p FOR TABLE bench_t")
+        for streaming in (False, True):
+            r = run_mode(c, streaming, args.rows, args.python)
+            print(f"  {r}", flush=True)
+            results.append(r)
+    finally:
+        c.stop()
+    off, on = results
+    ratio = on["commit_to_staged_s"] / off["commit_to_staged_s"] if off["commit_to_staged_s"] else None
+    print(f"\none transaction of {args.rows} rows, logical_decoding_work_mem={args.work_mem} (memory: peaks in MiB)")
+    print(f"{'mode':10} {'generate s':>10} {'COMMIT->staged s':>17} {'->Python s':>11} {'spill MB':>9} "
+          f"{'stream MB':>10} {'worker HWM':>11} {'worker anon':>12} {'walsender HWM':>14}")
+    for r in results:
+        print(f"{r['mode']:10} {r['generate_s']:>10} {r['commit_to_staged_s']:>17} {str(r['commit_to_python_s']):>11} "
+              f"{r['spill_bytes'] / 1e6:>9.1f} {r['stream_bytes'] / 1e6:>10.1f} {r.get('worker_VmHWM', 0):>11} "
+              f"{r.get('worker_RssAnon', 0):>12} {r.get('walsender_VmHWM', 0):>14}")
+    if ratio is not None:
+        verdict = "met" if ratio <= TARGET else "missed"
+        print(f"COMMIT->staged, streaming / off: {ratio:.2f} (target <= {TARGET}: {verdict})")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"results": results, "ratio": ratio}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
