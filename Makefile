@@ -65,7 +65,7 @@ test-ext-pgrx: deps-pgrx
 test-ext-e2e: ext-install venv
 	@echo "==> test-ext-e2e: pytest tests/test_ext_*.py"
 	@$(VENV)/bin/pytest tests/test_ext_feed.py tests/test_ext_crash.py tests/test_ext_regress.py \
-	  tests/test_ext_snapshot.py -v \
+	  tests/test_ext_snapshot.py tests/test_ext_streaming.py -v \
 	  --timeout=$(PYTEST_TIMEOUT)
 
 test-py: deps-os venv ext-install py-develop
