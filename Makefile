@@ -62,7 +62,8 @@ test-ext-pgrx: deps-pgrx
 	@cd pgcdc_ext && CARGO_PGRX_TEST_RUNAS=postgres CARGO_PGRX_TEST_PGDATA=$(PGRX_TEST_PGDATA) \
 	  cargo pgrx test pg$(PG_MAJOR)
 
-test-ext-e2e: ext-install venv
+# py-develop: test_ext_streaming.py checks the feed against LogicalReplicationReader.
+test-ext-e2e: ext-install venv py-develop
 	@echo "==> test-ext-e2e: pytest tests/test_ext_*.py"
 	@$(VENV)/bin/pytest tests/test_ext_feed.py tests/test_ext_crash.py tests/test_ext_regress.py \
 	  tests/test_ext_snapshot.py tests/test_ext_streaming.py -v \
