@@ -653,9 +653,7 @@ impl Worker {
                 Sink::Table => {
                     feed::spi_ok(self.stager.stage(self.feed.id, &rows));
                     self.queued(&rows);
-                    let last = rows.last().expect("not empty").position;
-                    let payload = format!("{{\"commit_lsn\":\"{}\",\"ordinal\":{}}}", last.commit_lsn, last.ordinal);
-                    feed::spi_ok(queue::notify(&channel, vec![payload]));
+                    self.wake_readers(rows.last().expect("not empty").position);
                 }
                 Sink::Notify => {
                     let mut payloads = Vec::with_capacity(rows.len());
@@ -771,9 +769,7 @@ impl Worker {
                         self.discard_stream(a.xid, 1..=u32::MAX);
                     }
                 } else if let Some(rolled_back) = self.streams.roll_back(a.xid, a.subxid) {
-                    let removed =
-                        feed::spi_ok(streamed::discard(self.feed.id, a.xid, rolled_back.first_ordinal..=u32::MAX));
-                    self.uncount(removed);
+                    let removed = self.discard_stream(a.xid, rolled_back.first_ordinal..=u32::MAX);
                     self.streams.removed(a.xid, removed);
                     self.encoder.rewind_stream(a.xid, rolled_back.first_change - 1);
                 }
@@ -876,14 +872,22 @@ impl Worker {
         Ok(())
     }
 
-    /// Deletes the staged events of streamed transaction `xid` in `ordinals`.
-    fn discard_stream(&mut self, xid: pgcdc_core::Xid, ordinals: std::ops::RangeInclusive<u32>) {
+    /// Deletes the staged events of streamed transaction `xid` in `ordinals` (under the feed
+    /// row lock, as staging) and takes them off the counters; returns them (events, bytes).
+    fn discard_stream(&mut self, xid: pgcdc_core::Xid, ordinals: std::ops::RangeInclusive<u32>) -> (i64, i64) {
         if !feed::lock_for_worker(self.feed.id) {
             self.dropped = true;
-            return;
+            return (0, 0);
         }
         let removed = feed::spi_ok(streamed::discard(self.feed.id, xid, ordinals));
         self.uncount(removed);
+        removed
+    }
+
+    /// NOTIFY the feed's channel at commit: events up to `last` are readable.
+    fn wake_readers(&self, last: Position) {
+        let payload = format!("{{\"commit_lsn\":\"{}\",\"ordinal\":{}}}", last.commit_lsn, last.ordinal);
+        feed::spi_ok(queue::notify(&self.feed.channel(), vec![payload]));
     }
 
     /// Takes `(events, bytes)` removed from the queue off the counters.
@@ -922,15 +926,13 @@ impl Worker {
         }
         if self.floor.commit_lsn == commit_lsn {
             // Partly acknowledged before a crash emptied the queue.
-            let removed = feed::spi_ok(streamed::discard(self.feed.id, xid, 1..=self.floor.ordinal));
-            self.uncount(removed);
+            self.discard_stream(xid, 1..=self.floor.ordinal);
         }
         let committed = streamed::Committed { commit_lsn, xid, commit, last_ordinal: t.last_ordinal };
         feed::spi_ok(streamed::record(self.feed.id, &committed));
         self.floor = last;
         self.last_staged = Some(self.last_staged.map_or(last, |s| s.max(last)));
-        let payload = format!("{{\"commit_lsn\":\"{}\",\"ordinal\":{}}}", commit_lsn, t.last_ordinal);
-        feed::spi_ok(queue::notify(&self.feed.channel(), vec![payload]));
+        self.wake_readers(last);
     }
 
     /// Takes the records of something outside any transaction at `lsn` (a non-transactional
