@@ -454,7 +454,11 @@ def test_dropped_publication_puts_the_feed_in_error_state(pg):
 def test_dropped_slot_puts_the_feed_in_error_state(pg):
     pub = setup_table(pg, "slot_t")
     pg.execute(f"SELECT pgcdc.create_feed('slotf', publication => '{pub}')")
+    # Pause a running worker: pausing before it started could let it take the slot
+    # between the pause and the drop.
+    wait_until(lambda: slot(pg, "pgcdc_slotf")["active"], 30, "the worker to take the slot")
     pg.execute("SELECT pgcdc.pause_feed('slotf')")
+    wait_until(lambda: status(pg, "slotf")["worker_pid"] is None, 15, "the worker to exit")
     wait_until(lambda: not slot(pg, "pgcdc_slotf")["active"], 15, "the slot to be released")
     pg.execute("SELECT pg_drop_replication_slot('pgcdc_slotf')")
     pg.execute("SELECT pgcdc.resume_feed('slotf')")
