@@ -11,7 +11,10 @@ For each mode, a fresh feed (`{"streaming": false|true}`, no queue cap) on a W1-
 one transaction inserts --rows rows (INSERT ... SELECT generate_series) and commits. Reported:
 - COMMIT -> staged: from the COMMIT's return until the feed's complete_lsn (feed_runtime)
   passes the transaction's commit: every event readable with pgcdc.read;
-- with --python, COMMIT -> last event in Python (`pgcdc.connect`, auto-ack);
+- with --python, COMMIT -> last event in Python (`pgcdc.connect`, auto-ack), and the same
+  for a `LogicalReplicationReader` running during the transaction (its own slot; streaming=False:
+  the server spills, streaming=True: the reader holds the transaction, in memory up to
+  stream_memory, then in a temporary file), with its peak private memory and bytes spilled;
 - peak RSS (VmHWM) and peak private memory (RssAnon) of the feed worker and of its walsender;
 - spill_bytes / stream_bytes of the feed's slot (pg_stat_replication_slots), and the ratio
   streaming / off of COMMIT -> staged (target <= 0.2).
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import threading
 import time
@@ -97,6 +101,85 @@ async def python_last(c: Cluster, feed: str, rows: int, t_commit: float) -> floa
     raise AssertionError("stream ended early")
 
 
+def self_anon_kb() -> int:
+    return mem_kb(os.getpid()).get("RssAnon", 0)
+
+
+def insert_rows(c: Cluster, rows: int) -> tuple[float, float, str]:
+    """One transaction of `rows` W1-shaped rows: (generate seconds, commit time, LSN before COMMIT)."""
+    with c.connect(autocommit=False) as conn:
+        t0 = time.monotonic()
+        conn.execute(
+            "INSERT INTO bench_t SELECT g, 'item ' || g, (g %% 100)::int, (g %% 1000) / 10.0, now() "
+            "FROM generate_series(1, %s) g",
+            [rows],
+        )
+        before_commit = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0]
+        conn.commit()
+        t_commit = time.monotonic()
+    return t_commit - t0, t_commit, before_commit
+
+
+def run_reader_mode(c: Cluster, streaming: bool, rows: int) -> dict:
+    """The reader consuming while the transaction runs: COMMIT -> its last event."""
+    import pgcdc
+
+    slot = "sb_reader_on" if streaming else "sb_reader_off"
+    c.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", params=[slot])
+    spill0, stream0 = slot_stats(c, slot)
+    connected = threading.Event()
+    done: dict[str, float] = {}
+    peak = {"anon": self_anon_kb()}
+    base = peak["anon"]
+
+    async def consume() -> None:
+        r = pgcdc.LogicalReplicationReader("bench_p", slot, host="127.0.0.1", database="postgres", port=c.port,
+                                           sslmode="disable", streaming=streaming)
+        n = 0
+        it = r.__aiter__()
+        first = asyncio.ensure_future(it.__anext__())
+        while r.backend_pid is None:
+            await asyncio.sleep(0.01)
+        connected.set()
+        await first
+        n = 1
+        async for _m in r:
+            n += 1
+            if n >= rows:
+                break
+        done["t"] = time.monotonic()
+        done["spilled"] = r.stream_spilled_bytes
+        await r.stop()
+
+    def sample() -> None:
+        while "t" not in done:
+            peak["anon"] = max(peak["anon"], self_anon_kb())
+            time.sleep(0.05)
+
+    t = threading.Thread(target=lambda: asyncio.run(consume()), daemon=True)
+    t.start()
+    assert connected.wait(30), "the reader did not connect"
+    s = threading.Thread(target=sample, daemon=True)
+    s.start()
+    generate_s, t_commit, _ = insert_rows(c, rows)
+    t.join()
+    s.join()
+    spill1, stream1 = slot_stats(c, slot)
+    c.execute("SELECT pg_drop_replication_slot(%s)", params=[slot])
+    c.execute("TRUNCATE bench_t")
+    c.execute("CHECKPOINT")
+    return {
+        "mode": "reader streaming" if streaming else "reader off",
+        "rows": rows,
+        "generate_s": round(generate_s, 2),
+        "commit_to_python_s": round(done["t"] - t_commit, 2),
+        "spill_bytes": spill1 - spill0,
+        "stream_bytes": stream1 - stream0,
+        "reader_spilled_bytes": int(done["spilled"]),
+        "reader_anon_growth": round((peak["anon"] - base) / 1024, 1),
+    }
+
+
 def run_mode(c: Cluster, streaming: bool, rows: int, python: bool) -> dict:
     feed = "sb_on" if streaming else "sb_off"
     opts = {"snapshot.mode": "no_data", "streaming": streaming, "max_staged_rows": 0, "max_staged_bytes": 0}
@@ -108,17 +191,7 @@ def run_mode(c: Cluster, streaming: bool, rows: int, python: bool) -> dict:
     spill0, stream0 = slot_stats(c, f"pgcdc_{feed}")
     sampler = Sampler(c, feed)
     sampler.start()
-    with c.connect(autocommit=False) as conn:
-        t0 = time.monotonic()
-        conn.execute(
-            "INSERT INTO bench_t SELECT g, 'item ' || g, (g %% 100)::int, (g %% 1000) / 10.0, now() "
-            "FROM generate_series(1, %s) g",
-            [rows],
-        )
-        before_commit = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0]
-        conn.commit()
-        t_commit = time.monotonic()
-    generate_s = t_commit - t0
+    generate_s, t_commit, before_commit = insert_rows(c, rows)
     py_s = None
     if python:
         py_s = asyncio.run(python_last(c, feed, rows, t_commit))
@@ -160,7 +233,8 @@ def main() -> int:
     settings = {**STAGING_SETTINGS, "wal_sender_timeout": "0", "logical_decoding_work_mem": args.work_mem,
                 "max_wal_size": "16GB"}
     c = Cluster(settings, name="pgcdc-streambench")
-    results = []
+    results: list[dict] = []
+    readers: list[dict] = []
     try:
         c.start()
         c.execute("CREATE EXTENSION pgcdc")
@@ -170,6 +244,11 @@ def main() -> int:
             r = run_mode(c, streaming, args.rows, args.python)
             print(f"  {r}", flush=True)
             results.append(r)
+        if args.python:
+            for streaming in (False, True):
+                r = run_reader_mode(c, streaming, args.rows)
+                print(f"  {r}", flush=True)
+                readers.append(r)
     finally:
         c.stop()
     off, on = results
@@ -181,11 +260,17 @@ def main() -> int:
         print(f"{r['mode']:10} {r['generate_s']:>10} {r['commit_to_staged_s']:>17} {str(r['commit_to_python_s']):>11} "
               f"{r['spill_bytes'] / 1e6:>9.1f} {r['stream_bytes'] / 1e6:>10.1f} {r.get('worker_VmHWM', 0):>11} "
               f"{r.get('worker_RssAnon', 0):>12} {r.get('walsender_VmHWM', 0):>14}")
+    if readers:
+        print("\nLogicalReplicationReader during the transaction (memory: growth of private memory, MiB)")
+        print(f"{'mode':18} {'COMMIT->last s':>15} {'server spill MB':>16} {'reader spill MB':>16} {'reader anon':>12}")
+        for r in readers:
+            print(f"{r['mode']:18} {r['commit_to_python_s']:>15} {r['spill_bytes'] / 1e6:>16.1f} "
+                  f"{r['reader_spilled_bytes'] / 1e6:>16.1f} {r['reader_anon_growth']:>12}")
     if ratio is not None:
         verdict = "met" if ratio <= TARGET else "missed"
         print(f"COMMIT->staged, streaming / off: {ratio:.2f} (target <= {TARGET}: {verdict})")
     if args.json:
-        Path(args.json).write_text(json.dumps({"results": results, "ratio": ratio}, indent=2))
+        Path(args.json).write_text(json.dumps({"results": results, "readers": readers, "ratio": ratio}, indent=2))
     return 0
 
 

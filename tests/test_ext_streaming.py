@@ -100,9 +100,9 @@ def test_a_streamed_transaction_is_staged_before_its_commit_and_readable_at_it()
         big = evs[10:]
         assert len({e["commit_lsn"] for e in big}) == 1 and big[0]["commit_lsn"] != evs[0]["commit_lsn"]
         assert [e["ordinal"] for e in big] == [3 * i + 1 for i in range(1, 20001)], "numbered as if decoded at its commit"
-        # Byte for byte what a client decoding it after its commit makes (the reader, whose
-        # protocol-1 stream the server held until then): apart from the envelope's processing
-        # times and the run id, the same records.
+        # Byte for byte what a client decoding it after its commit makes (the reader without
+        # streaming, for which the server held it until then): apart from the envelope's
+        # processing times and the run id, the same records.
         ref = asyncio.run(reference(c, "sf_p", "sf_ref", 20010))
         for e, r in zip(evs, ref):
             ours, theirs = event_json(e), json.loads(r)
@@ -127,7 +127,7 @@ def test_a_streamed_transaction_is_staged_before_its_commit_and_readable_at_it()
 
 async def reference(c, publication: str, slot: str, n: int) -> list[str]:
     r = pgcdc.LogicalReplicationReader(publication, slot, host="127.0.0.1", database="postgres", port=c.port,
-                                       sslmode="disable", format="debezium",
+                                       sslmode="disable", format="debezium", streaming=False,
                                        debezium_options={"topic.prefix": publication.removesuffix("_p")})
     out = []
     async for m in r:

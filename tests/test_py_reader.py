@@ -135,6 +135,83 @@ def test_every_event_kind(cluster: Cluster, fresh_db: str) -> None:
     run(main())
 
 
+def _streamed_workload(cluster: Cluster, db: str) -> list[int]:
+    """Transactions bigger than the 64kB logical_decoding_work_mem (streamed while they run),
+    with rolled-back savepoints (nested too), an aborted one, and a small transaction that
+    commits while a big one is open. Returns the committed ids in commit order."""
+    cluster.execute(f'ALTER DATABASE "{db}" SET logical_decoding_work_mem = \'64kB\'')
+    cluster.execute("CREATE TABLE big (id int PRIMARY KEY, v text)", db)
+    cluster.execute("CREATE PUBLICATION pub FOR TABLE big", db)
+    for slot in ("s_mem", "s_disk", "s_off"):
+        cluster.execute(f"SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')", db)
+
+    def ins(conn: psycopg.Connection, lo: int, hi: int) -> None:
+        conn.execute("INSERT INTO big SELECT g, repeat('v', 40) || g FROM generate_series(%s::int, %s::int) g", [lo, hi])
+
+    with cluster.connect(db, autocommit=False) as conn, cluster.connect(db) as other:
+        ins(conn, 1, 10)
+        conn.commit()
+        ins(conn, 11, 5010)
+        conn.execute("SAVEPOINT a")
+        ins(conn, 100001, 103000)
+        conn.execute("SAVEPOINT b")
+        ins(conn, 103001, 104000)
+        conn.execute("RELEASE SAVEPOINT b")
+        conn.execute("ROLLBACK TO SAVEPOINT a")
+        conn.execute("SAVEPOINT c")
+        ins(conn, 5011, 6000)
+        conn.execute("RELEASE SAVEPOINT c")
+        ins(other, 9001, 9005)  # commits first
+        conn.execute("UPDATE big SET v = 'updated' WHERE id BETWEEN 11 AND 20")
+        conn.execute("DELETE FROM big WHERE id BETWEEN 21 AND 30")
+        ins(conn, 6001, 8000)
+        conn.commit()
+        ins(conn, 200001, 230000)
+        conn.rollback()
+        ins(conn, 8001, 8010)
+        conn.commit()
+    return list(range(1, 11)) + list(range(9001, 9006)) + list(range(11, 8001)) + list(range(8001, 8011))
+
+
+def test_streamed_transactions_are_held_until_their_commit(cluster: Cluster, fresh_db: str) -> None:
+    committed = _streamed_workload(cluster, fresh_db)
+
+    async def read(slot: str, **kw) -> tuple[list[dict], int]:
+        r = reader(cluster, fresh_db, slot=slot, format="debezium", **kw)
+        out: list[dict] = []
+        import json
+
+        # every insert, 10 updates and 10 deletes of the big transaction
+        async for m in r:
+            out.append(json.loads(m.json()))
+            if len(out) == len(committed) + 20:
+                break
+        assert await nothing_within(r, 1.0), "nothing after the last committed transaction"
+        spilled = r.stream_spilled_bytes
+        await r.stop()
+        for e in out:
+            for k in ("ts_ms", "ts_us", "ts_ns"):
+                e.pop(k)
+        return out, spilled
+
+    in_memory, mem_spilled = run(read("s_mem"))
+    on_disk, disk_spilled = run(read("s_disk", stream_memory=16 * 1024))
+    server, _ = run(read("s_off", streaming=False))
+    assert [e["after"]["id"] for e in in_memory if e["op"] == "c"] == committed
+    assert in_memory == on_disk == server, "streamed or not, in memory or on disk: the same records"
+    assert mem_spilled == 0 and disk_spilled > 64 * 1024, (mem_spilled, disk_spilled)
+    stats = dict(
+        (row[0], row[1:])
+        for row in cluster.execute(
+            "SELECT slot_name, stream_txns, spill_bytes FROM pg_stat_replication_slots", fresh_db
+        )
+    )
+    for slot in ("s_mem", "s_disk"):
+        stream_txns, spill_bytes = stats[slot]
+        assert stream_txns >= 2 and spill_bytes == 0, (slot, stats[slot])
+    assert stats["s_off"][0] == 0 and stats["s_off"][1] > 0, stats["s_off"]
+
+
 def test_only_row_changes_by_default(cluster: Cluster, fresh_db: str) -> None:
     setup_simple(cluster, fresh_db)
     cluster.execute("INSERT INTO items VALUES (1, 'a', 1)", fresh_db)

@@ -35,6 +35,7 @@ mod pgtext;
 mod reader;
 mod seed;
 mod signal;
+mod spool;
 mod sql;
 mod values;
 
@@ -139,6 +140,9 @@ pub(crate) fn encoder_options(options: Option<&Bound<'_, PyDict>>) -> PyResult<E
     Ok(o)
 }
 
+/// Bytes of streamed, uncommitted transactions a reader holds in memory by default.
+const DEFAULT_STREAM_MEMORY: usize = 64 << 20;
+
 /// The native reader. `pgcdc.LogicalReplicationReader` wraps it (see `pgcdc/_reader.py`).
 #[pyclass(module = "pgcdc._pgcdc", name = "_Reader")]
 struct PyReader {
@@ -153,7 +157,8 @@ impl PyReader {
         publications, slot_name, host, database, port, user, password, start_lsn, auto_acknowledge,
         *, sslmode, sslrootcert, connect_timeout, application_name, include_truncate, include_messages,
         create_slot, debezium_options, reconnect, reconnect_timeout, max_buffered, allow_cleartext_password=false,
-        offset_store=None, format=None, rich_types=false, channel_binding=None
+        offset_store=None, format=None, rich_types=false, channel_binding=None, streaming=true,
+        stream_memory=DEFAULT_STREAM_MEMORY
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -182,6 +187,8 @@ impl PyReader {
         format: Option<String>,
         rich_types: bool,
         channel_binding: Option<String>,
+        streaming: bool,
+        stream_memory: usize,
     ) -> PyResult<Self> {
         if publications.is_empty() {
             return Err(PgError::Interface("publication_name is required".into()).into());
@@ -233,6 +240,8 @@ impl PyReader {
                 reconnect_timeout: reconnect_timeout.map(|s| seconds("reconnect_timeout", s)).transpose()?,
                 max_buffered: max_buffered.max(16),
                 offsets,
+                streaming,
+                stream_memory,
             })?,
             mode,
         })
@@ -298,6 +307,12 @@ impl PyReader {
     #[getter]
     fn backend_pid(&self) -> Option<i32> {
         Some(self.reader.backend_pid()).filter(|&p| p != 0)
+    }
+
+    /// Bytes of streamed transactions written to temporary files so far (see `crate::spool`).
+    #[getter]
+    fn stream_spilled_bytes(&self) -> u64 {
+        self.reader.stream_spilled_bytes()
     }
 
     /// How many replication sessions were started (reconnects add one each).

@@ -49,7 +49,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use pgcdc_core::debezium::{Encoder, EncoderOptions, Event, Op};
-use pgcdc_core::pgoutput::{ColumnData, Decoder, Message, OldTuple, TupleData};
+use pgcdc_core::pgoutput::{
+    decode_message, Begin, ColumnData, Commit, Decoder, Message, OldTuple, StreamCommit, TupleData,
+};
 use pgcdc_core::position::{Confirmer, Position, STANDALONE_ORDINAL};
 use pgcdc_core::relation::TableSchema;
 use pgcdc_core::{Lsn, Oid};
@@ -61,6 +63,7 @@ use crate::errors::PgError;
 use crate::message::{LogicalMessage, RowMsg};
 use crate::offsets::{Offset, OffsetStore, Pos};
 use crate::signal::{Signal, Stop};
+use crate::spool::Spool;
 use crate::values::Col;
 
 /// What the reader was asked to do.
@@ -81,6 +84,10 @@ pub struct ReaderConfig {
     pub max_buffered: usize,
     /// Where the acknowledged position is kept across processes and server restarts.
     pub offsets: Option<OffsetStore>,
+    /// Ask for in-progress transactions in stream blocks (protocol 2+, PostgreSQL 14+).
+    pub streaming: bool,
+    /// Bytes of streamed, uncommitted transactions held in memory (more spill to disk).
+    pub stream_memory: usize,
 }
 
 /// Acknowledgement bookkeeping, shared by the Python thread and the stream task.
@@ -133,6 +140,8 @@ struct State {
     backend_pid: i32,
     /// Sessions started so far (1 = the first connection).
     sessions: u64,
+    /// Bytes of streamed transactions held in temporary files, all sessions together.
+    stream_spilled_bytes: u64,
     /// The Python side found nothing and sleeps on the signal (see `crate::signal`).
     armed: bool,
     /// The flush position last sent to the server.
@@ -341,6 +350,10 @@ impl Reader {
 
     pub fn backend_pid(&self) -> i32 {
         self.shared.lock().backend_pid
+    }
+
+    pub fn stream_spilled_bytes(&self) -> u64 {
+        self.shared.lock().stream_spilled_bytes
     }
 
     pub fn sessions(&self) -> u64 {
@@ -592,6 +605,8 @@ struct Stream<'a> {
     /// Python without copying).
     #[allow(clippy::vec_box)]
     pending: Vec<Box<RowMsg>>,
+    /// Streamed transactions until their commit (see `crate::spool`).
+    spool: Spool,
     /// Highest ordinal of the open transaction's events (counting those skipped as delivered
     /// before a reconnect): what the confirmer waits for at its commit.
     tx_last_ordinal: u32,
@@ -627,9 +642,7 @@ async fn session(shared: &Arc<Shared>, config: &ReaderConfig, streamed_once: &mu
         let pgoutput = Pgoutput {
             publications: config.publications.clone(),
             messages: config.include_messages,
-            // Streamed transactions would be held in memory until their commit: off, so the
-            // server spills big transactions to disk instead.
-            streaming: false,
+            streaming: config.streaming,
         };
         let session = Session::start(conn, &config.slot, start, &pgoutput, STATUS_MAX_INTERVAL).await?;
         Ok::<_, PgError>((session, resume_after))
@@ -657,6 +670,7 @@ async fn session(shared: &Arc<Shared>, config: &ReaderConfig, streamed_once: &mu
         relations: HashMap::new(),
         events: Vec::new(),
         pending: Vec::new(),
+        spool: Spool::new(config.stream_memory),
         tx_last_ordinal: 0,
         resume_after,
         unsatisfied_ping: None,
@@ -808,51 +822,114 @@ impl Stream<'_> {
                 }
                 Ok(None)
             }
-            Wal::Data { wal_start, data } => {
-                self.pgoutput(wal_start, data).await?;
-                Ok(None)
-            }
+            Wal::Data { wal_start, data } => self.pgoutput(conn, wal_start, data).await,
             Wal::Ended => Ok(Some(SessionEnd::Reconnect("the server ended the stream".into()))),
         }
     }
 
-    async fn pgoutput(&mut self, wal_start: Lsn, data: Bytes) -> Result<(), PgError> {
+    async fn pgoutput(
+        &mut self,
+        conn: &mut Session,
+        wal_start: Lsn,
+        data: Bytes,
+    ) -> Result<Option<SessionEnd>, PgError> {
+        let in_stream = self.decoder.in_stream();
         let msg =
             self.decoder.decode(&data).map_err(|e| PgError::Data(format!("pgoutput message at {wal_start}: {e}")))?;
+        match (&msg, in_stream) {
+            (Message::StreamStart(_) | Message::StreamStop, _) => Ok(None),
+            // Sent when it happens, inside a block or not: nothing commits it.
+            (Message::Message(m), _) if !m.transactional => self.change(wal_start, &data, &msg).await.map(|()| None),
+            (_, Some(top)) => {
+                let spilled = self.spool.spilled_bytes;
+                self.spool.push(top, msg.xid(), wal_start, &data).map_err(spool_error)?;
+                if self.spool.spilled_bytes != spilled {
+                    self.shared.lock().stream_spilled_bytes += self.spool.spilled_bytes - spilled;
+                }
+                Ok(None)
+            }
+            (Message::StreamAbort(a), None) => {
+                self.spool.abort(a.xid, a.subxid);
+                Ok(None)
+            }
+            (Message::StreamCommit(c), None) => {
+                let c = *c;
+                self.replay(conn, &c).await
+            }
+            _ => self.change(wal_start, &data, &msg).await.map(|()| None),
+        }
+    }
+
+    /// A streamed transaction's commit: its held frames, decoded as one ordinary transaction.
+    async fn replay(&mut self, conn: &mut Session, c: &StreamCommit) -> Result<Option<SessionEnd>, PgError> {
+        let mut frames = self.spool.take(c.xid).map_err(spool_error)?;
+        let begin = Message::Begin(Begin { final_lsn: c.commit_lsn, commit_time: c.commit_time, xid: c.xid });
+        self.change(c.commit_lsn, &Bytes::new(), &begin).await?;
+        let proto = self.decoder.protocol_version();
+        let mut replayed = 0u64;
+        while let Some(frame) = frames.next_frame().map_err(spool_error)? {
+            let msg = decode_message(&frame.data, proto, true)
+                .map_err(|e| PgError::Data(format!("streamed pgoutput message at {}: {e}", frame.wal_start)))?;
+            if frame.rolled_back && !matches!(msg, Message::Relation(_) | Message::Type(_)) {
+                continue;
+            }
+            self.change(frame.wal_start, &frame.data, &msg).await?;
+            replayed += 1;
+            if replayed.is_multiple_of(1024) {
+                // A big transaction: hand over what is decoded (bounded memory) and keep the
+                // server hearing from us.
+                if let Some(end) = self.push_pending(conn).await? {
+                    return Ok(Some(end));
+                }
+                self.maybe_send_status(conn).await?;
+            }
+        }
+        let commit = Message::Commit(Commit {
+            flags: 0,
+            commit_lsn: c.commit_lsn,
+            end_lsn: c.end_lsn,
+            commit_time: c.commit_time,
+        });
+        self.change(c.end_lsn, &Bytes::new(), &commit).await?;
+        Ok(None)
+    }
+
+    /// One message of a transaction (or a standalone one): encoded, queued as events.
+    async fn change(&mut self, wal_start: Lsn, data: &Bytes, msg: &Message<'_>) -> Result<(), PgError> {
         let mut catalog = crate::catalog::Prefetched::default();
-        if let Message::Relation(rel) = &msg {
+        if let Message::Relation(rel) = msg {
             catalog = self.catalog.prefetch(rel).await?;
         }
         NOW_NANOS.with(|c| c.set(now_nanos()));
         self.events.clear();
         let mut events = std::mem::take(&mut self.events);
         self.encoder
-            .handle(wal_start, &msg, &mut catalog, &mut events)
+            .handle(wal_start, msg, &mut catalog, &mut events)
             .map_err(|e| PgError::Data(format!("change at {wal_start}: {e}")))?;
-        if let Message::Begin(_) = &msg {
+        if let Message::Begin(_) = msg {
             self.tx_last_ordinal = 0;
             self.shared.lock().acks.confirmer.begin();
         }
         let mut truncated = 0usize;
         for ev in events.drain(..) {
-            let (before, after, fallback, message) = match (&msg, ev.op) {
+            let (before, after, fallback, message) = match (msg, ev.op) {
                 (_, Op::Tombstone | Op::TxBegin | Op::TxEnd) => continue,
                 (_, Op::Truncate) if !self.config.include_truncate => continue,
                 (_, Op::Message) if !self.config.include_messages => continue,
-                (Message::Insert(i), _) => (None, Some(cols(&data, &i.new)), None, None),
+                (Message::Insert(i), _) => (None, Some(cols(data, &i.new)), None, None),
                 (Message::Update(u), op) => {
-                    let old = u.old.as_ref().map(|o| cols(&data, o.tuple()));
+                    let old = u.old.as_ref().map(|o| cols(data, o.tuple()));
                     let full = match &u.old {
-                        Some(OldTuple::Full(t)) => Some(cols(&data, t)),
+                        Some(OldTuple::Full(t)) => Some(cols(data, t)),
                         _ => None,
                     };
                     match op {
                         Op::Delete => (old, None, None, None),
-                        Op::Create => (None, Some(cols(&data, &u.new)), full, None),
-                        _ => (old, Some(cols(&data, &u.new)), full, None),
+                        Op::Create => (None, Some(cols(data, &u.new)), full, None),
+                        _ => (old, Some(cols(data, &u.new)), full, None),
                     }
                 }
-                (Message::Delete(d), _) => (Some(cols(&data, d.old.tuple())), None, None, None),
+                (Message::Delete(d), _) => (Some(cols(data, d.old.tuple())), None, None, None),
                 (Message::Message(m), _) => (
                     None,
                     None,
@@ -865,7 +942,7 @@ impl Stream<'_> {
                 ),
                 _ => (None, None, None, None),
             };
-            let non_tx_message = matches!(&msg, Message::Message(m) if !m.transactional);
+            let non_tx_message = matches!(msg, Message::Message(m) if !m.transactional);
             // A non-transactional message has no transaction: ordinal 0 keeps its position
             // apart from a transaction committed at the same LSN (as the extension does).
             let ordinal = if non_tx_message { 0 } else { ev.ordinal };
@@ -876,7 +953,7 @@ impl Stream<'_> {
             if self.resume_after.is_some_and(|r| pos <= r) {
                 continue;
             }
-            let table = match (&msg, ev.op) {
+            let table = match (msg, ev.op) {
                 (_, Op::Message) => None,
                 (Message::Truncate(t), _) => {
                     let id = t.relation_ids.get(truncated).copied();
@@ -910,7 +987,7 @@ impl Stream<'_> {
             }
         }
         self.events = events;
-        if let Message::Commit(c) = &msg {
+        if let Message::Commit(c) = msg {
             let mut st = self.shared.lock();
             let acked = st.acks.acked_position();
             st.acks.confirmer.commit(c.commit_lsn, c.end_lsn, self.tx_last_ordinal, acked);
@@ -929,6 +1006,13 @@ impl Stream<'_> {
             }
         }
     }
+}
+
+fn spool_error(e: std::io::Error) -> PgError {
+    PgError::Operational(format!(
+        "could not hold a streamed transaction in a temporary file (TMPDIR): {e}; \
+         free space there, or pass streaming=False to let the server spill it instead"
+    ))
 }
 
 fn cols(frame: &Bytes, t: &TupleData<'_>) -> Vec<Col> {

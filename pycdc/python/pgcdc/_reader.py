@@ -97,6 +97,14 @@ class LogicalReplicationReader:
     ``PGCHANNELBINDING``), ``require``): over TLS, SCRAM binds the authentication to the
     server's certificate (``SCRAM-SHA-256-PLUS``), so a man in the middle cannot relay it.
 
+    Big transactions: with ``streaming=True`` (default; PostgreSQL 14+) the server sends a
+    transaction bigger than its ``logical_decoding_work_mem`` while it is still running,
+    instead of spilling it to its own disk and sending it after the commit. The reader still
+    yields only committed changes: it holds such transactions until their commit, in memory up
+    to ``stream_memory`` bytes (64 MiB; all open transactions together) and beyond that in a
+    temporary file (``TMPDIR``, deleted with the process); aborted transactions and rolled-back
+    savepoints are dropped. ``streaming=False`` leaves big transactions to the server.
+
     Servers: PostgreSQL 10 and later (``include_messages`` needs 14).
     """
 
@@ -128,6 +136,8 @@ class LogicalReplicationReader:
         format: Optional[str] = None,  # noqa: A002 - the pgoutput-decoder library's keyword
         rich_types: bool = False,
         channel_binding: Optional[str] = None,
+        streaming: bool = True,
+        stream_memory: int = 64 * 1024 * 1024,
     ) -> None:
         publications = [publication_name] if isinstance(publication_name, str) else list(publication_name)
         self._core = _pgcdc._Reader(
@@ -156,6 +166,8 @@ class LogicalReplicationReader:
             format=format,
             rich_types=bool(rich_types),
             channel_binding=channel_binding,
+            streaming=bool(streaming),
+            stream_memory=int(stream_memory),
         )
         self._waker = Waker(self._core)
         self.auto_acknowledge = bool(auto_acknowledge)
@@ -212,6 +224,11 @@ class LogicalReplicationReader:
     def backend_pid(self) -> Optional[int]:
         """Pid of the walsender serving this reader (None while disconnected)."""
         return self._core.backend_pid
+
+    @property
+    def stream_spilled_bytes(self) -> int:
+        """Bytes of streamed transactions this reader held in temporary files (``stream_memory``)."""
+        return self._core.stream_spilled_bytes
 
     @property
     def sessions(self) -> int:
