@@ -1,5 +1,5 @@
 -- pgcdc: views, comments and grants. Runs last in CREATE EXTENSION pgcdc (after the
--- functions generated from pgcdc_ext/src/feed.rs).
+-- functions generated from pgcdc_ext/src/feed/sql_api.rs).
 
 -- Feeds the current role may use (owner, pgcdc_admin members, superusers).
 CREATE VIEW pgcdc.feeds WITH (security_barrier) AS

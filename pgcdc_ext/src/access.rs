@@ -9,7 +9,7 @@
 //!   every published table when the feed is created, and the caller of `read` must be able to
 //!   SELECT every table its publication publishes now *and* every table of the events it
 //!   returns, and row-level security must not apply to the caller on any of them
-//!   (see `feed::read`).
+//!   (see `feed::sql_api::read`).
 //!
 //! ## Running as the extension owner, safely
 //!

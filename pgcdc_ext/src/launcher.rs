@@ -31,7 +31,8 @@ use pgrx::prelude::*;
 use pgrx::PgMemoryContexts;
 
 use crate::access;
-use crate::feed::{self, LOCK_CLASS_SLOT};
+use crate::error::spi_ok;
+use crate::feed::LOCK_CLASS_SLOT;
 use crate::gucs;
 use crate::slot;
 use crate::worker::WORKER_TYPE;
@@ -125,7 +126,7 @@ pub extern "C-unwind" fn pgcdc_launcher_main(_arg: pg_sys::Datum) {
 }
 
 fn take_snapshot() -> Snapshot {
-    feed::spi_ok(Spi::connect(|c| {
+    spi_ok(Spi::connect(|c| {
         let installed =
             c.select("SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pgcdc'", None, &[])?.len() == 1;
         let mut snap = Snapshot { installed, ..Default::default() };
@@ -175,7 +176,7 @@ fn take_snapshot() -> Snapshot {
 
 /// Deletes the queue and runtime rows of feeds that no longer exist.
 fn collect_rows_of_dropped_feeds(ids: &[i32]) {
-    let removed: i64 = feed::spi_ok(Spi::connect_mut(|c| {
+    let removed: i64 = spi_ok(Spi::connect_mut(|c| {
         let args = [ids.to_vec().into()];
         let mut removed = 0;
         for row in crate::queue::removing(|| {
@@ -272,7 +273,7 @@ fn start_worker(f: &FeedRow) -> Option<DynamicBackgroundWorker> {
 /// no feed owns it and nobody uses it; forgets the record once the slot is gone.
 fn collect_orphan_slot(slot: &str) {
     let locked: bool = crate::worker::in_transaction(|| {
-        feed::spi_ok(Spi::connect(|c| {
+        spi_ok(Spi::connect(|c| {
             let args = [LOCK_CLASS_SLOT.into(), slot.into()];
             c.select("SELECT pg_catalog.pg_try_advisory_lock($1, pg_catalog.hashtext($2))", None, &args)?
                 .first()
@@ -287,7 +288,7 @@ fn collect_orphan_slot(slot: &str) {
         // SAFETY: MyDatabaseId is set once connected.
         let database = unsafe { pg_sys::MyDatabaseId };
         // Checked again under the lock: a create_feed may have recorded it meanwhile.
-        let (owned, state): (bool, Option<bool>) = feed::spi_ok(Spi::connect(|c| {
+        let (owned, state): (bool, Option<bool>) = spi_ok(Spi::connect(|c| {
             let args = [slot.into()];
             let installed =
                 c.select("SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pgcdc'", None, &[])?.len() == 1;
@@ -315,7 +316,7 @@ fn collect_orphan_slot(slot: &str) {
             }
             Some(true) => {} // in use: a stopping worker; next time
             Some(false) => {
-                feed::spi_ok(Spi::connect(|c| {
+                spi_ok(Spi::connect(|c| {
                     let args = [slot.into()];
                     c.select("SELECT pg_catalog.pg_drop_replication_slot($1)", None, &args)?;
                     Ok(())
@@ -326,7 +327,7 @@ fn collect_orphan_slot(slot: &str) {
                 log!("pgcdc launcher: dropped replication slot \"{slot}\" (its feed is gone)");
             }
         }
-        feed::spi_ok(Spi::connect(|c| {
+        spi_ok(Spi::connect(|c| {
             let args = [LOCK_CLASS_SLOT.into(), slot.into()];
             c.select("SELECT pg_catalog.pg_advisory_unlock($1, pg_catalog.hashtext($2))", None, &args)?;
             Ok(())

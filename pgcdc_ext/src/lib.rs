@@ -16,7 +16,8 @@
 //! ```
 //!
 //! Module map: [`gucs`] settings, [`datum`] the `pg_lsn` and `json` datums, [`access`] who may do what,
-//! [`feed`] the catalog and the SQL API, [`position`] the acknowledgement arithmetic (pure),
+//! [`feed`] the catalog and the SQL API, [`error`] errors with a SQLSTATE and a hint,
+//! [`position`] the acknowledgement arithmetic (pure),
 //! [`launcher`] and [`worker`] the background workers, [`stream`] the replication thread,
 //! [`queue`] staging, [`slot`] the registry of replication slots pgcdc created, [`snapshot`]
 //! the existing rows read in chunks beside the stream, [`catalog`] type/table lookups for the
@@ -28,6 +29,7 @@ use pgrx::prelude::*;
 pub mod access;
 pub mod catalog;
 pub mod datum;
+pub mod error;
 pub mod feed;
 pub mod gucs;
 pub mod launcher;

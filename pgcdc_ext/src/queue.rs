@@ -13,7 +13,7 @@ use pgcdc_core::debezium::{Event, Op};
 use pgrx::pg_sys::{self, PgOid};
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
-use pgrx::PgMemoryContexts;
+use pgrx::{PgMemoryContexts, PgTupleDesc};
 
 use crate::datum::PgLsn;
 use crate::position::Position;
@@ -311,7 +311,9 @@ unsafe fn shape_ok(rel: pg_sys::Relation) -> bool {
         if !constr.is_null() && ((*constr).num_check > 0 || (*constr).has_generated_stored) {
             return false;
         }
-        let attrs = (*desc).attrs.as_slice(EVENT_COLUMNS.len());
+        // Borrowed from the relcache (not released); pgrx knows where each version keeps
+        // the attributes (PostgreSQL 18 moved them behind its compact attributes).
+        let attrs = PgTupleDesc::from_pg_unchecked(desc);
         attrs.iter().zip(EVENT_COLUMNS).all(|(a, &(name, typ, nullable))| {
             let attname = std::ffi::CStr::from_ptr(a.attname.data.as_ptr());
             !a.attisdropped
@@ -593,7 +595,7 @@ pub fn remove(feed_id: i32, after: Position, upto: Position) -> Result<(i64, i64
 
 /// The feed's queue counters (`pgcdc.feed_runtime.queued_*`): events and bytes.
 pub fn queued_counters(feed_id: i32) -> (i64, i64) {
-    crate::feed::spi_ok(Spi::connect(|c| {
+    crate::error::spi_ok(Spi::connect(|c| {
         let args = [feed_id.into()];
         let mut out = (0, 0);
         for row in

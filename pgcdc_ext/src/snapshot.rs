@@ -39,7 +39,8 @@ use pgrx::prelude::*;
 use crate::access;
 use crate::catalog::SpiCatalog;
 use crate::datum::PgLsn;
-use crate::feed::{self, raise, required, spi_ok};
+use crate::error::{raise, required, spi_ok};
+use crate::feed;
 use crate::position::Position;
 
 /// Rows per chunk unless `snapshot.fetch.size` says otherwise.

@@ -49,6 +49,7 @@ use pgrx::prelude::*;
 use crate::access;
 use crate::catalog::SpiCatalog;
 use crate::datum::PgLsn;
+use crate::error::spi_ok;
 use crate::feed::{self, Feed, FeedOptions, FeedState, Sink};
 use crate::gucs;
 use crate::position::{dedupe_floor, Confirmer, Position, STANDALONE_ORDINAL};
@@ -217,7 +218,7 @@ struct RuntimeKey {
 impl Worker {
     /// Checks everything in one transaction; Err(exit code) when the worker must not run.
     fn start(feed_id: i32) -> Result<Worker, i32> {
-        let installed = feed::spi_ok(Spi::connect(|c| {
+        let installed = spi_ok(Spi::connect(|c| {
             Ok(c.select("SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pgcdc'", None, &[])?.len() == 1)
         }));
         if !installed {
@@ -229,7 +230,7 @@ impl Worker {
         }
         set_application_name(&format!("{WORKER_TYPE} {}", feed.name));
         // One worker per feed: a session-level lock held until this process exits.
-        let locked: bool = feed::spi_ok(Spi::connect(|c| {
+        let locked: bool = spi_ok(Spi::connect(|c| {
             let args = [feed::LOCK_CLASS_WORKER.into(), feed_id.into()];
             c.select("SELECT pg_catalog.pg_try_advisory_lock($1, $2)", None, &args)?.first().get_one::<bool>()
         }))
@@ -248,7 +249,7 @@ impl Worker {
 
         // The slot must exist and be usable; a WAL sender left from our previous life is
         // ended (one worker per feed holds the lock above).
-        let slot: Option<(Option<i32>, Option<String>, Option<String>)> = feed::spi_ok(Spi::connect(|c| {
+        let slot: Option<(Option<i32>, Option<String>, Option<String>)> = spi_ok(Spi::connect(|c| {
             let args = [feed.slot_name.as_str().into()];
             c.select(
                 "SELECT active_pid, wal_status, database::text FROM pg_catalog.pg_replication_slots \
@@ -282,7 +283,7 @@ impl Worker {
             );
             return Err(0);
         }
-        let publication_exists = feed::spi_ok(Spi::connect(|c| {
+        let publication_exists = spi_ok(Spi::connect(|c| {
             let args = [feed.publication.as_str().into()];
             Ok(c.select("SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1", None, &args)?.len() == 1)
         }));
@@ -301,16 +302,16 @@ impl Worker {
         }
 
         // Streamed transactions that had not committed are sent again from their start.
-        feed::spi_ok(streamed::discard_uncommitted(feed_id));
-        let streams = feed::spi_ok(InProgress::load(feed_id));
-        let last_staged = feed::spi_ok(queue::last_staged(feed_id));
+        spi_ok(streamed::discard_uncommitted(feed_id));
+        let streams = spi_ok(InProgress::load(feed_id));
+        let last_staged = spi_ok(queue::last_staged(feed_id));
         // One count at start (the queue may hold events of an earlier worker), while no ack
         // can commit; from then on the counters in pgcdc.feed_runtime are kept up to date
         // incrementally. Before write_runtime: that locks the runtime row, which ack updates.
-        let Some((staged_rows, staged_bytes)) = feed::spi_ok(queue::count_locked(feed_id, true)) else {
+        let Some((staged_rows, staged_bytes)) = spi_ok(queue::count_locked(feed_id, true)) else {
             return Err(0); // dropped meanwhile
         };
-        let failures: i32 = feed::spi_ok(Spi::connect(|c| {
+        let failures: i32 = spi_ok(Spi::connect(|c| {
             let args = [feed_id.into()];
             c.select("SELECT failures FROM pgcdc.feed_runtime WHERE feed_id = $1", None, &args)?
                 .next()
@@ -374,7 +375,7 @@ impl Worker {
             return Err(0); // dropped meanwhile
         }
         // Absolute counters once: exact, no ack commits between the count and this update.
-        feed::spi_ok(Spi::connect_mut(|c| {
+        spi_ok(Spi::connect_mut(|c| {
             let args = [feed_id.into(), staged_rows.into(), staged_bytes.into()];
             c.update(
                 "UPDATE pgcdc.feed_runtime SET queued_events = $2, queued_bytes = $3 WHERE feed_id = $1",
@@ -562,14 +563,14 @@ impl Worker {
             // queue's triggers).
             let recounted = if self.counted_at.elapsed() >= CAP_RECOUNT {
                 self.counted_at = Instant::now();
-                feed::spi_ok(queue::count_locked(self.feed.id, false))
+                spi_ok(queue::count_locked(self.feed.id, false))
             } else {
                 None
             };
             let (rows, bytes) = match recounted {
                 Some(counted) => {
                     if counted != queue::queued_counters(self.feed.id) && feed::lock_for_worker(self.feed.id) {
-                        feed::spi_ok(Spi::connect_mut(|c| {
+                        spi_ok(Spi::connect_mut(|c| {
                             let args = [self.feed.id.into(), counted.0.into(), counted.1.into()];
                             c.update(
                                 "UPDATE pgcdc.feed_runtime SET queued_events = $2, queued_bytes = $3 \
@@ -651,7 +652,7 @@ impl Worker {
         if !rows.is_empty() {
             match self.feed.sink {
                 Sink::Table => {
-                    feed::spi_ok(self.stager.stage(self.feed.id, &rows));
+                    spi_ok(self.stager.stage(self.feed.id, &rows));
                     self.queued(&rows);
                     self.wake_readers(rows.last().expect("not empty").position);
                 }
@@ -668,9 +669,9 @@ impl Worker {
                         }
                     }
                     let notified = self.last_staged.unwrap_or_default();
-                    feed::spi_ok(self.stager.stage(self.feed.id, &big));
+                    spi_ok(self.stager.stage(self.feed.id, &big));
                     self.queued(&big);
-                    feed::spi_ok(queue::notify(&channel, payloads));
+                    spi_ok(queue::notify(&channel, payloads));
                     // At-most-once: a notified event is done once this transaction commits
                     // (the confirmed LSN reaches the walsender only after the commit).
                     self.notified = self.notified.max(notified);
@@ -866,7 +867,7 @@ impl Worker {
             rows.clear();
             return Ok(());
         }
-        feed::spi_ok(self.stager.stage(self.feed.id, rows));
+        spi_ok(self.stager.stage(self.feed.id, rows));
         self.queued(rows);
         rows.clear();
         Ok(())
@@ -879,7 +880,7 @@ impl Worker {
             self.dropped = true;
             return (0, 0);
         }
-        let removed = feed::spi_ok(streamed::discard(self.feed.id, xid, ordinals));
+        let removed = spi_ok(streamed::discard(self.feed.id, xid, ordinals));
         self.uncount(removed);
         removed
     }
@@ -887,7 +888,7 @@ impl Worker {
     /// NOTIFY the feed's channel at commit: events up to `last` are readable.
     fn wake_readers(&self, last: Position) {
         let payload = format!("{{\"commit_lsn\":\"{}\",\"ordinal\":{}}}", last.commit_lsn, last.ordinal);
-        feed::spi_ok(queue::notify(&self.feed.channel(), vec![payload]));
+        spi_ok(queue::notify(&self.feed.channel(), vec![payload]));
     }
 
     /// Takes `(events, bytes)` removed from the queue off the counters.
@@ -929,7 +930,7 @@ impl Worker {
             self.discard_stream(xid, 1..=self.floor.ordinal);
         }
         let committed = streamed::Committed { commit_lsn, xid, commit, last_ordinal: t.last_ordinal };
-        feed::spi_ok(streamed::record(self.feed.id, &committed));
+        spi_ok(streamed::record(self.feed.id, &committed));
         self.floor = last;
         self.last_staged = Some(self.last_staged.map_or(last, |s| s.max(last)));
         self.wake_readers(last);
@@ -1014,7 +1015,7 @@ impl Worker {
             return false;
         }
         self.runtime_written = Some((key, moved, Instant::now()));
-        feed::spi_ok(Spi::connect_mut(|c| {
+        spi_ok(Spi::connect_mut(|c| {
             let args = [
                 self.feed.id.into(),
                 // SAFETY: MyProcPid is this process's pid.
@@ -1098,7 +1099,7 @@ fn poison_message(feed: &Feed, row: &Row, problem: &str) -> String {
 
 /// Puts a feed in the error state with its reason (the launcher will not restart it).
 fn set_error(feed_id: i32, message: &str) {
-    feed::spi_ok(Spi::connect_mut(|c| {
+    spi_ok(Spi::connect_mut(|c| {
         let args = [feed_id.into(), message.into()];
         c.update(
             "UPDATE pgcdc.feed SET state = 'error', last_error = $2, last_error_at = now() \
@@ -1111,7 +1112,7 @@ fn set_error(feed_id: i32, message: &str) {
 }
 
 fn record_failure_in_tx(feed_id: i32, message: &str, failures: i32) {
-    feed::spi_ok(Spi::connect_mut(|c| {
+    spi_ok(Spi::connect_mut(|c| {
         let args = [feed_id.into(), message.into(), failures.into()];
         c.update("UPDATE pgcdc.feed SET last_error = $2, last_error_at = now() WHERE id = $1", None, &args[..2])?;
         c.update("UPDATE pgcdc.feed_runtime SET failures = $3 WHERE feed_id = $1", None, &args)?;
@@ -1124,7 +1125,7 @@ fn record_failure(feed_id: i32, message: &str) {
     let message = message.to_owned();
     let _ = PgTryBuilder::new(|| {
         in_transaction(|| {
-            let failures: i32 = feed::spi_ok(Spi::connect(|c| {
+            let failures: i32 = spi_ok(Spi::connect(|c| {
                 let args = [feed_id.into()];
                 c.select("SELECT failures FROM pgcdc.feed_runtime WHERE feed_id = $1", None, &args)?
                     .next()
@@ -1143,13 +1144,13 @@ fn record_failure(feed_id: i32, message: &str) {
 /// Ends the WAL sender still holding our slot (left from this feed's previous worker) and
 /// waits up to 10 s for the slot to be released.
 fn terminate_and_wait(pid: i32, slot: &str) {
-    feed::spi_ok(Spi::connect(|c| {
+    spi_ok(Spi::connect(|c| {
         let args = [pid.into()];
         c.select("SELECT pg_catalog.pg_terminate_backend($1, 5000)", None, &args)?;
         Ok(())
     }));
     for _ in 0..100 {
-        let active = feed::spi_ok(Spi::connect(|c| {
+        let active = spi_ok(Spi::connect(|c| {
             let args = [slot.into()];
             c.select("SELECT active_pid FROM pg_catalog.pg_replication_slots WHERE slot_name = $1", None, &args)?
                 .first()
@@ -1196,7 +1197,7 @@ fn is_permanent(err: &WireError) -> bool {
 }
 
 fn slot_exists(slot: &str) -> bool {
-    feed::spi_ok(Spi::connect(|c| {
+    spi_ok(Spi::connect(|c| {
         let args = [slot.into()];
         Ok(c.select("SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1", None, &args)?.len() == 1)
     }))
@@ -1206,7 +1207,7 @@ fn slot_exists(slot: &str) -> bool {
 /// bootstrap superuser (the worker's own user), unless `pgcdc.replication_conninfo` says
 /// otherwise (a libpq connection string: quoted values, escapes, URL form, password file).
 fn connection_for(feed: &Feed, options: &FeedOptions, dbname: &str) -> Result<Connection, String> {
-    let (user, sockdirs, port): (String, String, String) = feed::spi_ok(Spi::connect(|c| {
+    let (user, sockdirs, port): (String, String, String) = spi_ok(Spi::connect(|c| {
         let row = c
             .select(
                 "SELECT current_user::text, current_setting('unix_socket_directories'), \

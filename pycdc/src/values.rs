@@ -186,7 +186,12 @@ pub fn decimal<'py>(py: Python<'py>, n: &Numeric<'_>) -> PyResult<Bound<'py, PyA
         Numeric::NegInfinity => "-Infinity".into(),
         Numeric::Finite { negative, digits, scale } => numeric_text(*negative, digits, *scale).into(),
     };
-    types(py)?.decimal.bind(py).call1((s.as_ref(),))
+    decimal_text(py, &s)
+}
+
+/// `decimal.Decimal(text)`.
+pub fn decimal_text<'py>(py: Python<'py>, text: &str) -> PyResult<Bound<'py, PyAny>> {
+    types(py)?.decimal.bind(py).call1((text,))
 }
 
 /// `(-1)^negative * digits * 10^-scale` as plain decimal text.

@@ -1,4 +1,5 @@
-//! Feeds: the `pgcdc.feed` catalog, feed options, and the SQL API.
+//! The SQL functions of feeds (`#[pg_extern]`, schema `pgcdc`), and the checks of their
+//! arguments.
 //!
 //! Every function validates everything before it changes anything, and reports problems as
 //! errors with a real SQLSTATE and a hint (a NULL argument is 22004, never an internal
@@ -14,14 +15,6 @@
 //! owner ([`authorize`], [`crate::access`]). A role that may not use a feed cannot tell it
 //! from a feed that does not exist.
 //!
-//! Locks on a feed row: `ack`, `alter_feed`, `pause_feed` and `resume_feed` take
-//! `FOR NO KEY UPDATE` (they serialise with each other), `drop_feed` takes `FOR UPDATE`, and
-//! the feed's worker takes `FOR KEY SHARE` in every transaction that stages events or writes
-//! `pgcdc.feed_runtime`: so `drop_feed` waits for a staging step to commit and then deletes
-//! what it staged, and the worker's next step finds the feed gone (no orphan rows). The worker
-//! takes `FOR NO KEY UPDATE` too, first thing, in a transaction that counts the queue
-//! ([`crate::queue::count_locked`]): no ack commits between its count and its counters.
-//!
 //! Only pgcdc removes rows from `pgcdc.event` (`ack`, `reset_feed`, `drop_feed`, the
 //! launcher's clean-up of dropped feeds; [`crate::queue::removing`]): a trigger refuses any
 //! other DELETE or TRUNCATE.
@@ -29,372 +22,26 @@
 use std::collections::BTreeMap;
 use std::ffi::CStr;
 
-use pgcdc_core::debezium::{EncoderOptions, OptionError};
 use pgcdc_core::Lsn;
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
-use pgrx::{pg_sys, JsonB, PgXactCallbackEvent};
+use pgrx::{pg_sys, JsonB};
 use serde_json::Value;
 
+use super::model::{all_option_keys, slot_name, Feed, FeedOptions, Sink, MAX_NAME_LEN};
+use super::store::{
+    acknowledge, authorize, find_feed, load_by_id, lock_by_id, missing_feed, read_rows, wake_at_commit, ReadRow,
+    RowLock, LOCK_CLASS_CREATE, LOCK_CLASS_SLOT,
+};
 use crate::access;
 use crate::datum::{JsonText, PgLsn};
+use crate::error::{quote_for_message, raise, required, spi_ok};
 use crate::gucs;
 use crate::position::{AckError, AckTarget, Delivered, Position};
 use crate::queue;
 use crate::slot;
 use crate::snapshot;
-
-/// Longest feed name: the slot name `pgcdc_<name>` must fit in NAMEDATALEN.
-pub const MAX_NAME_LEN: usize = 40;
-
-/// Advisory-lock class of feed-slot creation/GC (with hashtext(slot name)), of a feed's
-/// worker (with the feed id) and of `create_feed` itself (with 0: serialises the
-/// `pgcdc.max_feeds` count and the name check): "pgcd", "pgcw", "pgcf".
-pub const LOCK_CLASS_SLOT: i32 = 0x7067_6364;
-pub const LOCK_CLASS_WORKER: i32 = 0x7067_6377;
-pub const LOCK_CLASS_CREATE: i32 = 0x7067_6366;
-
-/// `pgcdc.read` stops adding rows once their key, event and headers JSON reach this many
-/// bytes (it always returns at least one row): a result is at most this plus one event.
-pub const READ_BYTE_BUDGET: usize = 64 << 20;
-
-/// Feed-level option keys (the rest are the Debezium encoder's, see [`EncoderOptions`]).
-pub const FEED_KEYS: &[&str] =
-    &["max_staged_rows", "max_staged_bytes", "batch_size", "snapshot.mode", "snapshot.fetch.size", "streaming"];
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Sink {
-    /// Stage events in `pgcdc.event`; NOTIFY `pgcdc_<feed>` once per batch as a wake-up.
-    Table,
-    /// Send each event as a NOTIFY payload on `pgcdc_<feed>`; events over the payload limit
-    /// are staged in `pgcdc.event` and the payload references them.
-    Notify,
-}
-
-impl Sink {
-    pub fn parse(s: &str) -> Option<Sink> {
-        match s {
-            "table" => Some(Sink::Table),
-            "notify" => Some(Sink::Notify),
-            _ => None,
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FeedState {
-    Running,
-    Paused,
-    Error,
-}
-
-impl FeedState {
-    pub fn parse(s: &str) -> FeedState {
-        match s {
-            "paused" => FeedState::Paused,
-            "error" => FeedState::Error,
-            _ => FeedState::Running,
-        }
-    }
-}
-
-/// Validated feed options: the encoder's, plus queue limits and batch size.
-#[derive(Clone, Debug)]
-pub struct FeedOptions {
-    pub encoder: EncoderOptions,
-    pub max_staged_rows: Option<i64>,
-    pub max_staged_bytes: Option<i64>,
-    pub batch_size: Option<i32>,
-    pub snapshot_mode: snapshot::Mode,
-    pub fetch_size: u32,
-    /// Stage big transactions as the server streams them (see `streamed.rs`).
-    pub streaming: bool,
-}
-
-impl FeedOptions {
-    /// Parses a feed's options object. `topic.prefix` defaults to the feed name.
-    pub fn parse(feed_name: &str, options: &Value) -> Result<FeedOptions, String> {
-        let map = options.as_object().ok_or_else(|| format!("options must be a JSON object, not {options}"))?;
-        let mut encoder = EncoderOptions::default();
-        if !map.contains_key("topic.prefix") {
-            encoder.set("topic.prefix", feed_name).map_err(|e| e.to_string())?;
-        }
-        let mut out = FeedOptions {
-            encoder,
-            max_staged_rows: None,
-            max_staged_bytes: None,
-            batch_size: None,
-            snapshot_mode: snapshot::Mode::Initial,
-            fetch_size: snapshot::DEFAULT_FETCH_SIZE,
-            streaming: true,
-        };
-        for (key, value) in map {
-            let text = match value {
-                Value::String(s) => s.clone(),
-                Value::Bool(b) => b.to_string(),
-                Value::Number(n) => n.to_string(),
-                other => return Err(format!("option \"{key}\" must be a string, number or boolean, not {other}")),
-            };
-            let count = |max: i64| -> Result<i64, String> {
-                text.trim().parse::<i64>().ok().filter(|v| (0..=max).contains(v)).ok_or_else(|| {
-                    format!("invalid value {text:?} for option \"{key}\"; expected an integer from 0 to {max}")
-                })
-            };
-            match key.as_str() {
-                "max_staged_rows" => out.max_staged_rows = Some(count(i64::MAX)?),
-                "max_staged_bytes" => out.max_staged_bytes = Some(count(i64::MAX)?),
-                "batch_size" => {
-                    let v = count(1_000_000)?;
-                    if v == 0 {
-                        return Err("option \"batch_size\" must be at least 1".into());
-                    }
-                    out.batch_size = Some(v as i32);
-                }
-                "snapshot.mode" => {
-                    out.snapshot_mode = snapshot::Mode::parse(text.trim()).ok_or_else(|| {
-                        format!(
-                            "invalid value {text:?} for option \"snapshot.mode\"; expected initial, no_data, \
-                             initial_only or when_needed"
-                        )
-                    })?
-                }
-                "snapshot.fetch.size" => {
-                    let v = count(i64::from(snapshot::MAX_FETCH_SIZE))?;
-                    if v == 0 {
-                        return Err("option \"snapshot.fetch.size\" must be at least 1".into());
-                    }
-                    out.fetch_size = v as u32;
-                }
-                "streaming" => {
-                    out.streaming = match text.trim() {
-                        "true" | "on" => true,
-                        "false" | "off" => false,
-                        _ => {
-                            return Err(format!(
-                                "invalid value {text:?} for option \"streaming\"; expected true or false"
-                            ))
-                        }
-                    }
-                }
-                _ => out.encoder.set(key, &text).map_err(|e| match e {
-                    OptionError::UnknownKey(k) => format!("unknown option \"{k}\""),
-                    other => other.to_string(),
-                })?,
-            }
-        }
-        Ok(out)
-    }
-
-    /// Queue cap in rows (0 = none): the feed's option, else `pgcdc.max_staged_rows`.
-    pub fn max_rows(&self) -> i64 {
-        self.max_staged_rows.unwrap_or_else(|| i64::from(gucs::MAX_STAGED_ROWS.get()))
-    }
-
-    /// Queue cap in bytes (0 = none): the feed's option, else `pgcdc.max_staged_bytes`.
-    pub fn max_bytes(&self) -> i64 {
-        self.max_staged_bytes.unwrap_or_else(|| i64::from(gucs::MAX_STAGED_BYTES_KB.get()) * 1024)
-    }
-
-    pub fn batch_size(&self) -> usize {
-        self.batch_size.unwrap_or_else(|| gucs::BATCH_SIZE.get()).max(1) as usize
-    }
-}
-
-fn all_option_keys() -> String {
-    let mut keys: Vec<&str> = EncoderOptions::KNOWN_KEYS.to_vec();
-    keys.extend_from_slice(FEED_KEYS);
-    keys.join(", ")
-}
-
-/// One row of `pgcdc.feed`.
-#[derive(Clone, Debug)]
-pub struct Feed {
-    pub id: i32,
-    pub name: String,
-    pub publication: String,
-    pub slot_name: String,
-    pub sink: Sink,
-    /// The options as stored (jsonb text), to notice changes.
-    pub options_text: String,
-    pub owner: pg_sys::Oid,
-    pub state: FeedState,
-    pub acked: Position,
-}
-
-impl Feed {
-    pub fn options(&self) -> Result<FeedOptions, String> {
-        let value: Value = serde_json::from_str(&self.options_text).map_err(|e| e.to_string())?;
-        FeedOptions::parse(&self.name, &value)
-    }
-
-    /// NOTIFY channel of the feed (feed names need no quoting).
-    pub fn channel(&self) -> String {
-        channel_name(&self.name)
-    }
-}
-
-pub fn channel_name(feed: &str) -> String {
-    format!("pgcdc_{feed}")
-}
-
-pub fn slot_name(feed: &str) -> String {
-    format!("pgcdc_{feed}")
-}
-
-const FEED_COLUMNS: &str = "id, name, publication, slot_name, sink, options::text, owner::oid, \
-                            state, acked_lsn, acked_ordinal";
-
-fn feed_from_row(row: &pgrx::spi::SpiHeapTupleData<'_>) -> Result<Feed, pgrx::spi::Error> {
-    let text = |i: usize| -> Result<String, pgrx::spi::Error> { Ok(row.get::<String>(i)?.unwrap_or_default()) };
-    Ok(Feed {
-        id: row.get::<i32>(1)?.unwrap_or_default(),
-        name: text(2)?,
-        publication: text(3)?,
-        slot_name: text(4)?,
-        sink: Sink::parse(&text(5)?).unwrap_or(Sink::Table),
-        options_text: text(6)?,
-        owner: row.get::<pg_sys::Oid>(7)?.unwrap_or(pg_sys::InvalidOid),
-        state: FeedState::parse(&text(8)?),
-        acked: Position::new(
-            row.get::<PgLsn>(9)?.map(|l| l.0).unwrap_or_default(),
-            row.get::<i32>(10)?.unwrap_or_default().max(0) as u32,
-        ),
-    })
-}
-
-/// The feed row by id (no lock): the worker's view of its feed. Callers hold whatever
-/// identity can read `pgcdc.feed`.
-pub fn load_by_id(id: i32) -> Option<Feed> {
-    spi_ok(Spi::connect(|c| {
-        let args = [id.into()];
-        let table = c.select(&format!("SELECT {FEED_COLUMNS} FROM pgcdc.feed WHERE id = $1"), Some(1), &args)?;
-        table.into_iter().next().map(|row| feed_from_row(&row)).transpose()
-    }))
-}
-
-/// How a SQL function locks the feed row it changes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum RowLock {
-    /// `ack`, `alter_feed`, `pause_feed`, `resume_feed`: serialise with each other, not with
-    /// the worker's `FOR KEY SHARE`.
-    NoKeyUpdate,
-    /// `drop_feed`: waits for the worker's staging step to commit.
-    Update,
-}
-
-/// Locks the feed row and returns it (None: it was dropped meanwhile).
-fn lock_by_id(id: i32, lock: RowLock) -> Option<Feed> {
-    let clause = match lock {
-        RowLock::NoKeyUpdate => "FOR NO KEY UPDATE",
-        RowLock::Update => "FOR UPDATE",
-    };
-    spi_ok(Spi::connect_mut(|c| {
-        let args = [id.into()];
-        let table =
-            c.update(&format!("SELECT {FEED_COLUMNS} FROM pgcdc.feed WHERE id = $1 {clause}"), Some(1), &args)?;
-        table.into_iter().next().map(|row| feed_from_row(&row)).transpose()
-    }))
-}
-
-/// The worker's lock for a transaction that stages events or writes its runtime row
-/// (`FOR KEY SHARE`); false when the feed was dropped (then nothing may be written for it).
-pub fn lock_for_worker(id: i32) -> bool {
-    spi_ok(Spi::connect_mut(|c| {
-        let args = [id.into()];
-        Ok(c.update("SELECT 1 FROM pgcdc.feed WHERE id = $1 FOR KEY SHARE", Some(1), &args)?.len() == 1)
-    }))
-}
-
-/// `(id, owner)` of the feed named `name`, found with a heap scan of `pgcdc.feed`: no SQL
-/// is parsed or run and the identity is the caller's, so nothing the caller controls
-/// (search_path, operators) takes part, and nothing runs as the owner before the caller's
-/// rights are known.
-fn find_feed(name: &str) -> Option<(i32, pg_sys::Oid)> {
-    // SAFETY: catalog lookups, then a heap scan of pgcdc.feed under AccessShareLock with a
-    // registered MVCC snapshot on the main thread in a transaction; the scan and the
-    // relation are closed before returning (or by transaction abort on ERROR). The datums
-    // read are by-value (int4, oid).
-    unsafe {
-        let nsp = pg_sys::get_namespace_oid(c"pgcdc".as_ptr(), true);
-        let relid = if nsp == pg_sys::InvalidOid {
-            pg_sys::InvalidOid
-        } else {
-            pg_sys::get_relname_relid(c"feed".as_ptr(), nsp)
-        };
-        if relid == pg_sys::InvalidOid {
-            raise(
-                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-                "extension pgcdc is not installed in this database".into(),
-                Some("CREATE EXTENSION pgcdc;".into()),
-            );
-        }
-        let attnum = |column: &CStr| i32::from(pg_sys::get_attnum(relid, column.as_ptr()));
-        let (a_id, a_name, a_owner) = (attnum(c"id"), attnum(c"name"), attnum(c"owner"));
-        let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-        let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
-        let text = pg_sys::cstring_to_text_with_len(name.as_ptr().cast(), name.len() as i32);
-        pg_sys::ScanKeyInit(
-            &mut key,
-            a_name as pg_sys::AttrNumber,
-            pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
-            pg_sys::Oid::from(pg_sys::F_TEXTEQ),
-            pg_sys::Datum::from(text),
-        );
-        let snapshot =
-            if pg_sys::ActiveSnapshotSet() { pg_sys::GetActiveSnapshot() } else { pg_sys::GetTransactionSnapshot() };
-        let snapshot = pg_sys::RegisterSnapshot(snapshot);
-        let scan = pg_sys::systable_beginscan(rel, pg_sys::InvalidOid, false, snapshot, 1, &mut key);
-        let tuple = pg_sys::systable_getnext(scan);
-        let found = (!tuple.is_null()).then(|| {
-            let desc = (*rel).rd_att;
-            let mut null = false;
-            let id = pg_sys::heap_getattr(tuple, a_id, desc, &mut null).value() as i32;
-            let owner = pg_sys::Oid::from(pg_sys::heap_getattr(tuple, a_owner, desc, &mut null).value() as u32);
-            (id, owner)
-        });
-        pg_sys::systable_endscan(scan);
-        pg_sys::UnregisterSnapshot(snapshot);
-        pg_sys::table_close(rel, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-        found
-    }
-}
-
-/// The id of the feed `name` if the caller may `action` it. A missing feed is 42704 for
-/// admins; for everyone else a missing feed and a feed they may not use are the same 42501.
-pub(crate) fn authorize(name: &str, action: &str) -> i32 {
-    let caller = access::current_role();
-    match find_feed(name) {
-        Some((id, owner)) if access::may_use_feed(caller, owner) => id,
-        None if access::is_admin(caller) => missing_feed(name),
-        _ => access::deny_feed_access(caller, name, action),
-    }
-}
-
-/// Unwraps a pgrx SPI result; SQL errors themselves already raised a PostgreSQL ERROR.
-pub fn spi_ok<T>(r: Result<T, pgrx::spi::Error>) -> T {
-    r.unwrap_or_else(|e| {
-        ErrorReport::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("pgcdc: SPI: {e}"), "pgcdc")
-            .report(PgLogLevel::ERROR);
-        unreachable!()
-    })
-}
-
-pub(crate) fn raise(code: PgSqlErrorCode, message: String, hint: Option<String>) -> ! {
-    let mut report = ErrorReport::new(code, message, "pgcdc");
-    if let Some(h) = hint {
-        report = report.set_hint(h);
-    }
-    report.report(PgLogLevel::ERROR);
-    unreachable!()
-}
-
-/// The value of a required argument: NULL is 22004.
-pub(crate) fn required<T>(value: Option<T>, argument: &str) -> T {
-    value.unwrap_or_else(|| {
-        raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, format!("{argument} must not be null"), None)
-    })
-}
 
 fn validate_name(name: &str) {
     let ok = !name.is_empty()
@@ -412,19 +59,6 @@ fn validate_name(name: &str) {
             )),
         );
     }
-}
-
-/// Quotes user input for a message, escaping control characters.
-fn quote_for_message(s: &str) -> String {
-    format!("{:?}", s)
-}
-
-fn missing_feed(name: &str) -> ! {
-    raise(
-        PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
-        format!("feed {} does not exist", quote_for_message(name)),
-        Some("SELECT name FROM pgcdc.feeds; lists the feeds you may use.".into()),
-    )
 }
 
 fn parse_options(feed: &str, options: &Value) -> FeedOptions {
@@ -450,53 +84,6 @@ fn with_fresh_snapshot<R>(f: impl FnOnce() -> R) -> R {
     unsafe { pg_sys::PopActiveSnapshot() };
     r
 }
-
-/// Wakes processes at commit: the launcher and/or a feed worker (their latches).
-pub(crate) fn wake_at_commit(launcher: bool, worker_of: Option<i32>) {
-    let pids: Vec<i32> = spi_ok(Spi::connect(|c| {
-        let mut pids = Vec::new();
-        if launcher {
-            for row in c.select(
-                "SELECT pid FROM pg_catalog.pg_stat_activity WHERE backend_type = 'pgcdc launcher'",
-                None,
-                &[],
-            )? {
-                if let Some(pid) = row.get::<i32>(1)? {
-                    pids.push(pid);
-                }
-            }
-        }
-        if let Some(id) = worker_of {
-            let args = [id.into()];
-            for row in c.select("SELECT pid FROM pgcdc.feed_runtime WHERE feed_id = $1", None, &args)? {
-                if let Some(pid) = row.get::<i32>(1)? {
-                    pids.push(pid);
-                }
-            }
-        }
-        Ok(pids)
-    }));
-    // Resolve the PGPROCs now (takes ProcArrayLock); only SetLatch runs at commit. A PGPROC
-    // reused by another process by then just gets a spurious wake-up.
-    let procs: Vec<usize> = pids
-        .into_iter()
-        // SAFETY: BackendPidGetProc returns NULL or a pointer into the shared PGPROC array.
-        .map(|pid| unsafe { pg_sys::BackendPidGetProc(pid) } as usize)
-        .filter(|p| *p != 0)
-        .collect();
-    if procs.is_empty() {
-        return;
-    }
-    pgrx::register_xact_callback(PgXactCallbackEvent::Commit, move || {
-        for p in procs {
-            let proc_ = p as *mut pg_sys::PGPROC;
-            // SAFETY: PGPROC entries live in shared memory for the life of the server.
-            unsafe { pg_sys::SetLatch(&raw mut (*proc_).procLatch) };
-        }
-    });
-}
-
-// ------------------------------------------------------------------------------ SQL API
 
 /// `pgcdc.create_feed(name, publication, sink, options, owner)`: see sql/pgcdc_finalize.sql.
 /// EXECUTE is granted to `pgcdc_admin` only.
@@ -871,26 +458,11 @@ fn alter_feed(name: Option<&str>, options: Option<JsonB>) -> JsonB {
     JsonB(merged)
 }
 
-/// One row of `pgcdc.read`.
-type ReadRow = (
-    PgLsn,
-    i32,
-    PgLsn,
-    Option<i64>,
-    String,
-    String,
-    String,
-    String,
-    Option<JsonText>,
-    Option<JsonText>,
-    Option<JsonText>,
-);
-
 /// `pgcdc.read(feed, max_events, after_lsn, after_ordinal)`: the next staged events after the
 /// acknowledged position (or after the given position), in position order. Reading does not
 /// consume; `pgcdc.ack` does. At most `max_events` rows, and no more rows once their JSON
-/// reaches [`READ_BYTE_BUDGET`] (always at least one): fewer rows than asked for do not
-/// mean the queue is drained; read until a call returns none.
+/// reaches [`READ_BYTE_BUDGET`](super::store::READ_BYTE_BUDGET) (always at least one):
+/// fewer rows than asked for do not mean the queue is drained; read until a call returns none.
 #[allow(clippy::type_complexity)]
 #[pg_extern(volatile)]
 #[search_path(pg_catalog, pg_temp)]
@@ -957,113 +529,6 @@ fn read(
         .collect();
     require_readable(caller, &f, tables);
     TableIterator::new(rows.into_iter().map(|(r, _)| r))
-}
-
-/// The staged events after `after`, in position order: at most `max_events`, and no more once
-/// their JSON reaches [`READ_BYTE_BUDGET`]. Committed streamed transactions (see
-/// [`crate::streamed`]) are merged in at their commit LSNs, their placeholders filled in.
-fn read_rows(
-    feed_id: i32,
-    after: Position,
-    max_events: usize,
-) -> Result<Vec<(ReadRow, Option<pg_sys::Oid>)>, pgrx::spi::Error> {
-    let streams = crate::streamed::committed(feed_id, after.commit_lsn)?;
-    let mut rows = Vec::new();
-    let mut bytes = 0usize;
-    let mut from = after;
-    for stream in streams.iter().map(Some).chain([None]) {
-        // Events at their own positions, up to the next streamed transaction's commit.
-        let before = stream.map_or(crate::streamed::PROVISIONAL, |t| t.commit_lsn);
-        fetch_events(feed_id, (from, before), None, max_events, &mut rows, &mut bytes)?;
-        let Some(t) = stream else { break };
-        if rows.len() >= max_events || bytes >= READ_BYTE_BUDGET {
-            break;
-        }
-        // Then the streamed transaction's, shown at its commit.
-        let ordinal = if from.commit_lsn == t.commit_lsn { from.ordinal } else { 0 };
-        let at = Position::new(crate::streamed::provisional(t.xid), ordinal);
-        let until = Lsn(crate::streamed::provisional(t.xid).0 + 1);
-        fetch_events(feed_id, (at, until), Some(t), max_events, &mut rows, &mut bytes)?;
-        if rows.len() >= max_events || bytes >= READ_BYTE_BUDGET {
-            break;
-        }
-        from = Position::whole(t.commit_lsn);
-    }
-    Ok(rows)
-}
-
-/// Appends the events in `(after, before)` (after a position, below a commit LSN) to `rows`,
-/// until `max_events` or the byte budget. `streamed`: they are that streamed transaction's,
-/// shown at its commit.
-fn fetch_events(
-    feed_id: i32,
-    (after, before): (Position, Lsn),
-    streamed: Option<&crate::streamed::Committed>,
-    max_events: usize,
-    rows: &mut Vec<(ReadRow, Option<pg_sys::Oid>)>,
-    bytes: &mut usize,
-) -> Result<(), pgrx::spi::Error> {
-    let want = max_events.saturating_sub(rows.len());
-    if want == 0 {
-        return Ok(());
-    }
-    // The primary key (feed_id, commit_lsn, ordinal) answers this in order whatever the
-    // statistics say: without ANALYZE the planner may otherwise sort the whole queue.
-    access::with_settings(
-        &[(c"enable_seqscan", c"off"), (c"enable_bitmapscan", c"off"), (c"enable_sort", c"off")],
-        || {
-            Spi::connect(|c| {
-                let args = [
-                    feed_id.into(),
-                    PgLsn(after.commit_lsn).into(),
-                    (after.ordinal as i32).into(),
-                    PgLsn(before).into(),
-                    (want as i64).into(),
-                ];
-                let cursor_rows = c.select(
-                    "SELECT commit_lsn, ordinal, lsn, xid, op, schema_name, table_name, topic, key, value, \
-                 headers::text, relid FROM pgcdc.event \
-                 WHERE feed_id = $1 AND (commit_lsn, ordinal) > ($2, $3) AND commit_lsn < $4 \
-                 ORDER BY commit_lsn, ordinal LIMIT $5",
-                    None,
-                    &args,
-                )?;
-                for row in cursor_rows {
-                    let key = row.get::<String>(9)?;
-                    let mut value = row.get::<String>(10)?;
-                    let headers = row.get::<String>(11)?;
-                    let mut commit_lsn = row.get::<PgLsn>(1)?.unwrap_or_default();
-                    if let Some(t) = streamed {
-                        commit_lsn = PgLsn(t.commit_lsn);
-                        value = value.map(|v| t.commit.bind(&v));
-                    }
-                    *bytes += key.as_ref().map_or(0, String::len)
-                        + value.as_ref().map_or(0, String::len)
-                        + headers.as_ref().map_or(0, String::len);
-                    rows.push((
-                        (
-                            commit_lsn,
-                            row.get::<i32>(2)?.unwrap_or_default(),
-                            row.get::<PgLsn>(3)?.unwrap_or_default(),
-                            row.get::<i64>(4)?,
-                            row.get::<String>(5)?.unwrap_or_default(),
-                            row.get::<String>(6)?.unwrap_or_default(),
-                            row.get::<String>(7)?.unwrap_or_default(),
-                            row.get::<String>(8)?.unwrap_or_default(),
-                            key.map(JsonText),
-                            value.map(JsonText),
-                            headers.map(JsonText),
-                        ),
-                        row.get::<pg_sys::Oid>(12)?,
-                    ));
-                    if *bytes >= READ_BYTE_BUDGET {
-                        break;
-                    }
-                }
-                Ok(())
-            })
-        },
-    )
 }
 
 /// The tables `publication` publishes now: (oid, display name).
@@ -1264,39 +729,6 @@ fn reset_feed(name: Option<&str>) -> PgLsn {
         acknowledge(&f, to);
         PgLsn(to.commit_lsn)
     })
-}
-
-/// Moves the (locked) feed's acknowledged position to `new_acked`, removes the events at or
-/// below it and lowers the queue counters; wakes the worker at commit. Returns how many events
-/// it removed.
-fn acknowledge(f: &Feed, new_acked: Position) -> i64 {
-    let (streamed, streamed_bytes) = spi_ok(crate::streamed::remove_acknowledged(f.id, f.acked, new_acked));
-    // Everything at or below the previous acknowledged position is gone already: the lower
-    // bound keeps the index scan to the newly acknowledged range.
-    let (in_queue, in_queue_bytes) = spi_ok(queue::remove(f.id, f.acked, new_acked));
-    let removed = spi_ok(Spi::connect_mut(|c| {
-        let args = [f.id.into(), PgLsn(new_acked.commit_lsn).into(), (new_acked.ordinal as i32).into()];
-        let removed = in_queue + streamed;
-        let bytes = in_queue_bytes + streamed_bytes;
-        c.update(
-            "UPDATE pgcdc.feed SET acked_lsn = $2, acked_ordinal = $3, acked_at = now() WHERE id = $1",
-            None,
-            &args,
-        )?;
-        if removed > 0 {
-            // The worker's queue counters (see pgcdc.feed_runtime).
-            let args = [f.id.into(), removed.into(), bytes.into()];
-            c.update(
-                "UPDATE pgcdc.feed_runtime SET queued_events = greatest(queued_events - $2, 0), \
-                 queued_bytes = greatest(queued_bytes - $3, 0) WHERE feed_id = $1",
-                None,
-                &args,
-            )?;
-        }
-        Ok(removed)
-    }));
-    wake_at_commit(false, Some(f.id));
-    removed
 }
 
 fn current_database() -> String {
