@@ -3,6 +3,9 @@
 #   make demo            build everything, start a throwaway cluster with pgcdc, stream live
 #                        events to the terminal (FOLLOW=1 keeps streaming until Ctrl-C)
 #   make test            install whatever is missing, lint, then run every test suite
+#                        (PG_MAJOR=13..18 picks the server version; 15 by default)
+#   make test-matrix     make test on every version, one after the other
+#   make test-smoke      the smoke suite only (PG_MAJOR=N); .ci/run: 15 and 18 full, smoke on the rest
 #   make lint            rustfmt, clippy (-D warnings), mypy --strict, ruff check and format --check
 #   make bench           every benchmark (core, extension staging, Python client), ratios
 #   make golden-capture  regenerate pgcdc_core/tests/fixtures/ from a throwaway PostgreSQL
@@ -17,21 +20,42 @@ SHELL          := /bin/bash
 # --keep-going: one failing suite must not hide the results of the others.
 MAKEFLAGS      += --no-print-directory --keep-going
 
+# PostgreSQL major version to build and test against (13-18): 15 is Debian's, the others are
+# fetched into $(PGVERS_ROOT)/<major> by tests/get-pg.sh (checksummed, cached downloads).
 PG_MAJOR       ?= 15
-PG_CONFIG      ?= /usr/lib/postgresql/$(PG_MAJOR)/bin/pg_config
+PG_VERSIONS    := 13 14 15 16 17 18
+# Outside the checkout (a fresh clone on the same machine reuses them), readable by the
+# postgres OS user that runs the test servers.
+PGVERS_ROOT    ?= /var/cache/pgcdc/pgvers
+export PGVERS_CACHE ?= /var/cache/pgcdc/downloads
+# Derived from PG_MAJOR unless given on the command line (an inherited environment value
+# may belong to another version: test-matrix runs one make per version).
+ifneq ($(origin PG_CONFIG),command line)
+ifeq ($(PG_MAJOR),15)
+PG_CONFIG      := /usr/lib/postgresql/15/bin/pg_config
+else
+PG_CONFIG      := $(PGVERS_ROOT)/$(PG_MAJOR)/bin/pg_config
+endif
+endif
+ifeq ($(filter $(PG_MAJOR),$(PG_VERSIONS)),)
+$(error PG_MAJOR=$(PG_MAJOR): supported versions are $(PG_VERSIONS))
+endif
 PGRX_VERSION   := 0.18.1
-PGRX_HOME      ?= $(HOME)/.pgrx
+# One private pgrx home per version: `cargo pgrx init` of one never disturbs another.
+ifneq ($(origin PGRX_HOME),command line)
+PGRX_HOME      := $(CURDIR)/target/pgrx-home/pg$(PG_MAJOR)
+endif
 PYTHON         ?= python3
 VENV           := .venv
 PY             := $(VENV)/bin/python
 PYTEST_TIMEOUT ?= 600
-PGRX_TEST_PGDATA ?= /tmp/pgcdc-test-pgdata
+PGRX_TEST_PGDATA ?= /tmp/pgcdc-test-pgdata-pg$(PG_MAJOR)
 # PY_RELEASE=1: optimised Python extension (slower to build; benchmarks use it).
 PY_RELEASE     ?=
 
 # Debian packages: server + headers (pgrx), contrib (hstore), clang (bindgen), sudo
 # (pgrx tests as root), iproute2 (`ip` for netns port ranges), libssl-dev.
-APT_PACKAGES := postgresql-$(PG_MAJOR) postgresql-server-dev-$(PG_MAJOR) postgresql-contrib \
+APT_PACKAGES := postgresql-15 postgresql-server-dev-15 postgresql-contrib \
                 libclang-dev clang pkg-config sudo iproute2 libssl-dev
 
 # root runs apt directly; anyone else needs sudo.
@@ -39,7 +63,7 @@ SUDO := $(shell if [ "$$(id -u)" = 0 ]; then echo; elif command -v sudo >/dev/nu
 
 export PG_CONFIG PGRX_HOME
 
-.PHONY: test test-core test-ext test-ext-pgrx test-ext-e2e test-py deps deps-os deps-pgrx venv \
+.PHONY: test test-core test-ext test-ext-pgrx test-ext-e2e test-py test-matrix test-smoke deps deps-os deps-pg deps-pgrx venv \
         ext-install py-develop demo lint bench bench-core bench-ext bench-py bench-snapshot bench-stream golden-capture clean
 
 # ---------------------------------------------------------------- tests
@@ -75,6 +99,20 @@ test-py: deps-os venv ext-install py-develop
 	@echo "==> test-py: pytest tests (timeout $(PYTEST_TIMEOUT)s per test)"
 	@$(VENV)/bin/pytest tests -v --timeout=$(PYTEST_TIMEOUT) --ignore-glob='tests/test_ext_*.py'
 
+# Every version, one after the other (one pgrx build at a time): the full suite on each.
+test-matrix:
+	@for v in $(PG_VERSIONS); do \
+	  echo "==> test-matrix: PostgreSQL $$v"; \
+	  $(MAKE) test PG_MAJOR=$$v || failed="$$failed $$v"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "test-matrix: failed on PostgreSQL$$failed" >&2; exit 1; fi
+
+# The smoke suite (tests marked `smoke`: feed of every type-matrix kind, ack, crash-restart
+# accounting, reader streaming) against PostgreSQL $(PG_MAJOR).
+test-smoke: deps ext-install py-develop
+	@echo "==> test-smoke: pytest -m smoke on PostgreSQL $(PG_MAJOR)"
+	@$(VENV)/bin/pytest tests -m smoke -v --timeout=$(PYTEST_TIMEOUT)
+
 # ---------------------------------------------------------------- build and install
 ext-install: deps-pgrx
 	@echo "==> ext-install: pgcdc_ext (release) into $(PG_CONFIG)'s directories"
@@ -89,7 +127,12 @@ demo: deps ext-install py-develop
 	@$(PY) tests/demo.py $(if $(FOLLOW),--follow)
 
 # ---------------------------------------------------------------- dependencies
-deps: deps-os deps-pgrx venv
+deps: deps-os deps-pg deps-pgrx venv
+
+# PostgreSQL $(PG_MAJOR) with headers and pg_config: Debian's 15, or fetched (tests/get-pg.sh).
+deps-pg: deps-os
+	@if [ "$(PG_MAJOR)" = 15 ]; then echo "==> deps-pg: PostgreSQL 15 from Debian"; \
+	else tests/get-pg.sh $(PG_MAJOR) $(PGVERS_ROOT)/$(PG_MAJOR); fi
 
 deps-os:
 	@missing=""; \
@@ -104,7 +147,7 @@ deps-os:
 	$(SUDO) apt-get update -qq; \
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null
 
-deps-pgrx: deps-os
+deps-pgrx: deps-os deps-pg
 	@if cargo pgrx --version 2>/dev/null | grep -qx 'cargo-pgrx $(PGRX_VERSION)'; then \
 	  echo "==> deps-pgrx: cargo-pgrx $(PGRX_VERSION) ok"; \
 	else \
@@ -114,7 +157,8 @@ deps-pgrx: deps-os
 	@if grep -qs '^pg$(PG_MAJOR) *=' "$(PGRX_HOME)/config.toml"; then \
 	  echo "==> deps-pgrx: pgrx knows pg$(PG_MAJOR)"; \
 	else \
-	  echo "==> deps-pgrx: cargo pgrx init --pg$(PG_MAJOR) $(PG_CONFIG)"; \
+	  echo "==> deps-pgrx: cargo pgrx init --pg$(PG_MAJOR) $(PG_CONFIG) (PGRX_HOME $(PGRX_HOME))"; \
+	  mkdir -p "$(PGRX_HOME)"; \
 	  cargo pgrx init --pg$(PG_MAJOR) $(PG_CONFIG) >/dev/null; \
 	fi
 

@@ -464,13 +464,21 @@ def check_typematrix(fx: dict[str, Any]) -> None:
     _expect(("U", "public.tm_toast", ("N:ttt",)) in s, "tm_toast update carries the full value")
 
 
+def major(fx: dict[str, Any]) -> int:
+    """Major version of the server a fixture was captured from."""
+    return int(fx["server_version"].split(".")[0])
+
+
 def check_streaming(fx: dict[str, Any]) -> None:
     s = structure(fx)
     t = tags(fx)
     _expect("S" in t and "E" in t, "streamed chunks")
     _expect(t.count("c") == 2, "two Stream Commits")
     aborts = [x for x in s if x[0] == "A"]
-    _expect(("A", "top") in aborts and ("A", "sub") in aborts, "top-level and subxact Stream Abort")
+    _expect(("A", "sub") in aborts, "subxact Stream Abort")
+    # PostgreSQL 18 no longer streams a transaction it already knows is aborted when it
+    # decodes it (this capture decodes after the workload): no top-level abort there.
+    _expect(("A", "top") in aborts or major(fx) >= 18, "top-level Stream Abort")
     _expect(sum(1 for x in s if x[0] == "I") >= 2000 + 100, "all committed inserts present")
     _expect(t.endswith("BRIC") or t.endswith("BIC"), "small transaction last, not streamed")
 
@@ -482,6 +490,11 @@ def check_twophase(fx: dict[str, Any]) -> None:
             f"Begin Prepare/Prepare/Commit Prepared g1 then .../Rollback Prepared g2, got {kinds}")
     _expect(tags(fx).endswith("BIC"), "ordinary transaction last")
 
+
+#: Fixtures whose message sequence depends on the server version: compared message by message
+#: with a fresh capture only from the version they were captured from (their checks and the
+#: Rust golden tests still run on every version's fresh bytes).
+VERSION_DEPENDENT = {"streaming_proto2"}
 
 CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {
     "typematrix_proto1": check_typematrix,

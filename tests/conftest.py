@@ -17,6 +17,13 @@ from pgcluster import Cluster  # noqa: E402
 _db_counter = itertools.count(1)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "smoke: the short suite run on every PostgreSQL version (make test-smoke PG_MAJOR=N)",
+    )
+
+
 @pytest.fixture(scope="session")
 def cluster(request: pytest.FixtureRequest):
     """A running throwaway cluster (wal_level=logical), stopped when the session ends."""

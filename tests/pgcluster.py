@@ -27,6 +27,7 @@ Only the standard library is needed to run a cluster; :meth:`Cluster.execute` an
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import shutil
 import signal
@@ -91,6 +92,16 @@ def pg_bindir() -> Path:
         return Path(out)
     except (OSError, subprocess.CalledProcessError):
         return Path(DEFAULT_PG_CONFIG).parent
+
+
+@functools.lru_cache(maxsize=None)
+def pg_major() -> int:
+    """Major version of the server binaries the tests run (pg_bindir's postgres)."""
+    out = subprocess.run(
+        [str(pg_bindir() / "postgres"), "--version"], check=True, capture_output=True, text=True
+    ).stdout
+    # "postgres (PostgreSQL) 18.6"
+    return int(out.split()[-1].split(".")[0])
 
 
 def free_port() -> int:

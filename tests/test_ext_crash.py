@@ -14,6 +14,7 @@ import time
 import psycopg
 import pytest
 
+from pgcluster import pg_major
 from ext_support import (
     Standby,
     collect,
@@ -56,6 +57,7 @@ def ack_event(c, feed: str, ev) -> int:
     return event_json(ev)["after"]["id"]
 
 
+@pytest.mark.smoke
 def test_kill9_postmaster_mid_stream_loses_nothing_and_returns_nothing_acked():
     c = start_cluster("pgcdc-crash")
     try:
@@ -335,6 +337,81 @@ def test_a_hot_standby_runs_no_pgcdc_process_and_feeds_resume_safely_after_promo
         assert ids_of(collect(c, "hsf", 12))[-2:] == [11, 12]
     finally:
         standby.stop()
+        c.stop()
+
+
+@pytest.mark.smoke
+def test_a_failover_slot_feed_survives_promotion_of_a_standby_that_synced_it():
+    """`slot.failover` (PostgreSQL 17+): the standby synchronizes the feed's slot; after its
+    promotion the feed goes on there with exactly the events not acknowledged."""
+    c = start_cluster("pgcdc-fo-primary")
+    standby = None
+    try:
+        c.execute("CREATE TABLE fo_t (id int PRIMARY KEY, v text)")
+        c.execute("CREATE PUBLICATION fo_p FOR TABLE fo_t")
+        create = (
+            "SELECT pgcdc.create_feed('fo', publication => 'fo_p', "
+            "options => '{\"snapshot.mode\": \"no_data\", \"slot.failover\": true}')"
+        )
+        if pg_major() < 17:
+            with pytest.raises(psycopg.errors.InvalidParameterValue, match="PostgreSQL 17 or later"):
+                c.execute(create)
+            return
+        c.execute("SELECT pg_create_physical_replication_slot('fo_standby')")
+        # The feed never gets ahead of the standby: what it has, the standby has.
+        c.execute("ALTER SYSTEM SET synchronized_standby_slots = 'fo_standby'")
+        c.execute("SELECT pg_reload_conf()")
+        c.execute(create)
+        assert c.execute("SELECT failover FROM pg_replication_slots WHERE slot_name = 'pgcdc_fo'") == [(True,)]
+        standby = Standby(c, "pgcdc-fo-standby", sync_replication_slots=True, hot_standby_feedback=True,
+                          primary_slot_name="fo_standby")
+        standby.init()
+        # Slot synchronization connects to a database: pg_basebackup -R wrote none.
+        with (standby.datadir / "postgresql.auto.conf").open("a") as f:
+            f.write(f"primary_conninfo = 'host=127.0.0.1 port={c.port} user={c.superuser} dbname=postgres'\n")
+        standby.start()
+        insert(c, "fo_t", 1, 5, per_tx=1)
+        evs = collect(c, "fo", 5)
+        assert ids_of(evs) == list(range(1, 6))
+        assert ack_event(c, "fo", evs[4]) == 5
+
+        def confirmed(server) -> int:
+            rows = server.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots "
+                                  "WHERE slot_name = 'pgcdc_fo'")
+            return lsn_int(rows[0][0]) if rows and rows[0][0] else 0
+
+        wait_until(lambda: confirmed(c) > lsn_int(evs[4]["commit_lsn"]), 30,
+                   "the primary's slot to move past the acknowledged events")
+
+        def synced() -> bool:
+            # The standby takes the slot over only once the slot needs no older catalog rows
+            # than the standby has: a running-xacts record lets an idle slot move on.
+            c.execute("SELECT pg_log_standby_snapshot()")
+            rows = standby.execute("SELECT synced FROM pg_replication_slots WHERE slot_name = 'pgcdc_fo'")
+            return bool(rows) and rows[0][0] and confirmed(standby) > lsn_int(evs[4]["commit_lsn"])
+
+        wait_until(synced, 120, "the standby to synchronize the feed's slot", interval=1.0)
+        insert(c, "fo_t", 6, 15, per_tx=1)
+        assert ids_of(collect(c, "fo", 10)) == list(range(6, 16))
+        end = c.execute("SELECT pg_current_wal_lsn()::text")[0][0]
+        wait_until(lambda: lsn_int(standby.execute("SELECT pg_last_wal_replay_lsn()::text")[0][0]) >= lsn_int(end),
+                   30, "the standby to replay everything")
+        c.stop("immediate")  # the primary is gone
+        standby.execute("SELECT pg_promote()")
+        # The base backup copied the old primary's synchronized_standby_slots: the new one has
+        # no standby yet, and would hold logical changes back waiting for it.
+        standby.execute("ALTER SYSTEM RESET synchronized_standby_slots")
+        standby.execute("SELECT pg_reload_conf()")
+        got = collect(standby, "fo", 10, timeout=90)
+        assert ids_of(got) == list(range(6, 16)), "exactly the unacknowledged events, none acknowledged"
+        time.sleep(1.0)
+        assert len(read_events(standby, "fo")) == 10
+        assert status(standby, "fo")["state"] == "running"
+        insert(standby, "fo_t", 16, 16, per_tx=1)
+        assert ids_of(collect(standby, "fo", 11))[-1] == 16
+    finally:
+        if standby is not None:
+            standby.stop()
         c.stop()
 
 

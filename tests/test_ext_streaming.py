@@ -17,6 +17,7 @@ import time
 import pgcdc
 import psycopg
 import pytest
+from pgcluster import pg_major
 from ext_support import (
     Consumer,
     collect,
@@ -80,6 +81,7 @@ def read_all(c, feed: str) -> list[dict]:
         out += page
 
 
+@pytest.mark.smoke
 def test_a_streamed_transaction_is_staged_before_its_commit_and_readable_at_it():
     c = start_cluster("pgcdc-stream", **STREAMING)
     try:
@@ -90,11 +92,17 @@ def test_a_streamed_transaction_is_staged_before_its_commit_and_readable_at_it()
             conn.commit()
             for lo in range(11, 20011, 1000):
                 insert(conn, "sf_t", lo, lo + 999)
-            # Still open: the feed staged (part of) it already, and shows none of it.
-            wait_until(lambda: provisional(c, "sf") > 5000, 60, "the open transaction to be staged")
+            if pg_major() >= 14:
+                # Still open: the feed staged (part of) it already, and shows none of it.
+                wait_until(lambda: provisional(c, "sf") > 5000, 60, "the open transaction to be staged")
+            else:
+                # PostgreSQL 13 has no streaming (protocol 1): the server holds it until COMMIT.
+                time.sleep(1.0)
+                assert provisional(c, "sf") == 0
             assert ids_of(read_events(c, "sf")) == list(range(1, 11))
             conn.commit()
-        assert streamed_txns(c, "sf") >= 1, "the walsender streamed it"
+        if pg_major() >= 14:
+            assert streamed_txns(c, "sf") >= 1, "the walsender streamed it"
         evs = collect(c, "sf", 20010)
         assert ids_of(evs) == list(range(1, 20011))
         big = evs[10:]
@@ -110,11 +118,12 @@ def test_a_streamed_transaction_is_staged_before_its_commit_and_readable_at_it()
                 for k in ("ts_ms", "ts_us", "ts_ns"):
                     v.pop(k)
             assert ours == theirs
-        assert provisional(c, "sf") == 20000, "they wait where they were staged until acknowledged"
+        streamed = 20000 if pg_major() >= 14 else 0
+        assert provisional(c, "sf") == streamed, "they wait where they were staged until acknowledged"
         # Acknowledging by position inside it, then the rest by its commit LSN.
         c.execute("SELECT pgcdc.ack('sf', %s, %s)", params=[big[9999]["commit_lsn"], big[9999]["ordinal"]])
         assert ids_of(read_events(c, "sf", limit=3)) == [10011, 10012, 10013]
-        assert provisional(c, "sf") == 10000
+        assert provisional(c, "sf") == streamed // 2
         c.execute("SELECT pgcdc.ack('sf', %s)", params=[big[0]["commit_lsn"]])
         assert read_events(c, "sf") == [] and provisional(c, "sf") == 0
         assert c.execute("SELECT count(*) FROM pgcdc.stream_commit")[0][0] == 0

@@ -63,6 +63,8 @@ def test_fresh_capture_matches_committed(name: str, fresh: Path) -> None:
     for key in ("database", "publication", "slot", "two_phase", "protocol_version", "options",
                 "settings", "workload"):
         assert old[key] == new[key], f"{key} differs: rerun `make golden-capture`"
+    if name in golden.VERSION_DEPENDENT and golden.major(old) != golden.major(new):
+        return
     assert golden.tags(old) == golden.tags(new), "message tag sequence differs"
     s_old, s_new = golden.structure(old), golden.structure(new)
     assert s_old == s_new, "structure differs at " + _first_difference(s_old, s_new)

@@ -72,6 +72,7 @@ def acked(pg, feed: str) -> tuple[str, int]:
     return tuple(pg.execute("SELECT acked_lsn::text, acked_ordinal FROM pgcdc.feed WHERE name = %s", params=[feed])[0])
 
 
+@pytest.mark.smoke
 def test_stream_acknowledge_and_resume(pg) -> None:
     f = new_feed(pg)
     insert(pg, f, 1)
@@ -228,6 +229,7 @@ TYPEMATRIX_OPTIONS = {
 }
 
 
+@pytest.mark.smoke
 def test_typematrix_values() -> None:
     """Every type of typematrix.sql through two feeds with different Debezium options."""
     import datetime as dt

@@ -19,7 +19,7 @@ try:
     import pgcdc
 except ImportError as e:  # make test builds it first; never skip
     raise ImportError("the Python package pgcdc is not built (run: make py-develop)") from e
-from pgcluster import Cluster
+from pgcluster import Cluster, pg_major
 from pyhelpers import (
     TYPEMATRIX_ROW1,
     FakeServer,
@@ -84,6 +84,7 @@ def setup_simple(cluster: Cluster, db: str, identity_full: bool = False) -> None
 # ----------------------------------------------------------------- event kinds
 
 
+@pytest.mark.smoke
 def test_every_event_kind(cluster: Cluster, fresh_db: str) -> None:
     setup_simple(cluster, fresh_db)
     cluster.execute("INSERT INTO items VALUES (1, 'a', 1), (2, 'b', 2)", fresh_db)
@@ -96,10 +97,21 @@ def test_every_event_kind(cluster: Cluster, fresh_db: str) -> None:
     cluster.execute("INSERT INTO items VALUES (9, 'z', 9)", fresh_db)
 
     async def main() -> None:
-        r = reader(cluster, fresh_db, include_truncate=True, include_messages=True, auto_acknowledge=False)
-        evs = await take(r, 10)
-        ops = [e.op for e in evs]
-        assert ops == ["c", "c", "u", "d", "c", "d", "t", "m", "m", "c"], ops
+        if pg_major() < 14:
+            # pgoutput sends logical decoding messages from 14 on: asking is a clear error.
+            r = reader(cluster, fresh_db, include_messages=True, reconnect=False)
+            with pytest.raises(pgcdc.NotSupportedError, match="PostgreSQL 14 or later"):
+                await take(r, 1)
+            await r.stop()
+            r = reader(cluster, fresh_db, include_truncate=True, auto_acknowledge=False)
+            evs = await take(r, 8)
+            assert [e.op for e in evs] == ["c", "c", "u", "d", "c", "d", "t", "c"]
+            evs[7:7] = [None, None]  # where the messages would be
+        else:
+            r = reader(cluster, fresh_db, include_truncate=True, include_messages=True, auto_acknowledge=False)
+            evs = await take(r, 10)
+            ops = [e.op for e in evs]
+            assert ops == ["c", "c", "u", "d", "c", "d", "t", "m", "m", "c"], ops
         ins, _, upd, kd, kc, dele, trunc, msg, nontx, last = evs
         assert ins.before is None and ins.after == {"id": 1, "name": "a", "qty": 1}
         assert upd.after == {"id": 1, "name": "a", "qty": 10} and upd.before is None  # default identity
@@ -107,8 +119,9 @@ def test_every_event_kind(cluster: Cluster, fresh_db: str) -> None:
         assert kc.after == {"id": 3, "name": "b", "qty": 2}
         assert dele.before == {"id": 1, "name": None, "qty": None}
         assert trunc.before is None and trunc.after is None and trunc.table == "public.items"
-        assert msg.message == {"prefix": "outbox", "content": b"hello", "transactional": True}
-        assert nontx.message == {"prefix": "nontx", "content": b"\x00\xff", "transactional": False}
+        if msg is not None:
+            assert msg.message == {"prefix": "outbox", "content": b"hello", "transactional": True}
+            assert nontx.message == {"prefix": "nontx", "content": b"\x00\xff", "transactional": False}
         assert last.after["id"] == 9
         # Debezium envelope
         assert ins.source["table"] == "items" and ins.source["schema"] == "public"
@@ -173,6 +186,7 @@ def _streamed_workload(cluster: Cluster, db: str) -> list[int]:
     return list(range(1, 11)) + list(range(9001, 9006)) + list(range(11, 8001)) + list(range(8001, 8011))
 
 
+@pytest.mark.smoke
 def test_streamed_transactions_are_held_until_their_commit(cluster: Cluster, fresh_db: str) -> None:
     committed = _streamed_workload(cluster, fresh_db)
 
@@ -199,7 +213,11 @@ def test_streamed_transactions_are_held_until_their_commit(cluster: Cluster, fre
     server, _ = run(read("s_off", streaming=False))
     assert [e["after"]["id"] for e in in_memory if e["op"] == "c"] == committed
     assert in_memory == on_disk == server, "streamed or not, in memory or on disk: the same records"
-    assert mem_spilled == 0 and disk_spilled > 64 * 1024, (mem_spilled, disk_spilled)
+    assert mem_spilled == 0, mem_spilled
+    if pg_major() < 14:
+        assert disk_spilled == 0, "nothing streamed, nothing held"
+        return  # no streaming (protocol 1) and no pg_stat_replication_slots before 14
+    assert disk_spilled > 64 * 1024, disk_spilled
     stats = dict(
         (row[0], row[1:])
         for row in cluster.execute(
@@ -208,7 +226,9 @@ def test_streamed_transactions_are_held_until_their_commit(cluster: Cluster, fre
     )
     for slot in ("s_mem", "s_disk"):
         stream_txns, spill_bytes = stats[slot]
-        assert stream_txns >= 2 and spill_bytes == 0, (slot, stats[slot])
+        # The big committed one; the aborted one too up to 17 (18 skips decoding it: it is
+        # known aborted by the time the walsender reaches it).
+        assert stream_txns >= (2 if pg_major() < 18 else 1) and spill_bytes == 0, (slot, stats[slot])
     assert stats["s_off"][0] == 0 and stats["s_off"][1] > 0, stats["s_off"]
 
 
@@ -268,6 +288,7 @@ def _typematrix(cluster: Cluster, db: str) -> None:
     cluster.psql("-f", "-", dbname=db, input=dml)
 
 
+@pytest.mark.smoke
 def test_typematrix_values_round_trip(cluster: Cluster, fresh_db: str) -> None:
     _typematrix(cluster, fresh_db)
 

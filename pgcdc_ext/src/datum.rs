@@ -18,12 +18,18 @@ impl From<Lsn> for PgLsn {
     }
 }
 
+/// `pg_lsn`'s type OID (named `LSNOID` in PostgreSQL 13's headers).
+#[cfg(feature = "pg13")]
+pub const PG_LSN_OID: pg_sys::Oid = pg_sys::LSNOID;
+#[cfg(not(feature = "pg13"))]
+pub const PG_LSN_OID: pg_sys::Oid = pg_sys::PG_LSNOID;
+
 impl IntoDatum for PgLsn {
     fn into_datum(self) -> Option<pg_sys::Datum> {
         Some(pg_sys::Datum::from(self.0 .0))
     }
     fn type_oid() -> pg_sys::Oid {
-        pg_sys::PG_LSNOID
+        PG_LSN_OID
     }
 }
 

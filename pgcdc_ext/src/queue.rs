@@ -15,7 +15,7 @@ use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
 use pgrx::{PgMemoryContexts, PgTupleDesc};
 
-use crate::datum::PgLsn;
+use crate::datum::{PgLsn, PG_LSN_OID};
 use crate::position::Position;
 
 /// PostgreSQL refuses NOTIFY payloads of 8000 bytes or more.
@@ -139,9 +139,9 @@ const INSERT_SQL: &str = "INSERT INTO pgcdc.event \
 /// and whether they may be NULL.
 const EVENT_COLUMNS: &[(&str, pg_sys::Oid, bool)] = &[
     ("feed_id", pg_sys::INT4OID, false),
-    ("commit_lsn", pg_sys::PG_LSNOID, false),
+    ("commit_lsn", PG_LSN_OID, false),
     ("ordinal", pg_sys::INT4OID, false),
-    ("lsn", pg_sys::PG_LSNOID, false),
+    ("lsn", PG_LSN_OID, false),
     ("xid", pg_sys::INT8OID, true),
     ("op", pg_sys::TEXTOID, false),
     ("schema_name", pg_sys::TEXTOID, false),
@@ -501,6 +501,19 @@ impl Direct {
                             } else {
                                 pg_sys::IndexUniqueCheck::UNIQUE_CHECK_NO
                             };
+                            // 14 added `indexUnchanged` (a hint for bottom-up deletion): false,
+                            // these are new rows.
+                            #[cfg(feature = "pg13")]
+                            pg_sys::index_insert(
+                                irel,
+                                ivalues.as_mut_ptr(),
+                                inulls.as_mut_ptr(),
+                                &mut (*slot).tts_tid,
+                                rel,
+                                check,
+                                info,
+                            );
+                            #[cfg(not(feature = "pg13"))]
                             pg_sys::index_insert(
                                 irel,
                                 ivalues.as_mut_ptr(),

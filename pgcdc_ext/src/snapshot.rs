@@ -251,6 +251,13 @@ fn snapshot_by_oid(feed: Option<&str>, tables: default!(Option<Vec<pg_sys::Oid>>
     let Some(f) = access::as_extension_owner(|| feed::load_by_id(id)) else {
         raise(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, format!("feed \"{name}\" does not exist"), None)
     };
+    if !feed::snapshots_supported() {
+        raise(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("pgcdc.snapshot {}", feed::SNAPSHOTS_NEED),
+            Some("On this server a feed streams the changes committed after its creation.".into()),
+        );
+    }
     if tables.as_ref().is_some_and(Vec::is_empty) {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,

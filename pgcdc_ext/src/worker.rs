@@ -203,6 +203,8 @@ struct Worker {
     notified: Position,
     /// What `write_runtime` last wrote, and when.
     runtime_written: Option<(RuntimeKey, (Lsn, Lsn), Instant)>,
+    /// When the publication was last found to exist (PostgreSQL 18+, see `step`).
+    publication_seen_at: Instant,
 }
 
 /// The parts of `pgcdc.feed_runtime` that are always written when they change.
@@ -283,11 +285,7 @@ impl Worker {
             );
             return Err(0);
         }
-        let publication_exists = spi_ok(Spi::connect(|c| {
-            let args = [feed.publication.as_str().into()];
-            Ok(c.select("SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1", None, &args)?.len() == 1)
-        }));
-        if !publication_exists {
+        if !publication_exists(&feed.publication) {
             set_error(
                 feed_id,
                 &format!(
@@ -369,6 +367,7 @@ impl Worker {
             healthy_since: None,
             runtime_written: None,
             notified: Position::ZERO,
+            publication_seen_at: Instant::now(),
         };
         let mut worker = worker;
         if !worker.write_runtime("starting") {
@@ -544,6 +543,22 @@ impl Worker {
         if current.options_text != self.feed.options_text {
             log!("pgcdc feed \"{}\": options changed; restarting to apply them", self.feed.name);
             return Next::Exit(1);
+        }
+        // Up to 17 the walsender fails at the first change decoded without the publication;
+        // 18 only warns and publishes nothing, so the feed would go silent. Look ourselves.
+        if pg_sys::PG_VERSION_NUM >= 180000 && self.publication_seen_at.elapsed() >= PUBLICATION_CHECK {
+            if !publication_exists(&self.feed.publication) {
+                let message = format!(
+                    "publication \"{}\" does not exist (dropped while the feed ran); PostgreSQL skips the \
+                     changes made until it exists again: re-create it and call SELECT pgcdc.resume_feed('{}'), \
+                     or drop and re-create the feed",
+                    self.feed.publication, self.feed.name
+                );
+                log!("pgcdc feed \"{}\": {message}; the feed is stopped (state error)", self.feed.name);
+                set_error(self.feed.id, &message);
+                return Next::Exit(0);
+            }
+            self.publication_seen_at = Instant::now();
         }
         if current.acked != self.acked {
             self.acked = current.acked;
@@ -1194,6 +1209,16 @@ fn is_permanent(err: &WireError) -> bool {
         WireError::Server(e) => matches!(e.code.as_str(), "42704" | "42501" | "28000" | "28P01" | "3D000" | "55000"),
         WireError::Connect(_) | WireError::Io(_) | WireError::Protocol(_) => false,
     }
+}
+
+/// How often a worker on PostgreSQL 18+ checks that its publication still exists.
+const PUBLICATION_CHECK: Duration = Duration::from_secs(1);
+
+fn publication_exists(publication: &str) -> bool {
+    spi_ok(Spi::connect(|c| {
+        let args = [publication.into()];
+        Ok(c.select("SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1", None, &args)?.len() == 1)
+    }))
 }
 
 fn slot_exists(slot: &str) -> bool {

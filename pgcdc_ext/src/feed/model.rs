@@ -12,8 +12,15 @@ use crate::snapshot;
 pub(super) const MAX_NAME_LEN: usize = 40;
 
 /// Feed-level option keys (the rest are the Debezium encoder's, see [`EncoderOptions`]).
-const FEED_KEYS: &[&str] =
-    &["max_staged_rows", "max_staged_bytes", "batch_size", "snapshot.mode", "snapshot.fetch.size", "streaming"];
+const FEED_KEYS: &[&str] = &[
+    "max_staged_rows",
+    "max_staged_bytes",
+    "batch_size",
+    "snapshot.mode",
+    "snapshot.fetch.size",
+    "streaming",
+    "slot.failover",
+];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Sink {
@@ -62,7 +69,27 @@ pub struct FeedOptions {
     pub fetch_size: u32,
     /// Stage big transactions as the server streams them (see `streamed.rs`).
     pub streaming: bool,
+    /// The slot is synchronized to standbys (PostgreSQL 17+ failover slots), fixed at
+    /// `create_feed`.
+    pub slot_failover: bool,
 }
+
+fn boolean(key: &str, text: &str) -> Result<bool, String> {
+    match text.trim() {
+        "true" | "on" => Ok(true),
+        "false" | "off" => Ok(false),
+        _ => Err(format!("invalid value {text:?} for option \"{key}\"; expected true or false")),
+    }
+}
+
+/// Snapshot watermarks are logical decoding messages, which pgoutput sends from 14 on.
+pub fn snapshots_supported() -> bool {
+    pgcdc_wire::session::supports_messages(pgrx::pg_sys::PG_VERSION_NUM)
+}
+
+/// Why a snapshot cannot run on this server (with [`snapshots_supported`] false).
+pub const SNAPSHOTS_NEED: &str =
+    "needs PostgreSQL 14 or later (snapshot watermarks are logical decoding messages, which pgoutput sends from 14 on)";
 
 impl FeedOptions {
     /// Parses a feed's options object. `topic.prefix` defaults to the feed name.
@@ -77,9 +104,10 @@ impl FeedOptions {
             max_staged_rows: None,
             max_staged_bytes: None,
             batch_size: None,
-            snapshot_mode: snapshot::Mode::Initial,
+            snapshot_mode: if snapshots_supported() { snapshot::Mode::Initial } else { snapshot::Mode::NoData },
             fetch_size: snapshot::DEFAULT_FETCH_SIZE,
             streaming: true,
+            slot_failover: false,
         };
         for (key, value) in map {
             let text = match value {
@@ -109,7 +137,10 @@ impl FeedOptions {
                             "invalid value {text:?} for option \"snapshot.mode\"; expected initial, no_data, \
                              initial_only or when_needed"
                         )
-                    })?
+                    })?;
+                    if out.snapshot_mode != snapshot::Mode::NoData && !snapshots_supported() {
+                        return Err(format!("snapshot.mode {text:?} {SNAPSHOTS_NEED}; use \"no_data\""));
+                    }
                 }
                 "snapshot.fetch.size" => {
                     let v = count(i64::from(snapshot::MAX_FETCH_SIZE))?;
@@ -118,15 +149,11 @@ impl FeedOptions {
                     }
                     out.fetch_size = v as u32;
                 }
-                "streaming" => {
-                    out.streaming = match text.trim() {
-                        "true" | "on" => true,
-                        "false" | "off" => false,
-                        _ => {
-                            return Err(format!(
-                                "invalid value {text:?} for option \"streaming\"; expected true or false"
-                            ))
-                        }
+                "streaming" => out.streaming = boolean(key, &text)?,
+                "slot.failover" => {
+                    out.slot_failover = boolean(key, &text)?;
+                    if out.slot_failover && pg_sys::PG_VERSION_NUM < 170000 {
+                        return Err("slot.failover needs PostgreSQL 17 or later (failover slots)".into());
                     }
                 }
                 _ => out.encoder.set(key, &text).map_err(|e| match e {

@@ -265,9 +265,13 @@ fn create_feed(
         }
         let consistent: PgLsn = spi_ok(Spi::connect(|c| {
             let args = [slot.as_str().into()];
-            c.select("SELECT lsn FROM pg_catalog.pg_create_logical_replication_slot($1, 'pgoutput')", None, &args)?
-                .first()
-                .get_one::<PgLsn>()
+            // (name, plugin, temporary, two-phase, failover): the failover argument is 17+.
+            let create = if parsed.slot_failover {
+                "SELECT lsn FROM pg_catalog.pg_create_logical_replication_slot($1, 'pgoutput', false, false, true)"
+            } else {
+                "SELECT lsn FROM pg_catalog.pg_create_logical_replication_slot($1, 'pgoutput')"
+            };
+            c.select(create, None, &args)?.first().get_one::<PgLsn>()
         }))
         .unwrap_or_default();
         let feed_id: i32 = spi_ok(Spi::connect_mut(|c| {
@@ -445,7 +449,14 @@ fn alter_feed(name: Option<&str>, options: Option<JsonB>) -> JsonB {
         }
     }
     let merged = Value::Object(merged.into_iter().collect());
-    parse_options(&feed.name, &merged);
+    let before = parse_options(&feed.name, &current);
+    if parse_options(&feed.name, &merged).slot_failover != before.slot_failover {
+        raise(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            "slot.failover is fixed when the feed is created".into(),
+            Some("Drop and re-create the feed with the option you want.".into()),
+        );
+    }
     let text = merged.to_string();
     access::as_extension_owner(|| {
         spi_ok(Spi::connect_mut(|c| {
