@@ -62,17 +62,24 @@ pg_major() {
     "$1" --version 2>/dev/null | sed -n 's/^PostgreSQL \([0-9][0-9]*\).*/\1/p'
 }
 
-# The quick path: already installed?
+# The quick path: already installed, with the features the tests use (xml: the type matrix)?
+# A tree of ours without them (an older recipe) is replaced.
+REPLACE=
 check_present() {
     if [ -x "$DEST/bin/pg_config" ] && [ "$(pg_major "$DEST/bin/pg_config")" = "$MAJOR" ]; then
-        say "PostgreSQL $MAJOR already present in $DEST ($("$DEST/bin/pg_config" --version)); nothing to do"
-        exit 0
+        if "$DEST/bin/pg_config" --configure | grep -q -- '--with-libxml'; then
+            say "PostgreSQL $MAJOR already present in $DEST ($("$DEST/bin/pg_config" --version)); nothing to do"
+            exit 0
+        fi
+        say "PostgreSQL $MAJOR in $DEST was built without libxml; building it again"
+        REPLACE=1
     fi
 }
 check_present
 
 # Refuse to clobber anything that is not an (empty) directory we can replace.
 check_dest_free() {
+    [ -n "$REPLACE" ] && return 0
     if [ -e "$DEST" ] || [ -L "$DEST" ]; then
         if [ -d "$DEST" ] && [ ! -L "$DEST" ] && [ -z "$(ls -A -- "$DEST")" ]; then
             return 0 # an empty directory: the final rename replaces it
@@ -272,11 +279,11 @@ install_pg13() {
         if [ "$rc" -ne 0 ]; then
             tail -n 40 -- "$log" | sed 's/^/get-pg: | /' >&2
             die "$what failed (exit $rc; full log: $log)" \
-                "read the log above; missing build dependencies: apt-get install -y gcc make libssl-dev zlib1g-dev"
+                "read the log above; missing build dependencies: apt-get install -y gcc make libssl-dev zlib1g-dev libxml2-dev"
         fi
     }
-    say "configure --prefix=$DEST --without-readline --with-openssl (log: $log)"
-    logged configure env -C "$src" ./configure --prefix="$DEST" --without-readline --with-openssl
+    say "configure --prefix=$DEST --without-readline --with-openssl --with-libxml (log: $log)"
+    logged configure env -C "$src" ./configure --prefix="$DEST" --without-readline --with-openssl --with-libxml
     say "make -j$JOBS (a few minutes)"
     logged make make -C "$src" -j"$JOBS" -s
     local contrib=${PG13_CONTRIB:-all} m
@@ -330,7 +337,11 @@ case $pkglib in "$TREE"/*) ;; *) die "staged pg_config is not relocatable (pkgli
 chmod u+w -- "$pkglib" "$share/extension" "$TREE/lib"
 
 rmdir -- "$DEST" 2>/dev/null || true # an empty directory left by someone's mkdir -p
+if [ -n "$REPLACE" ]; then
+    mv -T -- "$DEST" "$DEST.old.$$" || die "could not move the old tree $DEST aside" "rm -rf '$DEST' and run again"
+fi
 mv -T -- "$TREE" "$DEST" || die "could not move $TREE to $DEST" "check that $DEST does not exist (or is empty), then run again"
+[ -n "$REPLACE" ] && rm -rf -- "$DEST.old.$$"
 cleanup
 WORK=
 

@@ -192,6 +192,8 @@ def test_typematrix_every_table_and_operation_is_delivered(pg):
         for op in "cudt":
             assert want[(table, op)] >= 1, (table, op, want)
     assert want[("", "m")] == 2, want
+    if pg_major() < 14:
+        del want[("", "m")]  # pgoutput sends logical decoding messages from 14 on
     total = sum(want.values()) + want_tombstones(want)
     try:
         events = collect(pg, "tm", total, timeout=30)

@@ -102,7 +102,8 @@ def test_a_streamed_transaction_is_staged_before_its_commit_and_readable_at_it()
             assert ids_of(read_events(c, "sf")) == list(range(1, 11))
             conn.commit()
         if pg_major() >= 14:
-            assert streamed_txns(c, "sf") >= 1, "the walsender streamed it"
+            # (14 reports slot statistics through the stats collector, a moment later)
+            wait_until(lambda: streamed_txns(c, "sf") >= 1, 15, "the walsender to report it streamed it")
         evs = collect(c, "sf", 20010)
         assert ids_of(evs) == list(range(1, 20011))
         big = evs[10:]
