@@ -54,9 +54,10 @@ PGRX_TEST_PGDATA ?= /tmp/pgcdc-test-pgdata-pg$(PG_MAJOR)
 PY_RELEASE     ?=
 
 # Debian packages: server + headers (pgrx), contrib (hstore), clang (bindgen), sudo
-# (pgrx tests as root), iproute2 (`ip` for netns port ranges), libssl-dev.
+# (pgrx tests as root), iproute2 (`ip` for netns port ranges), libssl-dev; libxml2-dev for the
+# PostgreSQL 13 that tests/get-pg.sh builds (the type matrix has xml).
 APT_PACKAGES := postgresql-15 postgresql-server-dev-15 postgresql-contrib \
-                libclang-dev clang pkg-config sudo iproute2 libssl-dev
+                libclang-dev clang pkg-config sudo iproute2 libssl-dev libxml2-dev
 
 # root runs apt directly; anyone else needs sudo.
 SUDO := $(shell if [ "$$(id -u)" = 0 ]; then echo; elif command -v sudo >/dev/null 2>&1; then echo sudo; else echo MISSING-SUDO; fi)
