@@ -449,8 +449,8 @@ fn alter_feed(name: Option<&str>, options: Option<JsonB>) -> JsonB {
         }
     }
     let merged = Value::Object(merged.into_iter().collect());
-    let before = parse_options(&feed.name, &current);
-    if parse_options(&feed.name, &merged).slot_failover != before.slot_failover {
+    let was_failover = feed.options().is_ok_and(|o| o.slot_failover);
+    if parse_options(&feed.name, &merged).slot_failover != was_failover {
         raise(
             PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
             "slot.failover is fixed when the feed is created".into(),
