@@ -19,7 +19,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pgcluster import Cluster, pg_bindir  # noqa: E402
+from pgcluster import Cluster, pg_bindir, pg_major  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -48,6 +48,21 @@ def extension_installed() -> bool:
 #: Marks a test that needs the installed extension: it fails, never skips, without it
 #: (the fixture lives in conftest.py).
 requires_extension = pytest.mark.usefixtures("_extension_installed")
+
+# What PostgreSQL 13 lacks (pgoutput protocol 1: no `messages` option, no streaming); what 13
+# does instead is tested where the feature is refused or held until COMMIT.
+NO_MESSAGES_ON_13 = "pgoutput sends logical decoding messages from 14 on"
+NO_STREAMING_ON_13 = "pgoutput streams in-progress transactions from 14 on (13 holds them until COMMIT)"
+SNAPSHOTS_NEED_MESSAGES = (
+    "snapshot watermarks are logical decoding messages (on 13 snapshots are refused: "
+    "test_ext_feed.py::test_snapshots_are_refused_where_the_server_cannot_take_them)"
+)
+
+
+def since_pg(major: int, why: str) -> pytest.MarkDecorator:
+    """A test of what PostgreSQL has from `major` on: reported as skipped, with `why`, on an
+    older server."""
+    return pytest.mark.skipif(pg_major() < major, reason=f"needs PostgreSQL {major}+: {why}")
 
 
 def start_cluster(name: str, **settings: Any) -> Cluster:

@@ -272,7 +272,9 @@ install_pg13() {
         local what=$1 rc=0
         shift
         printf '\n=== %s: %s\n' "$what" "$*" >>"$log"
-        setsid -w "$@" >>"$log" 2>&1 </dev/null &
+        # Run from `make deps-pg` this is a sub-make: PostgreSQL generates its headers only
+        # when MAKELEVEL is 0, and the caller's MAKEFLAGS do not belong to its build.
+        setsid -w env -u MAKELEVEL -u MAKEFLAGS -u MFLAGS "$@" >>"$log" 2>&1 </dev/null &
         CHILD=$!
         wait "$CHILD" || rc=$?
         CHILD=

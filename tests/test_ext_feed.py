@@ -18,6 +18,8 @@ import psycopg
 import pytest
 
 from ext_support import (
+    NO_MESSAGES_ON_13,
+    since_pg,
     install_trap,
     collect,
     event_json,
@@ -557,6 +559,35 @@ def test_alter_feed_options_apply_to_new_events(pg):
     pg.execute("SELECT pgcdc.drop_feed('optf')")
 
 
+@pytest.mark.smoke
+def test_snapshots_are_refused_where_the_server_cannot_take_them(pg):
+    """Snapshot watermarks are logical decoding messages (pgoutput 14+). On 13 a feed starts
+    at its creation (snapshot.mode defaults to no_data), and asking for a snapshot is a clear
+    error; from 14 on the rows that were there come first, and pgcdc.snapshot takes another."""
+    pub = setup_table(pg, "snapv_t")
+    insert_rows(pg, "snapv_t", [1, 2, 3], per_tx=3)
+    pg.execute(f"SELECT pgcdc.create_feed('snapv', publication => '{pub}')")
+    if pg_major() < 14:
+        insert_rows(pg, "snapv_t", [4])
+        evs = collect(pg, "snapv", 1)
+        assert [(e["op"], event_json(e)["after"]["id"]) for e in evs] == [("c", 4)]
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="needs PostgreSQL 14 or later"):
+            pg.execute("SELECT pgcdc.snapshot('snapv')")
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match='"initial" needs PostgreSQL 14 or later'):
+            pg.execute(
+                f"SELECT pgcdc.create_feed('snapv2', publication => '{pub}', options => '{{\"snapshot.mode\": \"initial\"}}')"
+            )
+    else:
+        evs = collect(pg, "snapv", 3)
+        assert [(e["op"], event_json(e)["after"]["id"]) for e in evs] == [("r", 1), ("r", 2), ("r", 3)]
+        insert_rows(pg, "snapv_t", [4])
+        pg.execute("SELECT pgcdc.snapshot('snapv')")
+        evs = collect(pg, "snapv", 8)
+        assert [(e["op"], event_json(e)["after"]["id"]) for e in evs[3:]] == [("c", 4), ("r", 1), ("r", 2), ("r", 3), ("r", 4)]
+    pg.execute("SELECT pgcdc.drop_feed('snapv')")
+
+
+@since_pg(14, NO_MESSAGES_ON_13)
 def test_message_prefix_lists_decide_which_logical_messages_a_feed_stages(pg):
     """Logical messages carry no identity: any role that can connect may emit one into every
     feed. A feed's message.prefix.include.list / exclude.list (Debezium's options) keeps only

@@ -18,6 +18,8 @@ import psycopg
 import pytest
 
 from ext_support import (
+    SNAPSHOTS_NEED_MESSAGES,
+    since_pg,
     Consumer,
     canon_key,
     diff_states,
@@ -35,7 +37,7 @@ from ext_support import (
 )
 from workload import TYPEMATRIX_DML_SQL, TYPEMATRIX_SQL
 
-pytestmark = [requires_extension, pytest.mark.timeout(300)]
+pytestmark = [requires_extension, pytest.mark.timeout(300), since_pg(14, SNAPSHOTS_NEED_MESSAGES)]
 
 MARK = "snap_mark"  # a published table whose inserts mark a point in a feed's stream
 

@@ -19,6 +19,8 @@ import psycopg
 import pytest
 from pgcluster import pg_major
 from ext_support import (
+    NO_STREAMING_ON_13,
+    since_pg,
     Consumer,
     collect,
     diff_states,
@@ -87,6 +89,10 @@ def test_a_streamed_transaction_is_staged_before_its_commit_and_readable_at_it()
     try:
         make_feed(c, "sf")
         c.execute("SELECT pg_create_logical_replication_slot('sf_ref', 'pgoutput')")
+        # Before 15 pgoutput also sends transactions with nothing published, and
+        # `source.sequence` names the commit before an event: one that both slots decode (a
+        # catalog change) makes the first events comparable.
+        c.execute("CREATE TABLE sf_unpublished (i int)")
         with c.connect(autocommit=False) as conn:
             insert(conn, "sf_t", 1, 10)
             conn.commit()
@@ -148,6 +154,7 @@ async def reference(c, publication: str, slot: str, n: int) -> list[str]:
     return out
 
 
+@since_pg(14, NO_STREAMING_ON_13)
 def test_rolled_back_savepoints_and_transactions_take_their_staged_events_away():
     c = start_cluster("pgcdc-stream-abort", **STREAMING)
     try:
@@ -177,6 +184,7 @@ def test_rolled_back_savepoints_and_transactions_take_their_staged_events_away()
         c.stop()
 
 
+@since_pg(14, NO_STREAMING_ON_13)
 def test_kill9_mid_stream_loses_nothing_and_returns_nothing_acked():
     c = start_cluster("pgcdc-stream-crash", **STREAMING)
     try:
@@ -237,6 +245,7 @@ def test_kill9_mid_stream_loses_nothing_and_returns_nothing_acked():
         c.stop()
 
 
+@since_pg(14, NO_STREAMING_ON_13)
 def test_a_worker_restart_mid_stream_stages_the_transaction_once():
     c = start_cluster("pgcdc-stream-restart", **STREAMING)
     try:
@@ -264,6 +273,7 @@ def test_a_worker_restart_mid_stream_stages_the_transaction_once():
         c.stop()
 
 
+@since_pg(14, NO_STREAMING_ON_13)
 @pytest.mark.parametrize("case", ["metadata", "notify", "off"])
 def test_feeds_that_need_whole_transactions_or_say_so_do_not_stream(case: str):
     """Transaction metadata (BEGIN/END records with counts) and NOTIFY payloads need the whole
@@ -296,6 +306,7 @@ def test_feeds_that_need_whole_transactions_or_say_so_do_not_stream(case: str):
         c.stop()
 
 
+@since_pg(14, NO_STREAMING_ON_13)
 def test_a_snapshot_with_big_transactions_streaming_through_its_windows_replays_to_the_table():
     """Streamed transactions that commit while a chunk is between its watermarks changed rows
     the window never saw as changes: the chunk is read again, and the replay of the feed still

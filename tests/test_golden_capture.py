@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 import capture_golden as golden
+from pgcluster import pg_major
 
 REPO = Path(__file__).resolve().parent.parent
 COMMITTED = REPO / "pgcdc_core" / "tests" / "fixtures"
@@ -55,11 +56,13 @@ def test_committed_fixture_shape(name: str) -> None:
     assert all(c["data"] == c["data"].lower() for c in fx["changes"])
 
 
-@pytest.mark.parametrize("name", golden.FIXTURES)
+# What this server can send (the committed fixtures come from 15: see README's version table).
+@pytest.mark.parametrize("name", golden.fixtures_for(pg_major()))
 def test_fresh_capture_matches_committed(name: str, fresh: Path) -> None:
-    old = golden.load(COMMITTED / f"{name}.json")
     new = golden.load(fresh / f"{name}.json")
     golden.CHECKS[name](new)
+    old = golden.as_sent_by(golden.load(COMMITTED / f"{name}.json"), golden.major(new))
+    new = golden.as_sent_by(new, golden.major(new))
     for key in ("database", "publication", "slot", "two_phase", "protocol_version", "options",
                 "settings", "workload"):
         assert old[key] == new[key], f"{key} differs: rerun `make golden-capture`"
@@ -72,15 +75,21 @@ def test_fresh_capture_matches_committed(name: str, fresh: Path) -> None:
     assert _tables(old) == _tables(new)
 
 
-def test_rust_golden_on_fresh_capture(fresh: Path) -> None:
+def test_rust_golden_on_fresh_capture(fresh: Path, tmp_path: Path) -> None:
     """pgcdc_core's golden and encoder tests pass on freshly captured bytes (PGCDC_GOLDEN_DIR),
-    so the committed fixtures cannot drift from what PostgreSQL really sends."""
+    so the committed fixtures cannot drift from what PostgreSQL really sends. A fixture this
+    server cannot send (two_phase before 15) is the committed one; 13 sends no logical
+    messages, which Debezium's records of the workload have, so there the comparison with
+    Debezium runs on the committed fixtures."""
     assert GOLDEN_RS.exists(), "pgcdc_core/tests/golden.rs is missing"
+    for name in golden.FIXTURES:
+        source = fresh if pg_major() >= 14 and (fresh / f"{name}.json").exists() else COMMITTED
+        shutil.copy(source / f"{name}.json", tmp_path / f"{name}.json")
     cargo = shutil.which("cargo") or str(Path.home() / ".cargo" / "bin" / "cargo")
     proc = subprocess.run(
         [cargo, "test", "-p", "pgcdc_core", "--test", "golden", "--test", "encoder"],
         cwd=REPO,
-        env={**os.environ, "PGCDC_GOLDEN_DIR": str(fresh)},
+        env={**os.environ, "PGCDC_GOLDEN_DIR": str(tmp_path)},
         capture_output=True,
         text=True,
     )

@@ -43,7 +43,8 @@ pytestmark = [requires_extension, pytest.mark.timeout(300)]
 def pg():
     c = start_cluster("pgcdc-pyfeed")
     try:
-        c.execute("CREATE ROLE feed_scram LOGIN PASSWORD 'right-password'")
+        # (13 still hashes passwords with md5 by default)
+        c.execute("SET password_encryption = 'scram-sha-256'; CREATE ROLE feed_scram LOGIN PASSWORD 'right-password'")
         prepend_hba(c, ["host all feed_scram 127.0.0.1/32 scram-sha-256"])
         yield c
     finally:

@@ -343,10 +343,11 @@ def test_typematrix_seed_json_equals_its_dict_for_every_message(cluster: Cluster
     import json
 
     _typematrix(cluster, fresh_db)
+    messages = pg_major() >= 14  # pgoutput sends logical decoding messages from 14 on
 
     async def main() -> list:
-        r = reader(cluster, fresh_db, pub="tm_pub", slot="tm_slot", include_truncate=True, include_messages=True)
-        evs = await take(r, 29, timeout=30)
+        r = reader(cluster, fresh_db, pub="tm_pub", slot="tm_slot", include_truncate=True, include_messages=messages)
+        evs = await take(r, 29 if messages else 28, timeout=30)
         await r.stop()
         return evs
 
@@ -360,8 +361,8 @@ def test_typematrix_seed_json_equals_its_dict_for_every_message(cluster: Cluster
         "c_date": "2024-02-29", "c_ts": "2024-01-15 10:30:00.000001", "c_tstz": "2024-01-15 10:30:00+00",
         "c_timetz": "13:45:59+05:30", "c_uuid": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
         "c_numeric": Decimal("12345678.1234")}
-    (msg,) = [m for m in evs if m.op == "m"]
-    assert pgcdc.message_to_dict(msg)["message"]["prefix"] == "outbox"
+    assert [pgcdc.message_to_dict(m)["message"]["prefix"] for m in evs if m.op == "m"] == (
+        ["outbox"] if messages else [])
 
 
 def test_debezium_format_is_debeziums_own_encoding(cluster: Cluster, fresh_db: str) -> None:

@@ -24,10 +24,10 @@ except ImportError as e:  # make test builds it first; never skip
     raise ImportError("the Python package pgcdc is not built (run: make py-develop)") from e
 from pgcdc._progress import ProgressLine, format_progress
 
-from ext_support import requires_extension, start_cluster, wait_until
+from ext_support import SNAPSHOTS_NEED_MESSAGES, requires_extension, since_pg, start_cluster, wait_until
 from pyhelpers import run, take
 
-pytestmark = [pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.timeout(300), since_pg(14, SNAPSHOTS_NEED_MESSAGES)]
 
 SNAPSHOT_MARKERS = {"first", "first_in_data_collection", "true", "last_in_data_collection", "last"}
 

@@ -847,6 +847,13 @@ struct TableRead {
     after_key: String,
 }
 
+/// The publication's row filter and column list of the table (`pg_publication_tables` has
+/// them from PostgreSQL 15; before, a publication publishes whole tables).
+#[cfg(any(feature = "pg13", feature = "pg14"))]
+const PUBLISHED_SUBSET: &str = "NULL::pg_catalog.text, NULL::pg_catalog.text[]";
+#[cfg(not(any(feature = "pg13", feature = "pg14")))]
+const PUBLISHED_SUBSET: &str = "pt.rowfilter, pt.attnames::pg_catalog.text[]";
+
 /// The table as the stream would describe it now (columns pgoutput sends: not dropped, not
 /// generated, in the publication's column list), with its key and the chunk queries. None
 /// when it no longer exists.
@@ -862,12 +869,14 @@ fn describe(oid: pg_sys::Oid, publication: &str) -> Option<TableRead> {
     let head = spi_ok(Spi::connect(|c| {
         let args = [oid.into(), publication.into()];
         c.select(
-            "SELECT n.nspname::pg_catalog.text, c.relname::pg_catalog.text, c.relreplident::pg_catalog.text, \
-                    c.relkind::pg_catalog.text, pt.rowfilter, pt.attnames::pg_catalog.text[] \
+            &format!(
+                "SELECT n.nspname::pg_catalog.text, c.relname::pg_catalog.text, c.relreplident::pg_catalog.text, \
+                    c.relkind::pg_catalog.text, {PUBLISHED_SUBSET} \
              FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
              LEFT JOIN pg_catalog.pg_publication_tables pt ON pt.pubname OPERATOR(pg_catalog.=) $2 \
                   AND pt.schemaname OPERATOR(pg_catalog.=) n.nspname AND pt.tablename OPERATOR(pg_catalog.=) c.relname \
-             WHERE c.oid OPERATOR(pg_catalog.=) $1",
+             WHERE c.oid OPERATOR(pg_catalog.=) $1"
+            ),
             None,
             &args,
         )?
