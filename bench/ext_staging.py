@@ -8,7 +8,8 @@ Runs in a throwaway cluster (tests/pgcluster.py).
 
 1. Staging rate, same run, same WAL. Two slots on one publication, created before the
    workload: the feed's (its worker paused) and a plain pgoutput slot. The workload runs
-   (200k rows in one transaction, or 20k single-row transactions); then, one after the other:
+   (200k rows in one transaction, 20k single-row transactions, or 20k wide rows of 2 KB
+   TOASTed text + a jsonb in one transaction); then, one after the other:
    pg_recvlogical drains its slot to /dev/null up to the workload's end LSN (the raw
    ceiling: walsender decoding + network), and the feed is resumed and timed until its last
    event is in the queue. Reported: rows/s for both and the ratio feed/pg_recvlogical.
@@ -48,6 +49,12 @@ SETTINGS = {
 
 TABLE = "CREATE TABLE bench_t (id bigint PRIMARY KEY, name text, qty int, price numeric(10,2), at timestamptz)"
 ROW = "g, 'item ' || g, (g % 100)::int, (g % 1000) / 10.0, now()"
+# W3: wide rows, 2 KB of text that does not compress (moved out of line: TOASTed) + a jsonb.
+WIDE_TABLE = "CREATE TABLE bench_t (id bigint PRIMARY KEY, doc text, attrs jsonb)"
+WIDE_ROW = (
+    "g, (SELECT string_agg(md5((g * 64 + k)::text), '') FROM generate_series(1, 64) k), "
+    "(SELECT jsonb_object_agg('attr_' || k, md5((g + k)::text)) FROM generate_series(1, 12) k)"
+)
 
 
 def lsn_int(lsn: str) -> int:
@@ -108,11 +115,11 @@ class CpuWatch:
         return self.last
 
 
-def staging_round(c: Cluster, label: str, workload: str, rows: int, recv_first: bool) -> dict:
+def staging_round(c: Cluster, label: str, table: str, workload: str, rows: int, recv_first: bool) -> dict:
     feed = f"b_{label}"
     c.execute("DROP TABLE IF EXISTS bench_t")
     c.execute("DROP PUBLICATION IF EXISTS bench_p")
-    c.execute(TABLE)
+    c.execute(table)
     c.execute("CREATE PUBLICATION bench_p FOR TABLE bench_t")
     c.execute(f"SELECT pgcdc.create_feed('{feed}', publication => 'bench_p', options => '{{\"snapshot.mode\": \"no_data\"}}')")
     c.execute(f"SELECT pgcdc.pause_feed('{feed}')")
@@ -288,6 +295,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=200_000, help="rows of the one-transaction workload")
     ap.add_argument("--txs", type=int, default=20_000, help="single-row transactions")
+    ap.add_argument("--wide-rows", type=int, default=20_000, help="rows of 2 KB TOASTed text + jsonb, one transaction")
     ap.add_argument("--rate", type=int, default=500, help="tx/s for the latency run")
     ap.add_argument("--seconds", type=float, default=10.0, help="length of the latency run")
     ap.add_argument("--repeat", type=int, default=3, help="staging rounds per workload (median reported)")
@@ -304,16 +312,22 @@ def main() -> None:
         )
         # Warm-up (not reported): a long-running server has its shared buffers mapped; a
         # fresh one pays a page fault the first time each buffer is used.
-        warm = staging_round(c, "warmup", big, args.rows, recv_first=True)
+        wide = f"INSERT INTO bench_t SELECT {WIDE_ROW} FROM generate_series(1, {args.wide_rows}) g"
+        workloads = (
+            ("one_tx", TABLE, big, args.rows),
+            ("single_row_txs", TABLE, small, args.txs),
+            ("wide_rows", WIDE_TABLE, wide, args.wide_rows),
+        )
+        warm = staging_round(c, "warmup", TABLE, big, args.rows, recv_first=True)
         # The warm-up's queue never had statistics: its read shows whether pgcdc.read
         # depends on them (a plan that sorts the whole queue takes 10x longer).
         results["read_1000_ms_never_analyzed"] = warm["read_1000_ms"]
         for i in range(args.repeat):
-            for label, sql, n in (("one_tx", big, args.rows), ("single_row_txs", small, args.txs)):
-                r = staging_round(c, f"{label}", sql, n, recv_first=(i % 2 == 0))
+            for label, table, sql, n in workloads:
+                r = staging_round(c, label, table, sql, n, recv_first=(i % 2 == 0))
                 results["runs"].append(r)
                 print(f"  {label} run {i + 1}: {r}", flush=True)
-        for label in ("one_tx", "single_row_txs"):
+        for label, *_ in workloads:
             runs = [r for r in results["runs"] if r["workload"] == label]
             recv = statistics.median(r["pg_recvlogical_rows_per_s"] for r in runs)
             feedr = statistics.median(r["feed_rows_per_s"] for r in runs)

@@ -7,6 +7,7 @@ before the load, so they all decode the very same changes):
 
     big    200k rows inserted in one transaction
     small  20k single-row transactions
+    wide   20k rows of 2 KB TOASTed text + a jsonb, in one transaction
 
 Consumers:
 
@@ -51,6 +52,12 @@ TABLE = """CREATE TABLE bench (
     j  jsonb
 )"""
 COLUMNS = "md5(g::text), g * 1.25, '2024-01-01 00:00+00'::timestamptz + g * interval '1 second', jsonb_build_object('g', g, 'tag', 'x')"
+# wide: 2 KB of text that does not compress (so it is moved out of line) + a jsonb
+WIDE_TABLE = "CREATE TABLE bench (id bigserial PRIMARY KEY, doc text, attrs jsonb)"
+WIDE_COLUMNS = (
+    "(SELECT string_agg(md5((g * 64 + k)::text), '') FROM generate_series(1, 64) k), "
+    "(SELECT jsonb_object_agg('attr_' || k, md5((g + k)::text)) FROM generate_series(1, 12) k)"
+)
 
 
 def cpu_self() -> float:
@@ -63,11 +70,14 @@ def cpu_children() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def load(c: Cluster, workload: str, rows_big: int, txns_small: int) -> int:
+def load(c: Cluster, workload: str, rows_big: int, txns_small: int, rows_wide: int) -> int:
     """Runs the workload; returns the number of row events it produces."""
     if workload == "big":
         c.execute(f"INSERT INTO bench (s, n, ts, j) SELECT {COLUMNS} FROM generate_series(1, {rows_big}) g")
         return rows_big
+    if workload == "wide":
+        c.execute(f"INSERT INTO bench (doc, attrs) SELECT {WIDE_COLUMNS} FROM generate_series(1, {rows_wide}) g")
+        return rows_wide
     # many single-row transactions, from one psql session (fast, and each is its own commit)
     sql = "\n".join(
         f"INSERT INTO bench (s, n, ts, j) SELECT {COLUMNS} FROM (SELECT {i} AS g) x;" for i in range(1, txns_small + 1)
@@ -131,7 +141,8 @@ def main() -> int:
     ap.add_argument("--rows-big", type=int, default=200_000)
     ap.add_argument("--txns-small", type=int, default=20_000)
     ap.add_argument("--repeat", type=int, default=1, help="best of N runs per consumer")
-    ap.add_argument("--workloads", default="big,small")
+    ap.add_argument("--rows-wide", type=int, default=20_000)
+    ap.add_argument("--workloads", default="big,small,wide")
     ap.add_argument("--json", help="also write the results as JSON here")
     ap.add_argument("--no-feed", action="store_true", help="skip the feed client even if the extension is there")
     args = ap.parse_args()
@@ -151,7 +162,7 @@ def main() -> int:
                 c.execute("DROP PUBLICATION IF EXISTS bench_pub")
                 for (s,) in c.execute("SELECT slot_name FROM pg_replication_slots WHERE slot_name LIKE 'bench_%'"):
                     c.execute("SELECT pg_drop_replication_slot(%s)", params=[s])
-                c.execute(TABLE)
+                c.execute(WIDE_TABLE if workload == "wide" else TABLE)
                 c.execute("CREATE PUBLICATION bench_pub FOR TABLE bench")
                 slots = ["bench_recv", "bench_reader", "bench_reader_values"]
                 for s in slots:
@@ -162,7 +173,7 @@ def main() -> int:
                         c.execute("SELECT pgcdc.create_feed(%s, 'bench_pub', options => '{\"tombstones.on.delete\": \"false\", \"snapshot.mode\": \"no_data\"}')", params=[f])
                         # paused during the load: the measurement covers decoding, staging and reading
                         c.execute("SELECT pgcdc.pause_feed(%s)", params=[f])
-                expected = load(c, workload, args.rows_big, args.txns_small)
+                expected = load(c, workload, args.rows_big, args.txns_small, args.rows_wide)
                 (endpos,) = c.execute("SELECT pg_current_wal_lsn()::text")[0]
                 c.execute("CHECKPOINT")
                 runs = {

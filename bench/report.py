@@ -63,18 +63,21 @@ def main() -> int:
         run([PY, "bench/ext_staging.py", "--repeat", repeat, "--json", str(ext_json)])
         ext = json.loads(ext_json.read_text())
         for r in ext["staging"]:
+            goal = 0.8 if r["workload"] == "wide_rows" else 0.7
             rows.append(("extension staging", r["workload"], f"{r['ratio']:.2f} x pg_recvlogical",
-                         ">= 0.70", "ok" if r["ratio"] >= 0.7 else "BELOW"))
+                         f">= {goal:.2f}", "ok" if r["ratio"] >= goal else "BELOW"))
         lat = ext["latency"]
-        rows.append(("extension latency", f"{lat['achieved_tx_per_s']} tx/s",
-                     f"p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms", "p99 < 20 ms",
-                     "ok" if lat["p99_ms"] < 20 else "ABOVE"))
+        rows.append(("extension latency", f"{lat['achieved_tx_per_s']} tx/s, commit -> staged",
+                     f"p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms", "p99 < 2 ms",
+                     "ok" if lat["p99_ms"] < 2 else "ABOVE"))
 
         run([PY, "bench/py_client_bench.py", "--repeat", repeat, "--json", str(py_json)])
         for r in json.loads(py_json.read_text()):
             if r["consumer"] == "pg_recvlogical":
                 continue
-            goal = 0.5 if r["consumer"].startswith("feed") else 0.6
+            # Issue 12: the feed client as users run it (touching .after) >= 0.8 everywhere, the
+            # reader >= 1.0 on the big transaction; the rest is for scale.
+            goal = {"feed+values": 0.8, "reader+values": 1.0 if r["workload"] == "big" else 0.6}.get(r["consumer"], 0.5)
             rows.append((f"python {r['consumer']}", r["workload"],
                          f"{r['ratio']:.2f} x pg_recvlogical, {r['cpu_us_per_event']} µs CPU/event",
                          f">= {goal:.2f}", "ok" if r["ratio"] >= goal else "BELOW"))

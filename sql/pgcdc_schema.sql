@@ -61,8 +61,13 @@ CREATE UNLOGGED TABLE pgcdc.event (
     -- map current (pgcdc.read does not depend on statistics, but everything else does).
     autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_threshold = 1000,
     autovacuum_vacuum_insert_scale_factor = 0.02, autovacuum_vacuum_insert_threshold = 1000,
-    autovacuum_analyze_scale_factor = 0.02, autovacuum_analyze_threshold = 1000
+    autovacuum_analyze_scale_factor = 0.02, autovacuum_analyze_threshold = 1000,
+    -- Events live for moments: compressing them costs more than the space they take. Rows
+    -- up to a page stay whole and inline (TOAST starts past 8160 bytes, not 2 kB) ...
+    toast_tuple_target = 8160
 );
+-- ... and bigger ones move out of line uncompressed.
+ALTER TABLE pgcdc.event ALTER COLUMN key SET STORAGE EXTERNAL, ALTER COLUMN value SET STORAGE EXTERNAL;
 COMMENT ON TABLE pgcdc.event IS
     'Staged Debezium events, one row per event, in position order (commit_lsn, ordinal). Read with pgcdc.read, remove with pgcdc.ack (DELETE and TRUNCATE by hand are refused: see pgcdc.event_guard).';
 COMMENT ON COLUMN pgcdc.event.relid IS

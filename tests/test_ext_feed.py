@@ -503,6 +503,24 @@ def test_table_sink_wakes_listeners(pg):
     pg.execute("SELECT pgcdc.drop_feed('wakef')")
 
 
+def test_the_queue_stores_events_uncompressed_and_big_ones_out_of_line(pg):
+    """Events live for moments: pglz on JSON cost the worker most of its time with wide rows.
+    An event up to a page stays whole in its row; a bigger one moves out of line as is."""
+    pg.execute("CREATE TABLE wide_t (id int PRIMARY KEY, doc text)")
+    pg.execute("CREATE PUBLICATION wide_t FOR TABLE wide_t")
+    pg.execute("SELECT pgcdc.create_feed('widef', publication => 'wide_t', options => '{\"snapshot.mode\": \"no_data\"}')")
+    pg.execute("INSERT INTO wide_t VALUES (1, repeat('a', 3000)), (2, repeat('b', 50000))")
+    collect(pg, "widef", 2)
+    sizes = pg.execute(
+        "SELECT octet_length(e.value), pg_column_size(e.value) FROM pgcdc.event e JOIN pgcdc.feed f "
+        "ON f.id = e.feed_id WHERE f.name = 'widef' ORDER BY e.ordinal"
+    )
+    # Very compressible values, yet stored at full size: inline with its 4-byte header, and
+    # out of line as is (pg_column_size is then the stored size).
+    assert [stored - length for length, stored in sizes] == [4, 0], sizes
+    pg.execute("SELECT pgcdc.drop_feed('widef')")
+
+
 def test_notify_sink_sends_events_and_stages_big_ones(pg):
     pub = setup_table(pg, "nt_t")
     pg.execute(f"SELECT pgcdc.create_feed('ntf', publication => '{pub}', sink => 'notify')")

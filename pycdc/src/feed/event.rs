@@ -1,5 +1,9 @@
-//! The Python class `Event`: one event of a feed, its envelope's fields made into Python
-//! objects once, on first access (column values by [`super::debezium_values`]).
+//! The Python class `Event`: one event of a feed. Each envelope field becomes a Python object
+//! on its first access, alone (a loop that reads `.after` pays for `after` only); column
+//! values by [`super::debezium_values`].
+
+use std::ops::Range;
+use std::sync::OnceLock;
 
 use pgcdc_core::debezium::EncoderOptions;
 use pyo3::prelude::*;
@@ -16,88 +20,181 @@ use crate::values;
 #[pyclass(frozen, module = "pgcdc._pgcdc", name = "Event")]
 pub(super) struct FeedEvent {
     pub(super) row: FeedRow,
-    parsed: PyOnceLock<Py<PyDict>>,
+    /// Where the envelope's fields are in `row.value`, found on the first access of any.
+    spans: OnceLock<Result<Spans, String>>,
+    before: PyOnceLock<Py<PyAny>>,
+    after: PyOnceLock<Py<PyAny>>,
+    source: PyOnceLock<Py<PyAny>>,
+    transaction: PyOnceLock<Py<PyAny>>,
+    message: PyOnceLock<Py<PyAny>>,
+    unchanged_columns: PyOnceLock<Py<PyAny>>,
+}
+
+/// Byte ranges of the envelope's fields in the event JSON, and its times.
+struct Spans {
+    before: Option<Range<usize>>,
+    after: Option<Range<usize>>,
+    source: Option<Range<usize>>,
+    transaction: Option<Range<usize>>,
+    message: Option<Range<usize>>,
+    unchanged_columns: Option<Range<usize>>,
+    ts_ms: i64,
+    ts_us: i64,
+    ts_ns: i64,
+}
+
+impl Spans {
+    fn find(value: &str) -> Result<Spans, String> {
+        #[derive(serde::Deserialize)]
+        struct Env<'a> {
+            #[serde(borrow)]
+            before: Option<&'a RawValue>,
+            #[serde(borrow)]
+            after: Option<&'a RawValue>,
+            #[serde(borrow)]
+            source: Option<&'a RawValue>,
+            #[serde(borrow)]
+            transaction: Option<&'a RawValue>,
+            #[serde(borrow)]
+            message: Option<&'a RawValue>,
+            #[serde(borrow)]
+            unchanged_columns: Option<&'a RawValue>,
+            ts_ms: Option<i64>,
+            ts_us: Option<i64>,
+            ts_ns: Option<i64>,
+        }
+        // A schema+payload envelope carries the event in "payload".
+        #[derive(serde::Deserialize)]
+        struct Wrapped<'a> {
+            #[serde(borrow)]
+            payload: Option<&'a RawValue>,
+        }
+        let text = match serde_json::from_str::<Wrapped<'_>>(value) {
+            Ok(Wrapped { payload: Some(p) }) => p.get(),
+            _ => value,
+        };
+        let env: Env<'_> = serde_json::from_str(text).map_err(|e| format!("event JSON: {e}"))?;
+        // Every RawValue borrows from `value`: its offset there is its place.
+        let span = |r: Option<&RawValue>| {
+            r.map(|r| {
+                let start = r.get().as_ptr() as usize - value.as_ptr() as usize;
+                start..start + r.get().len()
+            })
+        };
+        let ts_ms = env.ts_ms.unwrap_or(0);
+        Ok(Spans {
+            before: span(env.before),
+            after: span(env.after),
+            source: span(env.source),
+            transaction: span(env.transaction),
+            message: span(env.message),
+            unchanged_columns: span(env.unchanged_columns),
+            ts_ms,
+            ts_us: env.ts_us.unwrap_or(ts_ms * 1000),
+            ts_ns: env.ts_ns.unwrap_or(ts_ms * 1_000_000),
+        })
+    }
 }
 
 impl FeedEvent {
     pub(super) fn new(row: FeedRow) -> Self {
-        FeedEvent { row, parsed: PyOnceLock::new() }
+        FeedEvent {
+            row,
+            spans: OnceLock::new(),
+            before: PyOnceLock::new(),
+            after: PyOnceLock::new(),
+            source: PyOnceLock::new(),
+            transaction: PyOnceLock::new(),
+            message: PyOnceLock::new(),
+            unchanged_columns: PyOnceLock::new(),
+        }
     }
 
-    /// The envelope's fields as Python objects, converted once.
-    fn fields<'py>(&self, py: Python<'py>) -> PyResult<&Bound<'py, PyDict>> {
-        self.parsed
-            .get_or_try_init(py, || {
-                let d = PyDict::new(py);
-                if let Some(v) = &self.row.value {
-                    #[derive(serde::Deserialize)]
-                    struct Env<'a> {
-                        #[serde(borrow)]
-                        before: Option<&'a RawValue>,
-                        #[serde(borrow)]
-                        after: Option<&'a RawValue>,
-                        #[serde(borrow)]
-                        source: Option<&'a RawValue>,
-                        #[serde(borrow)]
-                        transaction: Option<&'a RawValue>,
-                        #[serde(borrow)]
-                        message: Option<&'a RawValue>,
-                        #[serde(borrow)]
-                        unchanged_columns: Option<&'a RawValue>,
-                        ts_ms: Option<i64>,
-                        ts_us: Option<i64>,
-                        ts_ns: Option<i64>,
+    fn spans(&self) -> PyResult<&Spans> {
+        static NONE: Spans = Spans {
+            before: None,
+            after: None,
+            source: None,
+            transaction: None,
+            message: None,
+            unchanged_columns: None,
+            ts_ms: 0,
+            ts_us: 0,
+            ts_ns: 0,
+        };
+        let Some(value) = &self.row.value else { return Ok(&NONE) };
+        match self.spans.get_or_init(|| Spans::find(value)) {
+            Ok(s) => Ok(s),
+            Err(e) => Err(PgError::Data(e.clone()).into()),
+        }
+    }
+
+    /// The JSON text of one envelope field (None when absent).
+    fn raw(&self, pick: fn(&Spans) -> &Option<Range<usize>>) -> PyResult<Option<&str>> {
+        let spans = self.spans()?;
+        Ok(pick(spans).clone().map(|r| &self.row.value.as_deref().unwrap_or_default()[r]))
+    }
+
+    /// A field converted once: `convert` gets its JSON text (None when absent).
+    fn cached(
+        &self,
+        py: Python<'_>,
+        cell: &PyOnceLock<Py<PyAny>>,
+        pick: fn(&Spans) -> &Option<Range<usize>>,
+        convert: impl FnOnce(Python<'_>, Option<&str>) -> PyResult<Py<PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        cell.get_or_try_init(py, || convert(py, self.raw(pick)?)).map(|v| v.clone_ref(py))
+    }
+
+    fn row_field(
+        &self,
+        py: Python<'_>,
+        cell: &PyOnceLock<Py<PyAny>>,
+        pick: fn(&Spans) -> &Option<Range<usize>>,
+    ) -> PyResult<Py<PyAny>> {
+        self.cached(py, cell, pick, |py, raw| row_py(py, raw, self.row.columns.as_deref(), &self.row.options))
+    }
+
+    fn json_field(
+        &self,
+        py: Python<'_>,
+        cell: &PyOnceLock<Py<PyAny>>,
+        pick: fn(&Spans) -> &Option<Range<usize>>,
+    ) -> PyResult<Py<PyAny>> {
+        self.cached(py, cell, pick, raw_py)
+    }
+
+    fn message_field(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.cached(
+            py,
+            &self.message,
+            |s| &s.message,
+            |py, raw| {
+                let Some(m) = raw else { return Ok(py.None()) };
+                let md = values::json(py, m)?.cast_into::<PyDict>()?;
+                if let Some(c) = md.get_item("content")? {
+                    if let Ok(s) = c.extract::<String>() {
+                        md.set_item(
+                            "content",
+                            pyo3::types::PyBytes::new(py, &decode_binary(&s, self.row.options.binary)?),
+                        )?;
                     }
-                    // A schema+payload envelope carries the event in "payload".
-                    #[derive(serde::Deserialize)]
-                    struct Wrapped<'a> {
-                        #[serde(borrow)]
-                        payload: Option<&'a RawValue>,
-                    }
-                    let text = match serde_json::from_str::<Wrapped<'_>>(v) {
-                        Ok(Wrapped { payload: Some(p) }) => p.get(),
-                        _ => v.as_str(),
-                    };
-                    let env: Env<'_> =
-                        serde_json::from_str(text).map_err(|e| PgError::Data(format!("event JSON: {e}")))?;
-                    let o = &self.row.options;
-                    let cols = self.row.columns.as_deref();
-                    d.set_item("before", row_py(py, env.before, cols, o)?)?;
-                    d.set_item("after", row_py(py, env.after, cols, o)?)?;
-                    d.set_item("source", raw_py(py, env.source)?)?;
-                    d.set_item("transaction", raw_py(py, env.transaction)?)?;
-                    d.set_item("unchanged_columns", raw_py(py, env.unchanged_columns)?)?;
-                    let message = match env.message {
-                        Some(m) => {
-                            let md = values::json(py, m.get())?.cast_into::<PyDict>()?;
-                            if let Some(c) = md.get_item("content")? {
-                                if let Ok(s) = c.extract::<String>() {
-                                    md.set_item(
-                                        "content",
-                                        pyo3::types::PyBytes::new(py, &decode_binary(&s, o.binary)?),
-                                    )?;
-                                }
-                            }
-                            md.into_any().unbind()
-                        }
-                        None => py.None(),
-                    };
-                    d.set_item("message", message)?;
-                    let ts_ms = env.ts_ms.unwrap_or(0);
-                    d.set_item("ts_ms", ts_ms)?;
-                    d.set_item("ts_us", env.ts_us.unwrap_or(ts_ms * 1000))?;
-                    d.set_item("ts_ns", env.ts_ns.unwrap_or(ts_ms * 1_000_000))?;
                 }
-                Ok::<_, PyErr>(d.unbind())
-            })
-            .map(|d| d.bind(py))
+                Ok(md.into_any().unbind())
+            },
+        )
     }
 
-    fn field(&self, py: Python<'_>, name: &str) -> PyResult<Py<PyAny>> {
-        Ok(match self.fields(py)?.get_item(name)? {
-            Some(v) => v.unbind(),
-            None => py.None(),
-        })
+    /// An envelope time; None for an event without a value (a tombstone).
+    fn time(&self, pick: fn(&Spans) -> i64) -> PyResult<Option<i64>> {
+        match self.row.value {
+            Some(_) => Ok(Some(pick(self.spans()?))),
+            None => Ok(None),
+        }
+    }
+
+    fn unchanged(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.json_field(py, &self.unchanged_columns, |s| &s.unchanged_columns)
     }
 }
 
@@ -109,44 +206,44 @@ impl FeedEvent {
     }
     #[getter]
     fn before(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        self.field(py, "before")
+        self.row_field(py, &self.before, |s| &s.before)
     }
     #[getter]
     fn after(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        self.field(py, "after")
+        self.row_field(py, &self.after, |s| &s.after)
     }
     #[getter]
     fn source(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        self.field(py, "source")
+        self.json_field(py, &self.source, |s| &s.source)
     }
     #[getter]
     fn transaction(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        self.field(py, "transaction")
+        self.json_field(py, &self.transaction, |s| &s.transaction)
     }
     #[getter]
     fn message(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        self.field(py, "message")
+        self.message_field(py)
     }
     /// Columns of `after` whose TOASTed value did not change (not sent, left out).
     #[getter]
     fn unchanged_columns(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        let v = self.field(py, "unchanged_columns")?;
+        let v = self.unchanged(py)?;
         if v.is_none(py) {
             return Ok(pyo3::types::PyTuple::empty(py).into_any().unbind());
         }
         Ok(pyo3::types::PyTuple::new(py, v.bind(py).try_iter()?.collect::<PyResult<Vec<_>>>()?)?.into_any().unbind())
     }
     #[getter]
-    fn ts_ms(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        self.field(py, "ts_ms")
+    fn ts_ms(&self) -> PyResult<Option<i64>> {
+        self.time(|s| s.ts_ms)
     }
     #[getter]
-    fn ts_us(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        self.field(py, "ts_us")
+    fn ts_us(&self) -> PyResult<Option<i64>> {
+        self.time(|s| s.ts_us)
     }
     #[getter]
-    fn ts_ns(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        self.field(py, "ts_ns")
+    fn ts_ns(&self) -> PyResult<Option<i64>> {
+        self.time(|s| s.ts_ns)
     }
     /// LSN of the change, `X/Y`.
     #[getter]
@@ -223,14 +320,18 @@ impl FeedEvent {
     fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
         d.set_item("op", &self.row.op)?;
-        for k in ["before", "after", "source", "transaction", "ts_ms", "ts_us", "ts_ns"] {
-            d.set_item(k, self.field(py, k)?)?;
-        }
-        let unchanged = self.field(py, "unchanged_columns")?;
+        d.set_item("before", self.before(py)?)?;
+        d.set_item("after", self.after(py)?)?;
+        d.set_item("source", self.source(py)?)?;
+        d.set_item("transaction", self.transaction(py)?)?;
+        d.set_item("ts_ms", self.ts_ms()?)?;
+        d.set_item("ts_us", self.ts_us()?)?;
+        d.set_item("ts_ns", self.ts_ns()?)?;
+        let unchanged = self.unchanged(py)?;
         if !unchanged.is_none(py) {
             d.set_item("unchanged_columns", unchanged)?;
         }
-        let message = self.field(py, "message")?;
+        let message = self.message_field(py)?;
         if !message.is_none(py) {
             d.set_item("message", message)?;
         }
@@ -248,19 +349,19 @@ impl FeedEvent {
     }
 }
 
-fn raw_py(py: Python<'_>, raw: Option<&RawValue>) -> PyResult<Py<PyAny>> {
+fn raw_py(py: Python<'_>, raw: Option<&str>) -> PyResult<Py<PyAny>> {
     match raw {
-        Some(r) => Ok(values::json(py, r.get())?.unbind()),
+        Some(r) => Ok(values::json(py, r)?.unbind()),
         None => Ok(py.None()),
     }
 }
 
-fn row_py(py: Python<'_>, raw: Option<&RawValue>, cols: Option<&Columns>, o: &EncoderOptions) -> PyResult<Py<PyAny>> {
+fn row_py(py: Python<'_>, raw: Option<&str>, cols: Option<&Columns>, o: &EncoderOptions) -> PyResult<Py<PyAny>> {
     let Some(raw) = raw else { return Ok(py.None()) };
-    if raw.get() == "null" {
+    if raw == "null" {
         return Ok(py.None());
     }
-    let Some(cols) = cols else { return Ok(values::json(py, raw.get())?.unbind()) };
+    let Some(cols) = cols else { return Ok(values::json(py, raw)?.unbind()) };
     let map: Vec<(String, &RawValue)> = {
         // Keep the JSON's key order.
         struct Ordered<'a>(Vec<(String, &'a RawValue)>);
@@ -283,7 +384,7 @@ fn row_py(py: Python<'_>, raw: Option<&RawValue>, cols: Option<&Columns>, o: &En
                 d.deserialize_map(V)
             }
         }
-        let o: Ordered<'_> = serde_json::from_str(raw.get()).map_err(|e| PgError::Data(format!("row JSON: {e}")))?;
+        let o: Ordered<'_> = serde_json::from_str(raw).map_err(|e| PgError::Data(format!("row JSON: {e}")))?;
         o.0
     };
     let d = PyDict::new(py);
