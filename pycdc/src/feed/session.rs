@@ -254,13 +254,29 @@ const FEED_SQL: &str = "SELECT sink, channel, options::pg_catalog.text, pg_catal
 
 /// The last column tells which feed of that name the rows belong to (see [`Session::check_feed`]).
 const READ_SQL: &str = "SELECT commit_lsn::pg_catalog.text, ordinal, lsn::pg_catalog.text, xid, op, schema_name, \
-     table_name, topic, key::pg_catalog.text, event::pg_catalog.text, headers::pg_catalog.text, \
+     table_name, topic, key, event, headers, \
      (SELECT f.created_at FROM pgcdc.feeds f WHERE f.name OPERATOR(pg_catalog.=) $1::pg_catalog.text) \
      FROM pgcdc.read($1::pg_catalog.text, $2::pg_catalog.int4, $3::pg_catalog.text::pg_catalog.pg_lsn, \
      $4::pg_catalog.int4)";
 
 const ACK_SQL: &str =
     "SELECT pgcdc.ack($1::pg_catalog.text, $2::pg_catalog.text::pg_catalog.pg_lsn, $3::pg_catalog.int4)";
+
+/// A `json` column's text as sent in binary: the text itself (no cast to text on the server).
+struct JsonText<'a>(&'a str);
+
+impl<'a> tokio_postgres::types::FromSql<'a> for JsonText<'a> {
+    fn from_sql(
+        _: &tokio_postgres::types::Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(JsonText(std::str::from_utf8(raw)?))
+    }
+
+    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+        *ty == tokio_postgres::types::Type::JSON
+    }
+}
 
 /// A read that returned this much JSON may have been cut short by `pgcdc.read`'s 64 MB cap
 /// (half of it, so a change of the cap's exact value does not matter): read again at once.
@@ -331,7 +347,8 @@ impl Session<'_> {
             let bytes: usize = rows
                 .iter()
                 .map(|r| {
-                    r.get::<_, Option<&str>>(8).map_or(0, str::len) + r.get::<_, Option<&str>>(9).map_or(0, str::len)
+                    let len = |i: usize| r.get::<_, Option<JsonText<'_>>>(i).map_or(0, |j| j.0.len());
+                    len(8) + len(9)
                 })
                 .sum();
             let mut batch = Vec::with_capacity(got);
@@ -468,6 +485,7 @@ impl Session<'_> {
 
     /// A row of [`READ_SQL`]: a staged event.
     fn read_row(&self, r: &tokio_postgres::Row) -> FeedRow {
+        let json = |i: usize| r.get::<_, Option<JsonText<'_>>>(i).map(|j| j.0.to_owned());
         self.row(
             r.get(0),
             r.get(1),
@@ -477,9 +495,9 @@ impl Session<'_> {
             r.get(5),
             r.get(6),
             r.get(7),
-            r.get(8),
-            r.get(9),
-            r.get(10),
+            json(8),
+            json(9),
+            json(10),
             true,
         )
     }
