@@ -53,7 +53,7 @@ CREATE UNLOGGED TABLE pgcdc.event (
     topic       text        NOT NULL,
     key         text,
     value       text,
-    headers     jsonb,
+    headers     json,
     staged_at   timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (feed_id, commit_lsn, ordinal)
 ) WITH (

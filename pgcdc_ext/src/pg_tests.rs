@@ -200,7 +200,7 @@ mod tests {
         .unwrap();
         assert_eq!(rows, "0/100#1={\"a\":1} 0/100#2={\"a\":2} 0/200#1={\"b\":1} 0/200#2={\"b\":2}");
         let headers = Spi::get_one::<String>("SELECT headers::text FROM pgcdc.read('q', 1)").unwrap().unwrap();
-        assert_eq!(headers, "{\"__debezium.oldkey\": {\"id\": 0}}");
+        assert_eq!(headers, "{\"__debezium.oldkey\":{\"id\":0}}");
         assert_eq!(
             Spi::get_one::<i64>("SELECT count(*) FROM pgcdc.read('q', 10, '0/100', 1)").unwrap(),
             Some(3),
@@ -247,7 +247,7 @@ mod tests {
         assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM pgcdc.read('alt', 10)").unwrap(), Some(3));
         assert_eq!(relids_staged(id), vec![Some(PG_CLASS); 3], "the SQL path stores the relation's OID");
         let headers = Spi::get_one::<String>("SELECT headers::text FROM pgcdc.read('alt', 1)").unwrap().unwrap();
-        assert_eq!(headers, "{\"__debezium.oldkey\": {\"id\": 0}}");
+        assert_eq!(headers, "{\"__debezium.oldkey\":{\"id\":0}}");
     }
 
     #[pg_test]

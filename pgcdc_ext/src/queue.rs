@@ -3,8 +3,10 @@
 //! One batch = one pass of the table AM's `multi_insert` plus index insertion (the fast path,
 //! re-validated against the table under the batch's lock every time, see [`Stager`]), or one
 //! `INSERT .. SELECT FROM unnest(arrays)` through a plan prepared once per worker, inside the
-//! batch's transaction. Events are stored as JSON **text** (not jsonb: about 3x cheaper to
-//! stage); `pgcdc.read` returns them as `json` without re-parsing.
+//! batch's transaction. Events and their headers are stored as JSON **text** (not jsonb:
+//! about 3x cheaper to stage, and nothing to format when read), uncompressed (see the
+//! table's storage in sql/pgcdc_schema.sql); `pgcdc.read` returns them as `json` without
+//! re-parsing.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -87,7 +89,7 @@ impl Row {
     }
 
     /// Whether the row can be staged: its JSON (key + value + headers) is at most
-    /// `max_bytes` and its headers are valid JSON (they are stored as jsonb). Err: why not.
+    /// `max_bytes` and its headers are valid JSON (stored as json, unchecked by the fast path). Err: why not.
     pub fn check(&self, max_bytes: usize) -> Result<(), String> {
         let total = self.size() as usize + self.headers.as_ref().map_or(0, String::len);
         if total > max_bytes {
@@ -133,7 +135,7 @@ const INSERT_SQL: &str = "INSERT INTO pgcdc.event \
      (feed_id, commit_lsn, ordinal, lsn, xid, op, schema_name, table_name, relid, topic, key, value, headers) \
      SELECT $1, unnest($2::pg_lsn[]), unnest($3::int4[]), unnest($4::pg_lsn[]), unnest($5::int8[]), \
             unnest($6::text[]), unnest($7::text[]), unnest($8::text[]), unnest($9::oid[]), unnest($10::text[]), \
-            unnest($11::text[]), unnest($12::text[]), unnest($13::text[])::jsonb";
+            unnest($11::text[]), unnest($12::text[]), unnest($13::text[])::json";
 
 /// The columns of `pgcdc.event`, in order, that the direct path fills, with their types
 /// and whether they may be NULL.
@@ -150,7 +152,7 @@ const EVENT_COLUMNS: &[(&str, pg_sys::Oid, bool)] = &[
     ("topic", pg_sys::TEXTOID, false),
     ("key", pg_sys::TEXTOID, true),
     ("value", pg_sys::TEXTOID, true),
-    ("headers", pg_sys::JSONBOID, true),
+    ("headers", pg_sys::JSONOID, true),
     ("staged_at", pg_sys::TIMESTAMPTZOID, false),
 ];
 
@@ -402,16 +404,6 @@ unsafe fn text_datum(s: &str) -> pg_sys::Datum {
     pg_sys::Datum::from(unsafe { pg_sys::cstring_to_text_with_len(s.as_ptr().cast(), s.len() as i32) })
 }
 
-/// A `jsonb` datum parsed from JSON text (the headers).
-unsafe fn jsonb_datum(s: &str) -> pg_sys::Datum {
-    let c = std::ffi::CString::new(s).unwrap_or_default();
-    // SAFETY: jsonb_in takes a NUL-terminated C string (it does not keep it); raises ERROR
-    // on invalid JSON.
-    unsafe {
-        pg_sys::OidInputFunctionCall(pg_sys::Oid::from(pg_sys::F_JSONB_IN), c.as_ptr().cast_mut(), pg_sys::JSONBOID, -1)
-    }
-}
-
 impl Direct {
     /// # Safety
     /// In a transaction, on the main thread, with `self` from [`open_direct`] (this
@@ -436,8 +428,8 @@ impl Direct {
                 chunk_cx.switch_to(|_| {
                     // op, schema, table, topic and the headers (Debezium's context headers are
                     // the same on every event) repeat from row to row: one datum each until
-                    // they change (heap_form_tuple copies the bytes anyway). Parsing the
-                    // headers into jsonb for every row took a tenth of the worker's time.
+                    // they change (heap_form_tuple copies the bytes anyway). A json datum is
+                    // its text (Row::check validated it).
                     let mut repeated: [Option<(&'r str, pg_sys::Datum)>; 5] = [None; 5];
                     let mut datum_of = |i: usize, v: &'r str, make: unsafe fn(&str) -> pg_sys::Datum| match repeated[i]
                     {
@@ -457,7 +449,7 @@ impl Direct {
                             None => (pg_sys::Datum::from(0usize), true),
                         };
                         let headers = match r.headers.as_deref() {
-                            Some(h) => (datum_of(4, h, jsonb_datum), false),
+                            Some(h) => (datum_of(4, h, text_datum), false),
                             None => (pg_sys::Datum::from(0usize), true),
                         };
                         let cols: [(pg_sys::Datum, bool); 14] = [

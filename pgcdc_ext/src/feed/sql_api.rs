@@ -35,7 +35,7 @@ use super::store::{
     RowLock, LOCK_CLASS_CREATE, LOCK_CLASS_SLOT,
 };
 use crate::access;
-use crate::datum::{JsonText, PgLsn};
+use crate::datum::PgLsn;
 use crate::error::{quote_for_message, raise, required, spi_ok};
 use crate::gucs;
 use crate::position::{AckError, AckTarget, Delivered, Position};
@@ -469,35 +469,133 @@ fn alter_feed(name: Option<&str>, options: Option<JsonB>) -> JsonB {
     JsonB(merged)
 }
 
-/// `pgcdc.read(feed, max_events, after_lsn, after_ordinal)`: the next staged events after the
-/// acknowledged position (or after the given position), in position order. Reading does not
-/// consume; `pgcdc.ack` does. At most `max_events` rows, and no more rows once their JSON
-/// reaches [`READ_BYTE_BUDGET`](super::store::READ_BYTE_BUDGET) (always at least one):
-/// fewer rows than asked for do not mean the queue is drained; read until a call returns none.
-#[allow(clippy::type_complexity)]
-#[pg_extern(volatile)]
-#[search_path(pg_catalog, pg_temp)]
+// `pgcdc.read` is declared by hand (its C entry point is `pgcdc_read`): it returns its rows
+// in one call, as a tuplestore. pgrx's set-returning functions return a row per call, and
+// every call of a function with `SET search_path` sets and restores the setting: that was
+// half of a read.
+extension_sql!(
+    r#"
+CREATE FUNCTION pgcdc.read(
+    feed text,
+    max_events int DEFAULT 100,
+    after_lsn pg_lsn DEFAULT NULL,
+    after_ordinal int DEFAULT NULL
+) RETURNS TABLE (
+    commit_lsn pg_lsn, ordinal int, lsn pg_lsn, xid bigint, op text, schema_name text,
+    table_name text, topic text, key json, event json, headers json
+)
+VOLATILE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'pgcdc_read';
+"#,
+    name = "pgcdc_read",
+);
+
+/// The C entry point of `pgcdc.read` (materialize mode).
+///
+/// # Safety
+/// Called by PostgreSQL's function manager with the four arguments declared above.
+#[pg_guard]
+#[no_mangle]
+pub unsafe extern "C-unwind" fn pgcdc_read(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    // SAFETY: the declared argument types: text, int, pg_lsn, int.
+    let rows = unsafe {
+        read(
+            pgrx::fcinfo::pg_getarg::<&str>(fcinfo, 0),
+            pgrx::fcinfo::pg_getarg::<i32>(fcinfo, 1),
+            pgrx::fcinfo::pg_getarg::<PgLsn>(fcinfo, 2),
+            pgrx::fcinfo::pg_getarg::<i32>(fcinfo, 3),
+        )
+    };
+    // SAFETY: fcinfo is this call's.
+    unsafe { return_rows(fcinfo, rows) };
+    pg_sys::Datum::from(0usize)
+}
+
+#[no_mangle]
+pub extern "C" fn pg_finfo_pgcdc_read() -> &'static pg_sys::Pg_finfo_record {
+    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
+}
+
+/// Hands `rows` to the executor as the call's result set, in a tuplestore (as PostgreSQL's
+/// own materializing set functions do).
+///
+/// # Safety
+/// `fcinfo` is the current call of a set-returning function whose result columns are a
+/// `ReadRow`'s.
+unsafe fn return_rows(fcinfo: pg_sys::FunctionCallInfo, rows: Vec<ReadRow>) {
+    use pg_sys::SetFunctionReturnMode::{SFRM_Materialize, SFRM_Materialize_Random};
+    // SAFETY: (whole body) resultinfo checked before use; the tuplestore and descriptor live
+    // in the query's memory; each row's datums in a context reset after the row is stored.
+    unsafe {
+        let rsinfo = (*fcinfo).resultinfo.cast::<pg_sys::ReturnSetInfo>();
+        if rsinfo.is_null()
+            || (*rsinfo).type_ != pg_sys::NodeTag::T_ReturnSetInfo
+            || (*rsinfo).allowedModes & SFRM_Materialize as i32 == 0
+        {
+            raise(
+                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                "pgcdc.read returns a set: call it in FROM".to_string(),
+                Some("SELECT * FROM pgcdc.read(feed, max_events)".into()),
+            );
+        }
+        let before = pg_sys::MemoryContextSwitchTo((*(*rsinfo).econtext).ecxt_per_query_memory);
+        let mut desc: pg_sys::TupleDesc = std::ptr::null_mut();
+        if pg_sys::get_call_result_type(fcinfo, std::ptr::null_mut(), &mut desc)
+            != pg_sys::TypeFuncClass::TYPEFUNC_COMPOSITE
+        {
+            raise(
+                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                "pgcdc.read: the function's declared result is not a row type".to_string(),
+                None,
+            );
+        }
+        let random = (*rsinfo).allowedModes & SFRM_Materialize_Random as i32 != 0;
+        let store = pg_sys::tuplestore_begin_heap(random, false, pg_sys::work_mem);
+        (*rsinfo).returnMode = SFRM_Materialize;
+        (*rsinfo).setResult = store;
+        (*rsinfo).setDesc = desc;
+        pg_sys::MemoryContextSwitchTo(before);
+        let mut row_cx = pgrx::PgMemoryContexts::new("pgcdc.read row");
+        for r in rows {
+            row_cx.switch_to(|_| {
+                let datums = [
+                    r.0.into_datum(),
+                    r.1.into_datum(),
+                    r.2.into_datum(),
+                    r.3.into_datum(),
+                    r.4.into_datum(),
+                    r.5.into_datum(),
+                    r.6.into_datum(),
+                    r.7.into_datum(),
+                    r.8.and_then(IntoDatum::into_datum),
+                    r.9.and_then(IntoDatum::into_datum),
+                    r.10.and_then(IntoDatum::into_datum),
+                ];
+                let mut values = [pg_sys::Datum::from(0usize); 11];
+                let mut nulls = [false; 11];
+                for (i, d) in datums.into_iter().enumerate() {
+                    match d {
+                        Some(d) => values[i] = d,
+                        None => nulls[i] = true,
+                    }
+                }
+                // Copies the row into the tuplestore's own memory.
+                pg_sys::tuplestore_putvalues(store, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+            });
+            row_cx.reset();
+        }
+    }
+}
+
 fn read(
     feed: Option<&str>,
-    max_events: default!(Option<i32>, 100),
-    after_lsn: default!(Option<PgLsn>, "NULL"),
-    after_ordinal: default!(Option<i32>, "NULL"),
-) -> TableIterator<
-    'static,
-    (
-        name!(commit_lsn, PgLsn),
-        name!(ordinal, i32),
-        name!(lsn, PgLsn),
-        name!(xid, Option<i64>),
-        name!(op, String),
-        name!(schema_name, String),
-        name!(table_name, String),
-        name!(topic, String),
-        name!(key, Option<JsonText>),
-        name!(event, Option<JsonText>),
-        name!(headers, Option<JsonText>),
-    ),
-> {
+    max_events: Option<i32>,
+    after_lsn: Option<PgLsn>,
+    after_ordinal: Option<i32>,
+) -> Vec<ReadRow> {
     let feed = required(feed, "feed");
     let max_events = required(max_events, "max_events");
     if !(1..=1_000_000).contains(&max_events) {
@@ -549,7 +647,7 @@ fn read(
             .collect();
         require_readable(caller, &f, tables);
     }
-    TableIterator::new(rows.into_iter().map(|(r, _)| r))
+    rows.into_iter().map(|(r, _)| r).collect()
 }
 
 /// The tables `publication` publishes now: (oid, display name).
