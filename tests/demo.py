@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""`make demo`: a throwaway PostgreSQL 15 with pgcdc preloaded, a small shop, a feed, live
-changes, and their Debezium events streamed to the terminal by the Python client.
+"""`make demo`: a throwaway PostgreSQL (15, or `make demo PG_MAJOR=N`'s) with pgcdc preloaded,
+a small shop, a feed, live changes, and their Debezium events streamed to the terminal by the
+Python client.
 
     .venv/bin/python tests/demo.py            # stream the demo's changes, then stop (exit 0)
     .venv/bin/python tests/demo.py --follow   # keep streaming until Ctrl-C (psql command shown)
@@ -22,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pgcluster import Cluster  # noqa: E402
+from pgcluster import Cluster, pg_major  # noqa: E402
 
 import pgcdc  # noqa: E402
 
@@ -136,7 +137,7 @@ def main() -> int:
     ap.add_argument("--follow", action="store_true", help="keep streaming until Ctrl-C")
     args = ap.parse_args()
     settings = {"shared_preload_libraries": "pgcdc", "pgcdc.status_interval": 200, "max_worker_processes": 16}
-    print("pgcdc demo: starting a throwaway PostgreSQL 15 with pgcdc preloaded ...", flush=True)
+    print(f"pgcdc demo: starting a throwaway PostgreSQL {pg_major()} with pgcdc preloaded ...", flush=True)
     with Cluster(settings, name="pgcdc-demo") as cluster:
         cluster.execute("CREATE EXTENSION pgcdc")
         cluster.psql("-c", SCHEMA)
