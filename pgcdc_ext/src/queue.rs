@@ -431,11 +431,10 @@ impl Direct {
                     // they change (heap_form_tuple copies the bytes anyway). A json datum is
                     // its text (Row::check validated it).
                     let mut repeated: [Option<(&'r str, pg_sys::Datum)>; 5] = [None; 5];
-                    let mut datum_of = |i: usize, v: &'r str, make: unsafe fn(&str) -> pg_sys::Datum| match repeated[i]
-                    {
+                    let mut datum_of = |i: usize, v: &'r str| match repeated[i] {
                         Some((prev, d)) if std::ptr::eq(prev, v) || prev == v => d,
                         _ => {
-                            let d = make(v);
+                            let d = text_datum(v);
                             repeated[i] = Some((v, d));
                             d
                         }
@@ -444,12 +443,12 @@ impl Direct {
                         pg_sys::ExecClearTuple(slot);
                         let values = std::slice::from_raw_parts_mut((*slot).tts_values, natts);
                         let nulls = std::slice::from_raw_parts_mut((*slot).tts_isnull, natts);
-                        let opt = |s: Option<&str>, f: unsafe fn(&str) -> pg_sys::Datum| match s {
-                            Some(s) => (f(s), false),
+                        let opt = |s: Option<&str>| match s {
+                            Some(s) => (text_datum(s), false),
                             None => (pg_sys::Datum::from(0usize), true),
                         };
                         let headers = match r.headers.as_deref() {
-                            Some(h) => (datum_of(4, h, text_datum), false),
+                            Some(h) => (datum_of(4, h), false),
                             None => (pg_sys::Datum::from(0usize), true),
                         };
                         let cols: [(pg_sys::Datum, bool); 14] = [
@@ -461,16 +460,16 @@ impl Direct {
                                 Some(x) => (pg_sys::Datum::from(x), false),
                                 None => (pg_sys::Datum::from(0usize), true),
                             },
-                            (datum_of(0, r.op, text_datum), false),
-                            (datum_of(1, &r.schema, text_datum), false),
-                            (datum_of(2, &r.table, text_datum), false),
+                            (datum_of(0, r.op), false),
+                            (datum_of(1, &r.schema), false),
+                            (datum_of(2, &r.table), false),
                             match r.relid {
                                 Some(oid) => (pg_sys::Datum::from(oid), false),
                                 None => (pg_sys::Datum::from(0usize), true),
                             },
-                            (datum_of(3, &r.topic, text_datum), false),
-                            opt(r.key.as_deref(), text_datum),
-                            opt(r.value.as_deref(), text_datum),
+                            (datum_of(3, &r.topic), false),
+                            opt(r.key.as_deref()),
+                            opt(r.value.as_deref()),
                             headers,
                             (now, false),
                         ];

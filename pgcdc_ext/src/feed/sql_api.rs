@@ -608,11 +608,7 @@ fn read(
     let caller = access::current_role();
     let id = authorize(feed, "read");
     let f = access::as_extension_owner(|| load_by_id(id)).unwrap_or_else(|| missing_feed(feed));
-    // Superusers read everything: no table is even looked up.
-    let superuser = access::is_superuser(caller);
-    if !superuser {
-        require_readable(caller, &f, publication_tables(&f.publication));
-    }
+    require_readable(caller, &f, || publication_tables(&f.publication));
     if after_lsn.is_some_and(|l| l.0 >= crate::streamed::PROVISIONAL) {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -631,12 +627,12 @@ fn read(
     // The relations the returned events come from, by OID (they may have left the
     // publication since, been renamed, or been dropped: a table created later under the same
     // name is another table and grants nothing on these events).
-    if !superuser {
+    require_readable(caller, &f, || {
         let mut names: BTreeMap<Option<u32>, (&str, &str)> = BTreeMap::new();
         for (r, relid) in rows.iter().filter(|(r, _)| !r.6.is_empty()) {
             names.entry(relid.map(u32::from)).or_insert((&r.5, &r.6));
         }
-        let tables = names
+        names
             .into_iter()
             .map(|(relid, (schema, table))| {
                 (
@@ -644,9 +640,8 @@ fn read(
                     format!("{}.{}", quote_ident(schema), quote_ident(table)),
                 )
             })
-            .collect();
-        require_readable(caller, &f, tables);
-    }
+            .collect()
+    });
     rows.into_iter().map(|(r, _)| r).collect()
 }
 
@@ -688,14 +683,15 @@ pub(crate) fn quote_ident(name: &str) -> String {
 /// SELECT on the table, and row-level security does not apply to it (pgcdc cannot apply
 /// policies to change events). A table that no longer exists (None) can be read by superusers
 /// only.
-fn require_readable(role: pg_sys::Oid, feed: &Feed, tables: Vec<(Option<pg_sys::Oid>, String)>) {
+fn require_readable(role: pg_sys::Oid, feed: &Feed, tables: impl FnOnce() -> Vec<(Option<pg_sys::Oid>, String)>) {
+    // Superusers read everything: the tables are not even looked up.
     if access::is_superuser(role) {
         return;
     }
     let mut unreadable = Vec::new();
     let mut row_security = Vec::new();
     let mut gone = Vec::new();
-    for (oid, display) in tables {
+    for (oid, display) in tables() {
         let Some(oid) = oid else {
             gone.push(display);
             continue;

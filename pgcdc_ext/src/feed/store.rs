@@ -327,7 +327,7 @@ fn fetch_events(
                 ];
                 let cursor_rows = c.select(
                     "SELECT commit_lsn, ordinal, lsn, xid, op, schema_name, table_name, topic, key, value, \
-                 headers::text, relid FROM pgcdc.event \
+                 headers, relid FROM pgcdc.event \
                  WHERE feed_id = $1 AND (commit_lsn, ordinal) > ($2, $3) AND commit_lsn < $4 \
                  ORDER BY commit_lsn, ordinal LIMIT $5",
                     None,
@@ -336,7 +336,7 @@ fn fetch_events(
                 for row in cursor_rows {
                     let key = row.get::<String>(9)?;
                     let mut value = row.get::<String>(10)?;
-                    let headers = row.get::<String>(11)?;
+                    let headers = row.get::<JsonText>(11)?;
                     let mut commit_lsn = row.get::<PgLsn>(1)?.unwrap_or_default();
                     if let Some(t) = streamed {
                         commit_lsn = PgLsn(t.commit_lsn);
@@ -344,7 +344,7 @@ fn fetch_events(
                     }
                     *bytes += key.as_ref().map_or(0, String::len)
                         + value.as_ref().map_or(0, String::len)
-                        + headers.as_ref().map_or(0, String::len);
+                        + headers.as_ref().map_or(0, |h| h.0.len());
                     rows.push((
                         (
                             commit_lsn,
@@ -357,7 +357,7 @@ fn fetch_events(
                             row.get::<String>(8)?.unwrap_or_default(),
                             key.map(JsonText),
                             value.map(JsonText),
-                            headers.map(JsonText),
+                            headers,
                         ),
                         row.get::<pg_sys::Oid>(12)?,
                     ));

@@ -22,22 +22,25 @@ pub(super) struct FeedEvent {
     pub(super) row: FeedRow,
     /// Where the envelope's fields are in `row.value`, found on the first access of any.
     spans: OnceLock<Result<Spans, String>>,
-    before: PyOnceLock<Py<PyAny>>,
-    after: PyOnceLock<Py<PyAny>>,
-    source: PyOnceLock<Py<PyAny>>,
-    transaction: PyOnceLock<Py<PyAny>>,
-    message: PyOnceLock<Py<PyAny>>,
-    unchanged_columns: PyOnceLock<Py<PyAny>>,
+    /// Each field as a Python object, converted on its first access.
+    converted: [PyOnceLock<Py<PyAny>>; FIELDS],
 }
+
+/// The envelope's JSON fields, indexes into [`Spans::fields`] and [`FeedEvent::converted`].
+#[derive(Clone, Copy)]
+enum Field {
+    Before,
+    After,
+    Source,
+    Transaction,
+    Message,
+    UnchangedColumns,
+}
+const FIELDS: usize = 6;
 
 /// Byte ranges of the envelope's fields in the event JSON, and its times.
 struct Spans {
-    before: Option<Range<usize>>,
-    after: Option<Range<usize>>,
-    source: Option<Range<usize>>,
-    transaction: Option<Range<usize>>,
-    message: Option<Range<usize>>,
-    unchanged_columns: Option<Range<usize>>,
+    fields: [Option<Range<usize>>; FIELDS],
     ts_ms: i64,
     ts_us: i64,
     ts_ns: i64,
@@ -75,20 +78,16 @@ impl Spans {
         };
         let env: Env<'_> = serde_json::from_str(text).map_err(|e| format!("event JSON: {e}"))?;
         // Every RawValue borrows from `value`: its offset there is its place.
-        let span = |r: Option<&RawValue>| {
-            r.map(|r| {
-                let start = r.get().as_ptr() as usize - value.as_ptr() as usize;
-                start..start + r.get().len()
-            })
-        };
+        let fields =
+            [env.before, env.after, env.source, env.transaction, env.message, env.unchanged_columns].map(|r| {
+                r.map(|r| {
+                    let start = r.get().as_ptr() as usize - value.as_ptr() as usize;
+                    start..start + r.get().len()
+                })
+            });
         let ts_ms = env.ts_ms.unwrap_or(0);
         Ok(Spans {
-            before: span(env.before),
-            after: span(env.after),
-            source: span(env.source),
-            transaction: span(env.transaction),
-            message: span(env.message),
-            unchanged_columns: span(env.unchanged_columns),
+            fields,
             ts_ms,
             ts_us: env.ts_us.unwrap_or(ts_ms * 1000),
             ts_ns: env.ts_ns.unwrap_or(ts_ms * 1_000_000),
@@ -98,103 +97,40 @@ impl Spans {
 
 impl FeedEvent {
     pub(super) fn new(row: FeedRow) -> Self {
-        FeedEvent {
-            row,
-            spans: OnceLock::new(),
-            before: PyOnceLock::new(),
-            after: PyOnceLock::new(),
-            source: PyOnceLock::new(),
-            transaction: PyOnceLock::new(),
-            message: PyOnceLock::new(),
-            unchanged_columns: PyOnceLock::new(),
-        }
+        FeedEvent { row, spans: OnceLock::new(), converted: std::array::from_fn(|_| PyOnceLock::new()) }
     }
 
-    fn spans(&self) -> PyResult<&Spans> {
-        static NONE: Spans = Spans {
-            before: None,
-            after: None,
-            source: None,
-            transaction: None,
-            message: None,
-            unchanged_columns: None,
-            ts_ms: 0,
-            ts_us: 0,
-            ts_ns: 0,
-        };
-        let Some(value) = &self.row.value else { return Ok(&NONE) };
+    /// The envelope's layout; None for an event without a value (a tombstone).
+    fn spans(&self) -> PyResult<Option<(&str, &Spans)>> {
+        let Some(value) = self.row.value.as_deref() else { return Ok(None) };
         match self.spans.get_or_init(|| Spans::find(value)) {
-            Ok(s) => Ok(s),
+            Ok(s) => Ok(Some((value, s))),
             Err(e) => Err(PgError::Data(e.clone()).into()),
         }
     }
 
     /// The JSON text of one envelope field (None when absent).
-    fn raw(&self, pick: fn(&Spans) -> &Option<Range<usize>>) -> PyResult<Option<&str>> {
-        let spans = self.spans()?;
-        Ok(pick(spans).clone().map(|r| &self.row.value.as_deref().unwrap_or_default()[r]))
+    fn raw(&self, field: Field) -> PyResult<Option<&str>> {
+        Ok(self.spans()?.and_then(|(value, s)| s.fields[field as usize].clone().map(|r| &value[r])))
     }
 
-    /// A field converted once: `convert` gets its JSON text (None when absent).
-    fn cached(
-        &self,
-        py: Python<'_>,
-        cell: &PyOnceLock<Py<PyAny>>,
-        pick: fn(&Spans) -> &Option<Range<usize>>,
-        convert: impl FnOnce(Python<'_>, Option<&str>) -> PyResult<Py<PyAny>>,
-    ) -> PyResult<Py<PyAny>> {
-        cell.get_or_try_init(py, || convert(py, self.raw(pick)?)).map(|v| v.clone_ref(py))
-    }
-
-    fn row_field(
-        &self,
-        py: Python<'_>,
-        cell: &PyOnceLock<Py<PyAny>>,
-        pick: fn(&Spans) -> &Option<Range<usize>>,
-    ) -> PyResult<Py<PyAny>> {
-        self.cached(py, cell, pick, |py, raw| row_py(py, raw, self.row.columns.as_deref(), &self.row.options))
-    }
-
-    fn json_field(
-        &self,
-        py: Python<'_>,
-        cell: &PyOnceLock<Py<PyAny>>,
-        pick: fn(&Spans) -> &Option<Range<usize>>,
-    ) -> PyResult<Py<PyAny>> {
-        self.cached(py, cell, pick, raw_py)
-    }
-
-    fn message_field(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        self.cached(
-            py,
-            &self.message,
-            |s| &s.message,
-            |py, raw| {
-                let Some(m) = raw else { return Ok(py.None()) };
-                let md = values::json(py, m)?.cast_into::<PyDict>()?;
-                if let Some(c) = md.get_item("content")? {
-                    if let Ok(s) = c.extract::<String>() {
-                        md.set_item(
-                            "content",
-                            pyo3::types::PyBytes::new(py, &decode_binary(&s, self.row.options.binary)?),
-                        )?;
-                    }
-                }
-                Ok(md.into_any().unbind())
-            },
-        )
-    }
-
-    /// An envelope time; None for an event without a value (a tombstone).
+    /// An envelope time; None for an event without a value.
     fn time(&self, pick: fn(&Spans) -> i64) -> PyResult<Option<i64>> {
-        match self.row.value {
-            Some(_) => Ok(Some(pick(self.spans()?))),
-            None => Ok(None),
-        }
+        Ok(self.spans()?.map(|(_, s)| pick(s)))
     }
 
-    fn unchanged(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        self.json_field(py, &self.unchanged_columns, |s| &s.unchanged_columns)
+    /// A field as a Python object, converted once (by its kind: row, message or plain JSON).
+    fn field(&self, py: Python<'_>, field: Field) -> PyResult<Py<PyAny>> {
+        self.converted[field as usize]
+            .get_or_try_init(py, || {
+                let raw = self.raw(field)?;
+                match field {
+                    Field::Before | Field::After => row_py(py, raw, self.row.columns.as_deref(), &self.row.options),
+                    Field::Message => message_py(py, raw, &self.row.options),
+                    Field::Source | Field::Transaction | Field::UnchangedColumns => raw_py(py, raw),
+                }
+            })
+            .map(|v| v.clone_ref(py))
     }
 }
 
@@ -206,28 +142,28 @@ impl FeedEvent {
     }
     #[getter]
     fn before(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        self.row_field(py, &self.before, |s| &s.before)
+        self.field(py, Field::Before)
     }
     #[getter]
     fn after(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        self.row_field(py, &self.after, |s| &s.after)
+        self.field(py, Field::After)
     }
     #[getter]
     fn source(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        self.json_field(py, &self.source, |s| &s.source)
+        self.field(py, Field::Source)
     }
     #[getter]
     fn transaction(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        self.json_field(py, &self.transaction, |s| &s.transaction)
+        self.field(py, Field::Transaction)
     }
     #[getter]
     fn message(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        self.message_field(py)
+        self.field(py, Field::Message)
     }
     /// Columns of `after` whose TOASTed value did not change (not sent, left out).
     #[getter]
     fn unchanged_columns(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        let v = self.unchanged(py)?;
+        let v = self.field(py, Field::UnchangedColumns)?;
         if v.is_none(py) {
             return Ok(pyo3::types::PyTuple::empty(py).into_any().unbind());
         }
@@ -327,11 +263,11 @@ impl FeedEvent {
         d.set_item("ts_ms", self.ts_ms()?)?;
         d.set_item("ts_us", self.ts_us()?)?;
         d.set_item("ts_ns", self.ts_ns()?)?;
-        let unchanged = self.unchanged(py)?;
+        let unchanged = self.field(py, Field::UnchangedColumns)?;
         if !unchanged.is_none(py) {
             d.set_item("unchanged_columns", unchanged)?;
         }
-        let message = self.message_field(py)?;
+        let message = self.field(py, Field::Message)?;
         if !message.is_none(py) {
             d.set_item("message", message)?;
         }
@@ -347,6 +283,18 @@ impl FeedEvent {
             self.row.ordinal
         )
     }
+}
+
+/// A logical message's block, its `content` as bytes.
+fn message_py(py: Python<'_>, raw: Option<&str>, o: &EncoderOptions) -> PyResult<Py<PyAny>> {
+    let Some(m) = raw else { return Ok(py.None()) };
+    let md = values::json(py, m)?.cast_into::<PyDict>()?;
+    if let Some(c) = md.get_item("content")? {
+        if let Ok(s) = c.extract::<String>() {
+            md.set_item("content", pyo3::types::PyBytes::new(py, &decode_binary(&s, o.binary)?))?;
+        }
+    }
+    Ok(md.into_any().unbind())
 }
 
 fn raw_py(py: Python<'_>, raw: Option<&str>) -> PyResult<Py<PyAny>> {
