@@ -39,6 +39,10 @@ mod spool;
 mod sql;
 mod values;
 
+// The session threads build what Python frees (see Cargo.toml).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use errors::PgError;
 use message::{Interval, Mode, ReplicationMessage};
 use pgcdc_wire::{ChannelBindingMode, ConnParams, SslMode};
