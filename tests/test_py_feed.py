@@ -472,6 +472,28 @@ def test_varbit_and_big_json_numbers(pg) -> None:
     assert repr(j) == repr(json.loads(text))  # exactly what json.loads makes of it
 
 
+def test_schemas_envelope_and_a_column_added_mid_stream_are_typed(pg) -> None:
+    """With schemas.enable the event sits in "payload"; a column added while streaming gets
+    its type (the session looks the table up again when `after` names a new column)."""
+    f = new_feed(pg, options={"schemas.enable": True})
+    insert(pg, f, 1)
+
+    async def main() -> list:
+        async with await pgcdc.connect(pg.dsn(), feed=f, auto_acknowledge=True) as s:
+            (e1,) = await take(s, 1)
+            pg.execute(f"ALTER TABLE {f} ADD COLUMN price numeric(8,3), ADD COLUMN at timestamptz")
+            pg.execute(f"INSERT INTO {f} VALUES (2, 'b', 2.25, 9.125, '2024-05-06 07:08:09.5+00')")
+            (e2,) = await take(s, 1)
+            return [e1, e2]
+
+    e1, e2 = run(main())
+    assert "schema" in json.loads(e1.json()) and e1.source["table"] == f and e1.ts_ms > 0
+    assert e1.after == {"id": 1, "v": "v1", "amount": Decimal("1.50")}
+    assert e2.after["price"] == Decimal("9.125") and isinstance(e2.after["price"], Decimal)
+    assert e2.after["at"].isoformat() == "2024-05-06T07:08:09.500000+00:00"
+    assert e2.before is None and e2.op == "c"
+
+
 def test_json_loads_matches_python() -> None:
     import pgcdc._pgcdc as native
 

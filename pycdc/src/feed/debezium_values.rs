@@ -19,8 +19,38 @@ use crate::errors::PgError;
 use crate::pgtext::MICROS_PER_DAY;
 use crate::values;
 
+/// One column value from its Debezium JSON text, by column type and feed options. Kinds
+/// whose JSON is already their Python value go straight to Python, without a parse tree.
+pub(super) fn typed_json<'py>(
+    py: Python<'py>,
+    column: &str,
+    kind: &TypeKind,
+    raw: &str,
+    o: &EncoderOptions,
+) -> PyResult<Bound<'py, PyAny>> {
+    use TypeKind as K;
+    if matches!(
+        kind,
+        K::Bool
+            | K::Int2
+            | K::Int4
+            | K::Int8
+            | K::Oid
+            | K::Text
+            | K::Xml
+            | K::Uuid
+            | K::Range
+            | K::Enum { .. }
+            | K::Unknown { .. }
+    ) {
+        return values::json(py, raw);
+    }
+    let v: serde_json::Value = serde_json::from_str(raw).map_err(|e| PgError::Data(format!("column {column}: {e}")))?;
+    typed(py, kind, &v, raw, o)
+}
+
 /// One column value from its Debezium JSON form, by column type and feed options.
-pub(super) fn typed<'py>(
+fn typed<'py>(
     py: Python<'py>,
     kind: &TypeKind,
     v: &serde_json::Value,

@@ -2,6 +2,7 @@
 //! on its first access, alone (a loop that reads `.after` pays for `after` only); column
 //! values by [`super::debezium_values`].
 
+use std::borrow::Cow;
 use std::ops::Range;
 use std::sync::OnceLock;
 
@@ -11,7 +12,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyString};
 use serde_json::value::RawValue;
 
-use super::debezium_values::{decode_binary, preview, typed};
+use super::debezium_values::{decode_binary, preview, typed_json};
 use super::{Columns, FeedRow};
 use crate::errors::PgError;
 use crate::values;
@@ -28,7 +29,7 @@ pub(super) struct FeedEvent {
 
 /// The envelope's JSON fields, indexes into [`Spans::fields`] and [`FeedEvent::converted`].
 #[derive(Clone, Copy)]
-enum Field {
+pub(super) enum Field {
     Before,
     After,
     Source,
@@ -38,8 +39,10 @@ enum Field {
 }
 const FIELDS: usize = 6;
 
-/// Byte ranges of the envelope's fields in the event JSON, and its times.
-struct Spans {
+/// Byte ranges of the envelope's fields in the event JSON, and its times. Found by the
+/// session thread (which scans the event anyway), so Python's thread does not scan it again.
+#[derive(Debug, Clone)]
+pub(super) struct Spans {
     fields: [Option<Range<usize>>; FIELDS],
     ts_ms: i64,
     ts_us: i64,
@@ -47,9 +50,12 @@ struct Spans {
 }
 
 impl Spans {
-    fn find(value: &str) -> Result<Spans, String> {
+    pub(super) fn find(value: &str) -> Result<Spans, String> {
         #[derive(serde::Deserialize)]
         struct Env<'a> {
+            /// A schema+payload envelope carries the event in "payload".
+            #[serde(borrow)]
+            payload: Option<&'a RawValue>,
             #[serde(borrow)]
             before: Option<&'a RawValue>,
             #[serde(borrow)]
@@ -66,17 +72,12 @@ impl Spans {
             ts_us: Option<i64>,
             ts_ns: Option<i64>,
         }
-        // A schema+payload envelope carries the event in "payload".
-        #[derive(serde::Deserialize)]
-        struct Wrapped<'a> {
-            #[serde(borrow)]
-            payload: Option<&'a RawValue>,
+        let parse = |text| serde_json::from_str::<Env<'_>>(text).map_err(|e| format!("event JSON: {e}"));
+        let mut env = parse(value)?;
+        let unwrapped = [env.before, env.after, env.source, env.transaction, env.message].iter().all(Option::is_none);
+        if let Some(payload) = env.payload.filter(|_| unwrapped) {
+            env = parse(payload.get())?;
         }
-        let text = match serde_json::from_str::<Wrapped<'_>>(value) {
-            Ok(Wrapped { payload: Some(p) }) => p.get(),
-            _ => value,
-        };
-        let env: Env<'_> = serde_json::from_str(text).map_err(|e| format!("event JSON: {e}"))?;
         // Every RawValue borrows from `value`: its offset there is its place.
         let fields =
             [env.before, env.after, env.source, env.transaction, env.message, env.unchanged_columns].map(|r| {
@@ -95,9 +96,42 @@ impl Spans {
     }
 }
 
+impl Spans {
+    /// The JSON text of one envelope field of `value` (the event these spans were found in).
+    pub(super) fn raw<'v>(&self, value: &'v str, field: Field) -> Option<&'v str> {
+        self.fields[field as usize].clone().and_then(|r| value.get(r))
+    }
+}
+
+/// An object key of JSON text, borrowed unless it has escapes.
+pub(super) struct JsonKey<'a>(pub(super) Cow<'a, str>);
+
+impl<'de> serde::Deserialize<'de> for JsonKey<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = JsonKey<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Self::Value, E> {
+                Ok(JsonKey(Cow::Borrowed(s)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(JsonKey(Cow::Owned(s.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
 impl FeedEvent {
-    pub(super) fn new(row: FeedRow) -> Self {
-        FeedEvent { row, spans: OnceLock::new(), converted: std::array::from_fn(|_| PyOnceLock::new()) }
+    pub(super) fn new(mut row: FeedRow) -> Self {
+        let spans = match row.spans.take() {
+            Some(found) => OnceLock::from(found),
+            None => OnceLock::new(),
+        };
+        FeedEvent { row, spans, converted: std::array::from_fn(|_| PyOnceLock::new()) }
     }
 
     /// The envelope's layout; None for an event without a value (a tombstone).
@@ -111,7 +145,7 @@ impl FeedEvent {
 
     /// The JSON text of one envelope field (None when absent).
     fn raw(&self, field: Field) -> PyResult<Option<&str>> {
-        Ok(self.spans()?.and_then(|(value, s)| s.fields[field as usize].clone().map(|r| &value[r])))
+        Ok(self.spans()?.and_then(|(value, s)| s.raw(value, field)))
     }
 
     /// An envelope time; None for an event without a value.
@@ -310,39 +344,32 @@ fn row_py(py: Python<'_>, raw: Option<&str>, cols: Option<&Columns>, o: &Encoder
         return Ok(py.None());
     }
     let Some(cols) = cols else { return Ok(values::json(py, raw)?.unbind()) };
-    let map: Vec<(String, &RawValue)> = {
-        // Keep the JSON's key order.
-        struct Ordered<'a>(Vec<(String, &'a RawValue)>);
-        impl<'de> serde::Deserialize<'de> for Ordered<'de> {
-            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                struct V;
-                impl<'de> serde::de::Visitor<'de> for V {
-                    type Value = Ordered<'de>;
-                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                        f.write_str("a row object")
-                    }
-                    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
-                        let mut out = Vec::new();
-                        while let Some((k, v)) = m.next_entry::<String, &'de RawValue>()? {
-                            out.push((k, v));
-                        }
-                        Ok(Ordered(out))
-                    }
+    // Keep the JSON's key order.
+    struct Ordered<'a>(Vec<(JsonKey<'a>, &'a RawValue)>);
+    impl<'de> serde::Deserialize<'de> for Ordered<'de> {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = Ordered<'de>;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a row object")
                 }
-                d.deserialize_map(V)
+                fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+                    let mut out = Vec::with_capacity(m.size_hint().unwrap_or(8));
+                    while let Some(entry) = m.next_entry()? {
+                        out.push(entry);
+                    }
+                    Ok(Ordered(out))
+                }
             }
+            d.deserialize_map(V)
         }
-        let o: Ordered<'_> = serde_json::from_str(raw).map_err(|e| PgError::Data(format!("row JSON: {e}")))?;
-        o.0
-    };
+    }
+    let row: Ordered<'_> = serde_json::from_str(raw).map_err(|e| PgError::Data(format!("row JSON: {e}")))?;
     let d = PyDict::new(py);
-    for (k, v) in map {
+    for (JsonKey(k), v) in row.0 {
         let value = match cols.get(&k) {
-            Some(kind) => {
-                let json: serde_json::Value =
-                    serde_json::from_str(v.get()).map_err(|e| PgError::Data(format!("column {k}: {e}")))?;
-                typed(py, kind, &json, v.get(), o)?
-            }
+            Some(kind) => typed_json(py, &k, kind, v.get(), o)?,
             None => values::json(py, v.get())?,
         };
         d.set_item(PyString::intern(py, &k), value)?;

@@ -108,6 +108,8 @@ struct FeedRow {
     /// Staged in pgcdc.event (always for table feeds; for NOTIFY feeds only big events).
     staged: bool,
     columns: Option<Arc<Columns>>,
+    /// The envelope's layout in `value`, found by the session (see [`event::Spans`]).
+    spans: Option<Result<event::Spans, String>>,
     options: Arc<EncoderOptions>,
 }
 

@@ -26,6 +26,7 @@ use pgcdc_core::Lsn;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
+use super::event::{Field, JsonKey, Spans};
 use super::{AckTarget, Columns, FeedConfig, FeedIdentity, FeedRow, Pos, Shared, STOP_GRACE};
 use crate::errors::PgError;
 use pgcdc_wire::ConnParams;
@@ -94,7 +95,8 @@ pub(super) async fn run(shared: Arc<Shared>, config: FeedConfig) {
 struct Session<'a> {
     shared: &'a Shared,
     config: &'a FeedConfig,
-    client: tokio_postgres::Client,
+    /// Shared with the read in flight (see [`Session::table_loop`]).
+    client: Arc<tokio_postgres::Client>,
     feed: Arc<FeedIdentity>,
     options: Arc<EncoderOptions>,
     tables: HashMap<(String, String), Arc<Columns>>,
@@ -203,7 +205,7 @@ async fn session(shared: &Arc<Shared>, config: &FeedConfig) -> Result<(), PgErro
     let mut s = Session {
         shared,
         config,
-        client,
+        client: Arc::new(client),
         feed,
         options,
         tables: HashMap::new(),
@@ -282,6 +284,21 @@ impl<'a> tokio_postgres::types::FromSql<'a> for JsonText<'a> {
 /// (half of it, so a change of the cap's exact value does not matter): read again at once.
 const READ_CAP_HINT: usize = 32 << 20;
 
+/// A `pgcdc.read` sent ahead; dropped unread (stop, error), it is abandoned.
+struct InFlight(tokio::task::JoinHandle<Result<Vec<tokio_postgres::Row>, PgError>>);
+
+impl InFlight {
+    async fn rows(mut self) -> Result<Vec<tokio_postgres::Row>, PgError> {
+        (&mut self.0).await.map_err(|e| PgError::Io(format!("the read task failed: {e}")))?
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// What woke a session waiting for events.
 enum Woken {
     /// New events may be there: read.
@@ -315,31 +332,33 @@ impl Session<'_> {
         }
     }
 
+    /// Reads the queue batch after batch. While a full batch is turned into events and
+    /// queued, the next read is already on its way: the server reads while this process works.
     async fn table_loop(
         &mut self,
         notes: &mut mpsc::UnboundedReceiver<Result<String, PgError>>,
     ) -> Result<(), PgError> {
         let stmt = bounded(&self.config.conn, "PREPARE", self.client.prepare(READ_SQL)).await?;
+        let mut next: Option<InFlight> = None;
         loop {
             self.flush_acks(false).await?;
             if self.shared.stop.is_requested() {
                 return Ok(());
             }
-            // Wake-ups already received are answered by the read below; one that arrives
-            // after this point wakes the wait after it.
-            while let Ok(n) = notes.try_recv() {
-                n?;
-            }
-            let after = self.shared.lock().last_fetched();
-            let (lsn, ord) = match after {
-                Some((l, o)) => (Some(l.to_string()), Some(o as i32)),
-                None => (None, None),
+            let read = match next.take() {
+                Some(read) => read,
+                None => {
+                    // Wake-ups already received are answered by the read below; one that
+                    // arrives after this point wakes the wait after it.
+                    while let Ok(n) = notes.try_recv() {
+                        n?;
+                    }
+                    let after = self.shared.lock().last_fetched();
+                    self.start_read(&stmt, after)
+                }
             };
-            let args: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
-                [&self.config.feed, &self.config.batch_size, &lsn, &ord];
-            let read = bounded(&self.config.conn, "pgcdc.read", self.client.query(&stmt, &args));
             let rows = tokio::select! {
-                r = read => r?,
+                r = read.rows() => r?,
                 _ = self.shared.stop.requested() => return Ok(()),
             };
             self.check_feed(&rows)?;
@@ -351,9 +370,13 @@ impl Session<'_> {
                     len(8) + len(9)
                 })
                 .sum();
-            let mut batch = Vec::with_capacity(got);
-            for r in rows {
-                batch.push(self.read_row(&r));
+            let batch: Vec<FeedRow> = rows.iter().map(|r| self.read_row(r)).collect();
+            drop(rows);
+            // More to read: a full batch, or one cut short by read's size cap (64 MB of JSON,
+            // see pgcdc_ext/README.md: "a short result does not mean the queue is drained").
+            let more = got as i32 >= self.config.batch_size || bytes >= READ_CAP_HINT;
+            if more {
+                next = batch.last().map(|last| self.start_read(&stmt, Some(last.position())));
             }
             if got > 0 {
                 // Rows are staged: a refused acknowledgement may well pass now.
@@ -363,9 +386,7 @@ impl Session<'_> {
             if !batch.is_empty() && self.push(batch).await? {
                 return Ok(());
             }
-            // More to read: a full batch, or one cut short by read's size cap (64 MB of JSON,
-            // see pgcdc_ext/README.md: "a short result does not mean the queue is drained").
-            if got as i32 >= self.config.batch_size || bytes >= READ_CAP_HINT {
+            if more {
                 continue;
             }
             let idle_until = Instant::now() + self.config.idle_poll;
@@ -373,6 +394,20 @@ impl Session<'_> {
                 return Ok(());
             }
         }
+    }
+
+    /// Sends a read of the batch after `after` at once; its rows are awaited later.
+    fn start_read(&self, stmt: &tokio_postgres::Statement, after: Option<Pos>) -> InFlight {
+        let (client, stmt, conn) = (self.client.clone(), stmt.clone(), self.config.conn.clone());
+        let (feed, batch_size) = (self.config.feed.clone(), self.config.batch_size);
+        InFlight(tokio::spawn(async move {
+            let (lsn, ord) = match after {
+                Some((l, o)) => (Some(l.to_string()), Some(o as i32)),
+                None => (None, None),
+            };
+            let args: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [&feed, &batch_size, &lsn, &ord];
+            bounded(&conn, "pgcdc.read", client.query(&stmt, &args)).await
+        }))
     }
 
     async fn notify_loop(
@@ -533,6 +568,7 @@ impl Session<'_> {
             headers,
             staged,
             columns: None,
+            spans: None,
             options: self.options.clone(),
         }
     }
@@ -540,13 +576,17 @@ impl Session<'_> {
     /// Attaches column types (looked up once per table, again when a column is new).
     async fn with_columns(&mut self, mut batch: Vec<FeedRow>) -> Result<Vec<FeedRow>, PgError> {
         for row in batch.iter_mut() {
-            if row.table.is_empty() || row.value.is_none() {
+            let Some(value) = row.value.as_deref() else { continue };
+            let spans = Spans::find(value);
+            let after = spans.as_ref().ok().and_then(|s| s.raw(value, Field::After));
+            row.spans = Some(spans);
+            if row.table.is_empty() {
                 continue;
             }
             let key = (row.schema.clone(), row.table.clone());
             let cached = self.tables.get(&key).cloned();
             let cols = match cached {
-                Some(c) if !has_new_column(row.value.as_deref().unwrap_or(""), &c) => c,
+                Some(c) if !after.is_some_and(|a| has_new_column(a, &c)) => c,
                 _ => {
                     let c = Arc::new(self.lookup_columns(&row.schema, &row.table).await?);
                     self.tables.insert(key, c.clone());
@@ -706,15 +746,32 @@ impl Session<'_> {
     }
 }
 
-/// True when the event's `after` names a column the cached types do not know.
-fn has_new_column(value: &str, cols: &Columns) -> bool {
-    #[derive(serde::Deserialize)]
-    struct Env<'a> {
-        #[serde(borrow)]
-        after: Option<HashMap<&'a str, &'a RawValue>>,
+/// True when a row object (an event's `after`) names a column the cached types do not know.
+fn has_new_column(after: &str, cols: &Columns) -> bool {
+    struct NewColumn<'c>(&'c Columns);
+    impl<'de> serde::de::DeserializeSeed<'de> for NewColumn<'_> {
+        type Value = bool;
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+            d.deserialize_any(self)
+        }
     }
-    match serde_json::from_str::<Env<'_>>(value) {
-        Ok(Env { after: Some(a) }) => a.keys().any(|k| cols.get(k).is_none()),
-        _ => false,
+    impl<'de> serde::de::Visitor<'de> for NewColumn<'_> {
+        type Value = bool;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a row object")
+        }
+        fn visit_unit<E>(self) -> Result<bool, E> {
+            Ok(false)
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<bool, A::Error> {
+            let mut new = false;
+            while let Some(k) = m.next_key::<JsonKey<'de>>()? {
+                m.next_value::<serde::de::IgnoredAny>()?;
+                new |= self.0.get(&k.0).is_none();
+            }
+            Ok(new)
+        }
     }
+    let mut d = serde_json::Deserializer::from_str(after);
+    serde::de::DeserializeSeed::deserialize(NewColumn(cols), &mut d).unwrap_or(false)
 }
