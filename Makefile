@@ -102,7 +102,7 @@ test-py: deps-os venv ext-install py-develop
 
 # Every version, one after the other (one pgrx build at a time): the full suite on each.
 test-matrix:
-	@for v in $(PG_VERSIONS); do \
+	@failed=""; for v in $(PG_VERSIONS); do \
 	  echo "==> test-matrix: PostgreSQL $$v"; \
 	  $(MAKE) test PG_MAJOR=$$v || failed="$$failed $$v"; \
 	done; \
@@ -172,7 +172,8 @@ $(VENV)/.requirements.stamp: tests/requirements.txt
 	@touch $@
 
 # ---------------------------------------------------------------- other
-# deps-pgrx: clippy of pgcdc_ext needs pgrx's config; venv: the Python for PyO3, mypy, ruff.
+# deps-pgrx: clippy of pgcdc_ext needs pgrx's config (and checks the code of PG_MAJOR's
+# feature); venv: the Python for PyO3, mypy, ruff.
 lint: deps-pgrx venv
 	@echo "==> lint: cargo fmt --check"
 	@cargo fmt --all -- --check
@@ -180,7 +181,7 @@ lint: deps-pgrx venv
 	@cargo clippy -p pgcdc_core --all-targets -- -D warnings
 	@cargo clippy -p pgcdc_wire --all-targets -- -D warnings
 	@cargo clippy -p pgcdc_wire --all-targets --features tls -- -D warnings
-	@cargo clippy -p pgcdc_ext --all-targets -- -D warnings
+	@cargo clippy -p pgcdc_ext --all-targets --no-default-features --features pg$(PG_MAJOR) -- -D warnings
 	@PYO3_PYTHON=$(abspath $(PY)) cargo clippy -p pycdc --all-targets -- -D warnings
 	@echo "==> lint: mypy --strict, ruff check, ruff format --check (pycdc/python/pgcdc)"
 	@$(VENV)/bin/mypy --strict pycdc/python/pgcdc
