@@ -1,5 +1,4 @@
-//! Two SQL types pgrx has no Rust type for: `pg_lsn` ([`PgLsn`]) and `json` given as
-//! already-valid JSON text ([`JsonText`], no parse/re-serialise on the way out).
+//! The SQL type pgrx has no Rust type for: `pg_lsn` ([`PgLsn`]).
 
 use pgcdc_core::Lsn;
 use pgrx::callconv::{Arg, ArgAbi, BoxRet, FcInfo};
@@ -65,37 +64,3 @@ unsafe impl BoxRet for PgLsn {
 }
 
 pgrx::impl_sql_translatable!(PgLsn, "pg_lsn");
-
-/// JSON text that is known to be valid (produced by the encoder), returned as SQL `json`
-/// without re-parsing. `json` is stored exactly like `text`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct JsonText(pub String);
-
-impl IntoDatum for JsonText {
-    fn into_datum(self) -> Option<pg_sys::Datum> {
-        self.0.into_datum()
-    }
-    fn type_oid() -> pg_sys::Oid {
-        pg_sys::JSONOID
-    }
-}
-
-impl FromDatum for JsonText {
-    unsafe fn from_polymorphic_datum(datum: pg_sys::Datum, is_null: bool, typoid: pg_sys::Oid) -> Option<Self> {
-        // SAFETY: json and text share the varlena text representation.
-        unsafe { String::from_polymorphic_datum(datum, is_null, typoid) }.map(JsonText)
-    }
-}
-
-// SAFETY: returns a text varlena, which is what json is.
-unsafe impl BoxRet for JsonText {
-    unsafe fn box_into<'fcx>(self, fcinfo: &mut FcInfo<'fcx>) -> Datum<'fcx> {
-        match self.into_datum() {
-            // SAFETY: String::into_datum pallocs in the current (function call) context.
-            Some(datum) => unsafe { fcinfo.return_raw_datum(datum) },
-            None => fcinfo.return_null(),
-        }
-    }
-}
-
-pgrx::impl_sql_translatable!(JsonText, "json");

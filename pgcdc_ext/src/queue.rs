@@ -53,6 +53,11 @@ pub fn op_name(op: Op) -> &'static str {
     })
 }
 
+/// The headers last found valid JSON: events repeat the same headers one after another, and
+/// comparing them costs a fraction of parsing them.
+#[derive(Default)]
+pub struct ValidHeaders(Option<String>);
+
 impl Row {
     pub fn from_event(ev: Event) -> Row {
         let headers = (!ev.headers.is_empty()).then(|| {
@@ -90,14 +95,17 @@ impl Row {
 
     /// Whether the row can be staged: its JSON (key + value + headers) is at most
     /// `max_bytes` and its headers are valid JSON (stored as json, unchecked by the fast path). Err: why not.
-    pub fn check(&self, max_bytes: usize) -> Result<(), String> {
+    pub fn check(&self, max_bytes: usize, valid: &mut ValidHeaders) -> Result<(), String> {
         let total = self.size() as usize + self.headers.as_ref().map_or(0, String::len);
         if total > max_bytes {
             return Err(format!("its JSON is {total} bytes, more than pgcdc.max_event_size ({max_bytes} bytes)"));
         }
         if let Some(h) = &self.headers {
-            if let Err(e) = serde_json::from_str::<&serde_json::value::RawValue>(h) {
-                return Err(format!("its headers are not valid JSON ({e})"));
+            if valid.0.as_deref() != Some(h.as_str()) {
+                if let Err(e) = serde_json::from_str::<&serde_json::value::RawValue>(h) {
+                    return Err(format!("its headers are not valid JSON ({e})"));
+                }
+                valid.0 = Some(h.clone());
             }
         }
         Ok(())
@@ -420,8 +428,12 @@ impl Direct {
             let cid = pg_sys::GetCurrentCommandId(true);
             let now = pg_sys::Datum::from(pg_sys::GetCurrentTransactionStartTimestamp());
             let nslots = rows.len().min(CHUNK);
+            // Slots over an unpinned copy of the descriptor: over the relcache's own, each
+            // slot of the chunk would be remembered by the transaction's resource owner.
+            let desc = pg_sys::CreateTupleDescCopy((*rel).rd_att);
+            let ops = pg_sys::table_slot_callbacks(rel);
             let mut slots: Vec<*mut pg_sys::TupleTableSlot> =
-                (0..nslots).map(|_| pg_sys::table_slot_create(rel, std::ptr::null_mut())).collect();
+                (0..nslots).map(|_| pg_sys::MakeSingleTupleTableSlot(desc, ops)).collect();
             // Datums of one chunk live in a context reset after the chunk.
             let mut chunk_cx = PgMemoryContexts::new("pgcdc staging");
             for chunk in rows.chunks(CHUNK) {
@@ -528,6 +540,7 @@ impl Direct {
             for slot in slots.drain(..) {
                 pg_sys::ExecDropSingleTupleTableSlot(slot);
             }
+            pg_sys::FreeTupleDesc(desc);
             pg_sys::FreeBulkInsertState(bistate);
             for (irel, _, _) in self.indexes {
                 pg_sys::index_close(irel, pg_sys::NoLock as pg_sys::LOCKMODE);

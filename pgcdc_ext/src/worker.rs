@@ -196,6 +196,7 @@ struct Worker {
     ack_seen_at: Option<pg_sys::XLogRecPtr>,
     /// Events this worker process has staged.
     staged_total: i64,
+    valid_headers: queue::ValidHeaders,
     at_cap: bool,
     failures: i32,
     healthy_since: Option<Instant>,
@@ -362,6 +363,7 @@ impl Worker {
             counted_at: Instant::now(),
             ack_seen_at: None,
             staged_total: 0,
+            valid_headers: queue::ValidHeaders::default(),
             at_cap: false,
             failures,
             healthy_since: None,
@@ -860,7 +862,7 @@ impl Worker {
             }
             let mut row = Row::from_event(ev);
             row.position = Position::new(streamed::provisional(xid), row.position.ordinal);
-            if let Err(problem) = row.check(max_event) {
+            if let Err(problem) = row.check(max_event, &mut self.valid_headers) {
                 return Err(poison_message(&self.feed, &row, &problem));
             }
             t.rows += 1;
@@ -986,7 +988,7 @@ impl Worker {
                 continue;
             }
             let row = Row::from_event(ev);
-            if let Err(problem) = row.check(max_event) {
+            if let Err(problem) = row.check(max_event, &mut self.valid_headers) {
                 return Err(poison_message(&self.feed, &row, &problem));
             }
             self.floor = pos;

@@ -31,8 +31,8 @@ use serde_json::Value;
 
 use super::model::{all_option_keys, slot_name, Feed, FeedOptions, Sink, MAX_NAME_LEN};
 use super::store::{
-    acknowledge, authorize, find_feed, load_by_id, lock_by_id, missing_feed, read_rows, wake_at_commit, ReadRow,
-    RowLock, LOCK_CLASS_CREATE, LOCK_CLASS_SLOT,
+    acknowledge, authorize, find_feed, load_by_id, lock_by_id, missing_feed, read_rows, wake_at_commit, ReadSink,
+    RowLock, LOCK_CLASS_CREATE, LOCK_CLASS_SLOT, READ_COLUMNS,
 };
 use crate::access;
 use crate::datum::PgLsn;
@@ -499,17 +499,18 @@ AS 'MODULE_PATHNAME', 'pgcdc_read';
 #[pg_guard]
 #[no_mangle]
 pub unsafe extern "C-unwind" fn pgcdc_read(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
-    // SAFETY: the declared argument types: text, int, pg_lsn, int.
-    let rows = unsafe {
+    // SAFETY: fcinfo is this call's, with the declared argument types: text, int, pg_lsn, int.
+    unsafe {
+        let (store, desc) = result_store(fcinfo);
         read(
             pgrx::fcinfo::pg_getarg::<&str>(fcinfo, 0),
             pgrx::fcinfo::pg_getarg::<i32>(fcinfo, 1),
             pgrx::fcinfo::pg_getarg::<PgLsn>(fcinfo, 2),
             pgrx::fcinfo::pg_getarg::<i32>(fcinfo, 3),
-        )
-    };
-    // SAFETY: fcinfo is this call's.
-    unsafe { return_rows(fcinfo, rows) };
+            // Copies the row into the tuplestore's own memory.
+            &mut |values, nulls| pg_sys::tuplestore_putvalues(store, desc, values.as_mut_ptr(), nulls.as_mut_ptr()),
+        );
+    }
     pg_sys::Datum::from(0usize)
 }
 
@@ -519,16 +520,16 @@ pub extern "C" fn pg_finfo_pgcdc_read() -> &'static pg_sys::Pg_finfo_record {
     &V1
 }
 
-/// Hands `rows` to the executor as the call's result set, in a tuplestore (as PostgreSQL's
-/// own materializing set functions do).
+/// The call's result set: a tuplestore handed to the executor (as PostgreSQL's own
+/// materializing set functions do), and its row descriptor.
 ///
 /// # Safety
-/// `fcinfo` is the current call of a set-returning function whose result columns are a
-/// `ReadRow`'s.
-unsafe fn return_rows(fcinfo: pg_sys::FunctionCallInfo, rows: Vec<ReadRow>) {
+/// `fcinfo` is the current call of a set-returning function whose result columns are
+/// `pgcdc.read`'s.
+unsafe fn result_store(fcinfo: pg_sys::FunctionCallInfo) -> (*mut pg_sys::Tuplestorestate, pg_sys::TupleDesc) {
     use pg_sys::SetFunctionReturnMode::{SFRM_Materialize, SFRM_Materialize_Random};
     // SAFETY: (whole body) resultinfo checked before use; the tuplestore and descriptor live
-    // in the query's memory; each row's datums in a context reset after the row is stored.
+    // in the query's memory.
     unsafe {
         let rsinfo = (*fcinfo).resultinfo.cast::<pg_sys::ReturnSetInfo>();
         if rsinfo.is_null()
@@ -545,10 +546,11 @@ unsafe fn return_rows(fcinfo: pg_sys::FunctionCallInfo, rows: Vec<ReadRow>) {
         let mut desc: pg_sys::TupleDesc = std::ptr::null_mut();
         if pg_sys::get_call_result_type(fcinfo, std::ptr::null_mut(), &mut desc)
             != pg_sys::TypeFuncClass::TYPEFUNC_COMPOSITE
+            || (*desc).natts as usize != READ_COLUMNS
         {
             raise(
                 PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-                "pgcdc.read: the function's declared result is not a row type".to_string(),
+                "pgcdc.read: the function's declared result is not its row type".to_string(),
                 None,
             );
         }
@@ -558,44 +560,20 @@ unsafe fn return_rows(fcinfo: pg_sys::FunctionCallInfo, rows: Vec<ReadRow>) {
         (*rsinfo).setResult = store;
         (*rsinfo).setDesc = desc;
         pg_sys::MemoryContextSwitchTo(before);
-        let mut row_cx = pgrx::PgMemoryContexts::new("pgcdc.read row");
-        for r in rows {
-            row_cx.switch_to(|_| {
-                let datums = [
-                    r.0.into_datum(),
-                    r.1.into_datum(),
-                    r.2.into_datum(),
-                    r.3.into_datum(),
-                    r.4.into_datum(),
-                    r.5.into_datum(),
-                    r.6.into_datum(),
-                    r.7.into_datum(),
-                    r.8.and_then(IntoDatum::into_datum),
-                    r.9.and_then(IntoDatum::into_datum),
-                    r.10.and_then(IntoDatum::into_datum),
-                ];
-                let mut values = [pg_sys::Datum::from(0usize); 11];
-                let mut nulls = [false; 11];
-                for (i, d) in datums.into_iter().enumerate() {
-                    match d {
-                        Some(d) => values[i] = d,
-                        None => nulls[i] = true,
-                    }
-                }
-                // Copies the row into the tuplestore's own memory.
-                pg_sys::tuplestore_putvalues(store, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
-            });
-            row_cx.reset();
-        }
+        (store, desc)
     }
 }
 
+/// `pgcdc.read`: checks the arguments and the caller's rights, and hands the events to `sink`.
+/// The rights on the events' tables are checked after the rows are read (an ERROR then
+/// discards what the sink got).
 fn read(
     feed: Option<&str>,
     max_events: Option<i32>,
     after_lsn: Option<PgLsn>,
     after_ordinal: Option<i32>,
-) -> Vec<ReadRow> {
+    sink: &mut ReadSink<'_>,
+) {
     let feed = required(feed, "feed");
     let max_events = required(max_events, "max_events");
     if !(1..=1_000_000).contains(&max_events) {
@@ -622,27 +600,21 @@ fn read(
             Position::new(l.0, o.map_or(crate::position::WHOLE_TRANSACTION, |o| o.max(0) as u32)).max(f.acked)
         }
     };
-    let rows: Vec<(ReadRow, Option<pg_sys::Oid>)> =
-        access::as_extension_owner(|| spi_ok(read_rows(f.id, after, max_events as usize)));
+    let tables = access::as_extension_owner(|| spi_ok(read_rows(f.id, after, max_events as usize, sink)));
     // The relations the returned events come from, by OID (they may have left the
     // publication since, been renamed, or been dropped: a table created later under the same
     // name is another table and grants nothing on these events).
     require_readable(caller, &f, || {
-        let mut names: BTreeMap<Option<u32>, (&str, &str)> = BTreeMap::new();
-        for (r, relid) in rows.iter().filter(|(r, _)| !r.6.is_empty()) {
-            names.entry(relid.map(u32::from)).or_insert((&r.5, &r.6));
-        }
-        names
+        tables
             .into_iter()
             .map(|(relid, (schema, table))| {
                 (
                     relid.map(pg_sys::Oid::from).filter(|&oid| relation_exists(oid)),
-                    format!("{}.{}", quote_ident(schema), quote_ident(table)),
+                    format!("{}.{}", quote_ident(&schema), quote_ident(&table)),
                 )
             })
             .collect()
     });
-    rows.into_iter().map(|(r, _)| r).collect()
 }
 
 /// The tables `publication` publishes now: (oid, display name).

@@ -10,6 +10,7 @@
 //! takes `FOR NO KEY UPDATE` too, first thing, in a transaction that counts the queue
 //! ([`crate::queue::count_locked`]): no ack commits between its count and its counters.
 
+use std::collections::BTreeMap;
 use std::ffi::CStr;
 
 use pgcdc_core::Lsn;
@@ -18,7 +19,7 @@ use pgrx::{pg_sys, PgXactCallbackEvent};
 
 use super::model::{Feed, FeedState, Sink};
 use crate::access;
-use crate::datum::{JsonText, PgLsn};
+use crate::datum::PgLsn;
 use crate::error::{quote_for_message, raise, spi_ok};
 use crate::position::Position;
 use crate::queue;
@@ -249,66 +250,77 @@ pub(super) fn acknowledge(f: &Feed, new_acked: Position) -> i64 {
     removed
 }
 
-/// One row of `pgcdc.read`.
-pub(super) type ReadRow = (
-    PgLsn,
-    i32,
-    PgLsn,
-    Option<i64>,
-    String,
-    String,
-    String,
-    String,
-    Option<JsonText>,
-    Option<JsonText>,
-    Option<JsonText>,
-);
+/// Result columns of `pgcdc.read`: commit_lsn, ordinal, lsn, xid, op, schema_name,
+/// table_name, topic, key, event, headers.
+pub(super) const READ_COLUMNS: usize = 11;
 
-/// The staged events after `after`, in position order: at most `max_events`, and no more once
-/// their JSON reaches [`READ_BYTE_BUDGET`]. Committed streamed transactions (see
-/// [`crate::streamed`]) are merged in at their commit LSNs, their placeholders filled in.
+/// Where `pgcdc.read`'s events go, one at a time, as datums of its result columns (valid
+/// for the call only: the receiver copies them).
+pub(super) type ReadSink<'a> = dyn FnMut(&mut [pg_sys::Datum; READ_COLUMNS], &mut [bool; READ_COLUMNS]) + 'a;
+
+/// The tables the events read come from, by OID (None: an event of a table without one),
+/// with their names.
+pub(super) type ReadTables = BTreeMap<Option<u32>, (String, String)>;
+
+/// Hands the staged events after `after` to `sink` in position order: at most `max_events`,
+/// and no more once their JSON reaches [`READ_BYTE_BUDGET`]. Committed streamed transactions
+/// (see [`crate::streamed`]) are merged in at their commit LSNs, their placeholders filled in.
+/// Returns the tables of the events.
 pub(super) fn read_rows(
     feed_id: i32,
     after: Position,
     max_events: usize,
-) -> Result<Vec<(ReadRow, Option<pg_sys::Oid>)>, pgrx::spi::Error> {
+    sink: &mut ReadSink<'_>,
+) -> Result<ReadTables, pgrx::spi::Error> {
     let streams = crate::streamed::committed(feed_id, after.commit_lsn)?;
-    let mut rows = Vec::new();
-    let mut bytes = 0usize;
+    let mut read = Read { max_events, count: 0, bytes: 0, tables: BTreeMap::new() };
     let mut from = after;
     for stream in streams.iter().map(Some).chain([None]) {
         // Events at their own positions, up to the next streamed transaction's commit.
         let before = stream.map_or(crate::streamed::PROVISIONAL, |t| t.commit_lsn);
-        fetch_events(feed_id, (from, before), None, max_events, &mut rows, &mut bytes)?;
+        fetch_events(feed_id, (from, before), None, &mut read, sink)?;
         let Some(t) = stream else { break };
-        if rows.len() >= max_events || bytes >= READ_BYTE_BUDGET {
+        if read.full() {
             break;
         }
         // Then the streamed transaction's, shown at its commit.
         let ordinal = if from.commit_lsn == t.commit_lsn { from.ordinal } else { 0 };
         let at = Position::new(crate::streamed::provisional(t.xid), ordinal);
         let until = Lsn(crate::streamed::provisional(t.xid).0 + 1);
-        fetch_events(feed_id, (at, until), Some(t), max_events, &mut rows, &mut bytes)?;
-        if rows.len() >= max_events || bytes >= READ_BYTE_BUDGET {
+        fetch_events(feed_id, (at, until), Some(t), &mut read, sink)?;
+        if read.full() {
             break;
         }
         from = Position::whole(t.commit_lsn);
     }
-    Ok(rows)
+    Ok(read.tables)
 }
 
-/// Appends the events in `(after, before)` (after a position, below a commit LSN) to `rows`,
-/// until `max_events` or the byte budget. `streamed`: they are that streamed transaction's,
-/// shown at its commit.
+/// A read's progress.
+struct Read {
+    max_events: usize,
+    count: usize,
+    bytes: usize,
+    tables: ReadTables,
+}
+
+impl Read {
+    fn full(&self) -> bool {
+        self.count >= self.max_events || self.bytes >= READ_BYTE_BUDGET
+    }
+}
+
+/// Hands the events in `(after, before)` (after a position, below a commit LSN) to `sink`,
+/// until the read is full. `streamed`: they are that streamed transaction's, shown at its
+/// commit. The queue's datums go to the sink as they are (detoasted), without copies.
 fn fetch_events(
     feed_id: i32,
     (after, before): (Position, Lsn),
     streamed: Option<&crate::streamed::Committed>,
-    max_events: usize,
-    rows: &mut Vec<(ReadRow, Option<pg_sys::Oid>)>,
-    bytes: &mut usize,
+    read: &mut Read,
+    sink: &mut ReadSink<'_>,
 ) -> Result<(), pgrx::spi::Error> {
-    let want = max_events.saturating_sub(rows.len());
+    let want = read.max_events.saturating_sub(read.count);
     if want == 0 {
         return Ok(());
     }
@@ -325,43 +337,25 @@ fn fetch_events(
                     PgLsn(before).into(),
                     (want as i64).into(),
                 ];
-                let cursor_rows = c.select(
+                let result = c.select(
                     "SELECT commit_lsn, ordinal, lsn, xid, op, schema_name, table_name, topic, key, value, \
-                 headers, relid FROM pgcdc.event \
-                 WHERE feed_id = $1 AND (commit_lsn, ordinal) > ($2, $3) AND commit_lsn < $4 \
-                 ORDER BY commit_lsn, ordinal LIMIT $5",
+                     headers, relid FROM pgcdc.event \
+                     WHERE feed_id = $1 AND (commit_lsn, ordinal) > ($2, $3) AND commit_lsn < $4 \
+                     ORDER BY commit_lsn, ordinal LIMIT $5",
                     None,
                     &args,
                 )?;
-                for row in cursor_rows {
-                    let key = row.get::<String>(9)?;
-                    let mut value = row.get::<String>(10)?;
-                    let headers = row.get::<JsonText>(11)?;
-                    let mut commit_lsn = row.get::<PgLsn>(1)?.unwrap_or_default();
-                    if let Some(t) = streamed {
-                        commit_lsn = PgLsn(t.commit_lsn);
-                        value = value.map(|v| t.commit.bind(&v));
+                let mut row_cx = pgrx::PgMemoryContexts::new("pgcdc.read row");
+                for i in 0..result.len() {
+                    // SAFETY: row i of the result just selected in this SPI connection (it
+                    // lives until the connection ends); the row's own allocations are in
+                    // row_cx, reset once the sink has copied the row.
+                    unsafe {
+                        if row_cx.switch_to(|_| put_event(i, streamed, read, sink)) {
+                            row_cx.reset();
+                        }
                     }
-                    *bytes += key.as_ref().map_or(0, String::len)
-                        + value.as_ref().map_or(0, String::len)
-                        + headers.as_ref().map_or(0, |h| h.0.len());
-                    rows.push((
-                        (
-                            commit_lsn,
-                            row.get::<i32>(2)?.unwrap_or_default(),
-                            row.get::<PgLsn>(3)?.unwrap_or_default(),
-                            row.get::<i64>(4)?,
-                            row.get::<String>(5)?.unwrap_or_default(),
-                            row.get::<String>(6)?.unwrap_or_default(),
-                            row.get::<String>(7)?.unwrap_or_default(),
-                            row.get::<String>(8)?.unwrap_or_default(),
-                            key.map(JsonText),
-                            value.map(JsonText),
-                            headers,
-                        ),
-                        row.get::<pg_sys::Oid>(12)?,
-                    ));
-                    if *bytes >= READ_BYTE_BUDGET {
+                    if read.bytes >= READ_BYTE_BUDGET {
                         break;
                     }
                 }
@@ -369,4 +363,75 @@ fn fetch_events(
             })
         },
     )
+}
+
+/// Columns of [`fetch_events`]'s query.
+const EVENT_QUERY_COLUMNS: usize = 12;
+
+/// Hands row `i` of the current SPI result (the columns of [`fetch_events`]'s query) to
+/// `sink`. True when it allocated in the current memory context (a detoasted or bound value).
+///
+/// # Safety
+/// `SPI_tuptable` holds that result, with at least `i + 1` rows.
+unsafe fn put_event(
+    i: usize,
+    streamed: Option<&crate::streamed::Committed>,
+    read: &mut Read,
+    sink: &mut ReadSink<'_>,
+) -> bool {
+    // SAFETY: (whole body) tuple i of the SPI result, deformed with its own descriptor into
+    // arrays of its width; varlenas are detoasted (into the current context) before their
+    // length or text is read.
+    unsafe {
+        let table = pg_sys::SPI_tuptable;
+        let mut datums = [pg_sys::Datum::from(0usize); EVENT_QUERY_COLUMNS];
+        let mut isnull = [false; EVENT_QUERY_COLUMNS];
+        debug_assert_eq!((*(*table).tupdesc).natts as usize, EVENT_QUERY_COLUMNS);
+        pg_sys::heap_deform_tuple(*(*table).vals.add(i), (*table).tupdesc, datums.as_mut_ptr(), isnull.as_mut_ptr());
+        let mut allocated = false;
+        let column = |n: usize| (!isnull[n]).then_some(datums[n]);
+        let mut varlena = |n: usize| {
+            column(n).map(|d| {
+                let v = d.cast_mut_ptr::<pg_sys::varlena>();
+                if pgrx::varlena::varatt_is_1b_e(v) || pgrx::varlena::varatt_is_4b_c(v) {
+                    allocated = true;
+                    pg_sys::Datum::from(pg_sys::pg_detoast_datum_packed(v))
+                } else {
+                    d
+                }
+            })
+        };
+        let (schema, table_name, topic, op) = (varlena(5), varlena(6), varlena(7), varlena(4));
+        let (key, mut value, headers) = (varlena(8), varlena(9), varlena(10));
+        let text = |d: pg_sys::Datum| pgrx::varlena::text_to_rust_str_unchecked(d.cast_mut_ptr());
+        let len = |d: Option<pg_sys::Datum>| d.map_or(0, |d| pgrx::varlena::varsize_any_exhdr(d.cast_mut_ptr()));
+        let mut commit_lsn = column(0);
+        if let Some(t) = streamed {
+            commit_lsn = PgLsn(t.commit_lsn).into_datum();
+            value = value.map(|v| {
+                allocated = true;
+                let bound = t.commit.bind(text(v));
+                pg_sys::Datum::from(pg_sys::cstring_to_text_with_len(bound.as_ptr().cast(), bound.len() as i32))
+            });
+        }
+        read.count += 1;
+        read.bytes += len(key) + len(value) + len(headers);
+        if let (Some(schema), Some(name)) = (schema, table_name) {
+            let relid = column(11).map(|d| d.value() as u32);
+            if !read.tables.contains_key(&relid) && !text(name).is_empty() {
+                read.tables.insert(relid, (text(schema).to_owned(), text(name).to_owned()));
+            }
+        }
+        let cols = [commit_lsn, column(1), column(2), column(3), op, schema, table_name, topic, key, value, headers];
+        let mut values = [pg_sys::Datum::from(0usize); READ_COLUMNS];
+        let mut nulls = [false; READ_COLUMNS];
+        for (n, d) in cols.into_iter().enumerate() {
+            match d {
+                Some(d) => values[n] = d,
+                None => nulls[n] = true,
+            }
+        }
+        sink(&mut values, &mut nulls);
+        allocated
+    }
 }
