@@ -19,6 +19,10 @@ Consumers:
 Reported per consumer: wall seconds, events/s, ratio to pg_recvlogical, and CPU per event of
 the consumer process (user+sys from getrusage; the walsender's CPU is not included).
 
+Live (with the extension; --live-seconds, 0 skips it): single-row transactions committed at
+--live-rate per second while a feed client waits for them (`auto_acknowledge=True`, touching
+`.after`): p50/p99 of commit (the event's source.ts_us) -> the event in Python.
+
     .venv/bin/python bench/py_client_bench.py [--rows-big 200000] [--txns-small 20000]
            [--repeat 3] [--json results.json]
 
@@ -35,6 +39,7 @@ import os
 import resource
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -126,6 +131,34 @@ async def run_feed(c: Cluster, feed: str, expected: int, touch_values: bool) -> 
     return wall, cpu
 
 
+async def live_feed(c: Cluster, feed: str, rate: int, seconds: float) -> list[float]:
+    """Milliseconds from each commit to its event in Python, `rate` single-row commits/s."""
+    n = int(rate * seconds)
+    insert = f"INSERT INTO bench (s, n, ts, j) SELECT {COLUMNS} FROM (SELECT %s AS g) x"
+
+    def write() -> None:
+        with c.connect() as w:
+            start = time.monotonic()
+            for i in range(n):
+                ahead = start + i / rate - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
+                w.execute(insert, [i + 1])
+
+    lat: list[float] = []
+    async with await pgcdc.connect(c.dsn(), feed=feed, auto_acknowledge=True) as stream:
+        writer = threading.Thread(target=write)
+        writer.start()
+        async for ev in stream:
+            now_us = time.time() * 1e6
+            ev.after  # noqa: B018
+            lat.append((now_us - ev.source["ts_us"]) / 1000)
+            if len(lat) >= n:
+                break
+        writer.join()
+    return sorted(lat)
+
+
 def extension_available() -> bool:
     try:
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -145,6 +178,8 @@ def main() -> int:
     ap.add_argument("--workloads", default="big,small,wide")
     ap.add_argument("--json", help="also write the results as JSON here")
     ap.add_argument("--no-feed", action="store_true", help="skip the feed client even if the extension is there")
+    ap.add_argument("--live-rate", type=int, default=500, help="commits/s of the live run")
+    ap.add_argument("--live-seconds", type=float, default=5.0, help="length of the live run (0: none)")
     args = ap.parse_args()
 
     with_feed = not args.no_feed and extension_available()
@@ -152,6 +187,7 @@ def main() -> int:
     if with_feed:
         settings["shared_preload_libraries"] = "pgcdc"
     results = []
+    live: dict | None = None
     with Cluster(settings, name="pgcdc-bench") as c:
         if with_feed:
             c.execute("CREATE EXTENSION pgcdc")
@@ -203,10 +239,28 @@ def main() -> int:
                     "ratio": round(rate / base, 3),
                     "cpu_us_per_event": round(cpu / expected * 1e6, 2),
                 })
+        if with_feed and args.live_seconds > 0:
+            c.execute("DROP TABLE IF EXISTS bench CASCADE")
+            c.execute("DROP PUBLICATION IF EXISTS bench_pub")
+            c.execute(TABLE)
+            c.execute("CREATE PUBLICATION bench_pub FOR TABLE bench")
+            c.execute("SELECT pgcdc.create_feed('bench_live', 'bench_pub', options => '{\"snapshot.mode\": \"no_data\"}')")
+            deadline = time.monotonic() + 30
+            while c.execute("SELECT phase FROM pgcdc.feed_status WHERE name = 'bench_live'")[0][0] != "streaming":
+                assert time.monotonic() < deadline, "the live feed did not start streaming"
+                time.sleep(0.05)
+            lat = asyncio.run(live_feed(c, "bench_live", args.live_rate, args.live_seconds))
+            live = {"workload": "live", "consumer": "feed+values", "rate": args.live_rate, "events": len(lat),
+                    "p50_ms": round(lat[len(lat) // 2], 2), "p99_ms": round(lat[int(len(lat) * 0.99)], 2),
+                    "max_ms": round(lat[-1], 2)}
     print(f"{'workload':<8} {'consumer':<16} {'events':>8} {'seconds':>8} {'events/s':>10} {'ratio':>6} {'cpu µs/ev':>10}")
     for r in results:
         print(f"{r['workload']:<8} {r['consumer']:<16} {r['events']:>8} {r['seconds']:>8.2f} {r['events_per_s']:>10} "
               f"{r['ratio']:>6.2f} {r['cpu_us_per_event']:>10.2f}")
+    if live:
+        print(f"live: {live['rate']} commits/s, commit -> feed client event in Python ({live['events']} events): "
+              f"p50 {live['p50_ms']} ms, p99 {live['p99_ms']} ms, max {live['max_ms']} ms")
+        results.append(live)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
