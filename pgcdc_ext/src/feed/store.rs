@@ -345,6 +345,13 @@ fn fetch_events(
                     None,
                     &args,
                 )?;
+                // SAFETY: the result just selected (put_event deforms its rows into arrays of
+                // this width).
+                if !result.is_empty()
+                    && unsafe { (*(*pg_sys::SPI_tuptable).tupdesc).natts } as usize != EVENT_QUERY_COLUMNS
+                {
+                    return Err(pgrx::spi::SpiErrorCodes::NoAttribute.into());
+                }
                 let mut row_cx = pgrx::PgMemoryContexts::new("pgcdc.read row");
                 for i in 0..result.len() {
                     // SAFETY: row i of the result just selected in this SPI connection (it
@@ -355,7 +362,7 @@ fn fetch_events(
                             row_cx.reset();
                         }
                     }
-                    if read.bytes >= READ_BYTE_BUDGET {
+                    if read.full() {
                         break;
                     }
                 }
@@ -372,7 +379,8 @@ const EVENT_QUERY_COLUMNS: usize = 12;
 /// `sink`. True when it allocated in the current memory context (a detoasted or bound value).
 ///
 /// # Safety
-/// `SPI_tuptable` holds that result, with at least `i + 1` rows.
+/// `SPI_tuptable` holds that result, with at least `i + 1` rows of
+/// [`EVENT_QUERY_COLUMNS`] columns.
 unsafe fn put_event(
     i: usize,
     streamed: Option<&crate::streamed::Committed>,
@@ -386,7 +394,6 @@ unsafe fn put_event(
         let table = pg_sys::SPI_tuptable;
         let mut datums = [pg_sys::Datum::from(0usize); EVENT_QUERY_COLUMNS];
         let mut isnull = [false; EVENT_QUERY_COLUMNS];
-        debug_assert_eq!((*(*table).tupdesc).natts as usize, EVENT_QUERY_COLUMNS);
         pg_sys::heap_deform_tuple(*(*table).vals.add(i), (*table).tupdesc, datums.as_mut_ptr(), isnull.as_mut_ptr());
         let mut allocated = false;
         let column = |n: usize| (!isnull[n]).then_some(datums[n]);

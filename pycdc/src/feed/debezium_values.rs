@@ -212,6 +212,7 @@ fn typed<'py>(
             }
             _ => plain()?,
         },
+        // (typed_json sends the kinds that end here straight to Python: keep its list in step.)
         _ => plain()?,
     })
 }

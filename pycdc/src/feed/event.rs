@@ -125,6 +125,29 @@ impl<'de> serde::Deserialize<'de> for JsonKey<'de> {
     }
 }
 
+/// A row object's (`before`/`after`) columns in the JSON's order, each as its JSON text.
+pub(super) struct RowEntries<'a>(pub(super) Vec<(JsonKey<'a>, &'a RawValue)>);
+
+impl<'de> serde::Deserialize<'de> for RowEntries<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RowEntries<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a row object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::with_capacity(m.size_hint().unwrap_or(8));
+                while let Some(entry) = m.next_entry()? {
+                    out.push(entry);
+                }
+                Ok(RowEntries(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
 impl FeedEvent {
     pub(super) fn new(mut row: FeedRow) -> Self {
         let spans = match row.spans.take() {
@@ -344,28 +367,7 @@ fn row_py(py: Python<'_>, raw: Option<&str>, cols: Option<&Columns>, o: &Encoder
         return Ok(py.None());
     }
     let Some(cols) = cols else { return Ok(values::json(py, raw)?.unbind()) };
-    // Keep the JSON's key order.
-    struct Ordered<'a>(Vec<(JsonKey<'a>, &'a RawValue)>);
-    impl<'de> serde::Deserialize<'de> for Ordered<'de> {
-        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct V;
-            impl<'de> serde::de::Visitor<'de> for V {
-                type Value = Ordered<'de>;
-                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                    f.write_str("a row object")
-                }
-                fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
-                    let mut out = Vec::with_capacity(m.size_hint().unwrap_or(8));
-                    while let Some(entry) = m.next_entry()? {
-                        out.push(entry);
-                    }
-                    Ok(Ordered(out))
-                }
-            }
-            d.deserialize_map(V)
-        }
-    }
-    let row: Ordered<'_> = serde_json::from_str(raw).map_err(|e| PgError::Data(format!("row JSON: {e}")))?;
+    let row: RowEntries<'_> = serde_json::from_str(raw).map_err(|e| PgError::Data(format!("row JSON: {e}")))?;
     let d = PyDict::new(py);
     for (JsonKey(k), v) in row.0 {
         let value = match cols.get(&k) {

@@ -26,7 +26,7 @@ use pgcdc_core::Lsn;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
-use super::event::{Field, JsonKey, Spans};
+use super::event::{Field, RowEntries, Spans};
 use super::{AckTarget, Columns, FeedConfig, FeedIdentity, FeedRow, Pos, Shared, STOP_GRACE};
 use crate::errors::PgError;
 use pgcdc_wire::ConnParams;
@@ -363,15 +363,10 @@ impl Session<'_> {
             };
             self.check_feed(&rows)?;
             let got = rows.len();
-            let bytes: usize = rows
-                .iter()
-                .map(|r| {
-                    let len = |i: usize| r.get::<_, Option<JsonText<'_>>>(i).map_or(0, |j| j.0.len());
-                    len(8) + len(9)
-                })
-                .sum();
             let batch: Vec<FeedRow> = rows.iter().map(|r| self.read_row(r)).collect();
             drop(rows);
+            let json_len = |j: &Option<String>| j.as_ref().map_or(0, String::len);
+            let bytes: usize = batch.iter().map(|r| json_len(&r.key) + json_len(&r.value)).sum();
             // More to read: a full batch, or one cut short by read's size cap (64 MB of JSON,
             // see pgcdc_ext/README.md: "a short result does not mean the queue is drained").
             let more = got as i32 >= self.config.batch_size || bytes >= READ_CAP_HINT;
@@ -748,30 +743,5 @@ impl Session<'_> {
 
 /// True when a row object (an event's `after`) names a column the cached types do not know.
 fn has_new_column(after: &str, cols: &Columns) -> bool {
-    struct NewColumn<'c>(&'c Columns);
-    impl<'de> serde::de::DeserializeSeed<'de> for NewColumn<'_> {
-        type Value = bool;
-        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
-            d.deserialize_any(self)
-        }
-    }
-    impl<'de> serde::de::Visitor<'de> for NewColumn<'_> {
-        type Value = bool;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a row object")
-        }
-        fn visit_unit<E>(self) -> Result<bool, E> {
-            Ok(false)
-        }
-        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<bool, A::Error> {
-            let mut new = false;
-            while let Some(k) = m.next_key::<JsonKey<'de>>()? {
-                m.next_value::<serde::de::IgnoredAny>()?;
-                new |= self.0.get(&k.0).is_none();
-            }
-            Ok(new)
-        }
-    }
-    let mut d = serde_json::Deserializer::from_str(after);
-    serde::de::DeserializeSeed::deserialize(NewColumn(cols), &mut d).unwrap_or(false)
+    serde_json::from_str::<RowEntries<'_>>(after).is_ok_and(|row| row.0.iter().any(|(k, _)| cols.get(&k.0).is_none()))
 }
