@@ -11,8 +11,8 @@ Runs in a throwaway cluster (tests/pgcluster.py).
    (200k rows in one transaction, 20k single-row transactions, or 20k wide rows of 2 KB
    TOASTed text + a jsonb in one transaction); then, one after the other:
    pg_recvlogical drains its slot to /dev/null up to the workload's end LSN (the raw
-   ceiling: walsender decoding + network), and the feed is resumed and timed until its last
-   event is in the queue. Reported: rows/s for both and the ratio feed/pg_recvlogical.
+   ceiling: walsender decoding + the unix socket, the transport the feed's worker uses), and
+   the feed is resumed and timed until its last event is in the queue. Reported: rows/s for both and the ratio feed/pg_recvlogical.
    Then pgcdc.read of the first 1000 events is timed at once (the queue has no statistics
    yet: the read must not depend on them).
 2. Latency: the feed running live, single-row transactions committed at a fixed rate; for
@@ -168,17 +168,21 @@ def staging_round(c: Cluster, label: str, table: str, workload: str, rows: int, 
         cpu["feed_walsender_cpu_s"] = round(watch.last, 3)
         return wall
 
+    # Polled over one connection: a new backend every 5 ms would take a core from the feed.
+    poll = c.connect()
+
     def done():
-        r = c.execute(
+        r = poll.execute(
             "SELECT r.staged_total FROM pgcdc.feed_runtime r JOIN pgcdc.feed f ON f.id = r.feed_id "
             "WHERE f.name = %s",
-            params=[feed],
-        )
+            [feed],
+        ).fetchall()
         return r and r[0][0] >= rows
 
     argv = [
         str(pg_bindir() / "pg_recvlogical"),
-        "-h", "127.0.0.1", "-p", str(c.port), "-U", "postgres", "-d", "postgres",
+        # Over the unix socket, as the feed's worker streams its slot.
+        "-h", str(c.sockdir), "-p", str(c.port), "-U", "postgres", "-d", "postgres",
         "--slot", "bench_recv", "--start", "-E", end_lsn, "-F", "0", "-f", "/dev/null",
         "-o", "proto_version=1", "-o", "publication_names=bench_p", "--no-loop",
     ]
@@ -200,6 +204,7 @@ def staging_round(c: Cluster, label: str, table: str, workload: str, rows: int, 
         "SELECT count(*) FROM pgcdc.event e JOIN pgcdc.feed f ON f.id = e.feed_id WHERE f.name = %s", params=[feed]
     )[0][0]
     assert staged == rows, f"staged {staged} of {rows}"
+    poll.close()
     c.execute(f"SELECT pgcdc.drop_feed('{feed}')")
     c.execute("SELECT pg_drop_replication_slot('bench_recv')")
     return {

@@ -69,18 +69,20 @@ class Sampler(threading.Thread):
         self.stop = threading.Event()
 
     def run(self) -> None:
-        while not self.stop.is_set():
-            rows = self.c.execute(
-                "SELECT r.pid, (SELECT pid FROM pg_stat_replication WHERE application_name = %s) "
-                "FROM pgcdc.feed_runtime r JOIN pgcdc.feed f ON f.id = r.feed_id WHERE f.name = %s",
-                params=[f"pgcdc feed {self.feed}", self.feed],
-            )
-            for who, pid in zip(("worker", "walsender"), rows[0] if rows else ()):
-                if pid:
-                    for k, v in mem_kb(pid).items():
-                        key = f"{who}_{k}"
-                        self.peak[key] = max(self.peak.get(key, 0), v)
-            time.sleep(0.05)
+        # One connection for all samples: a new backend per sample would load the machine.
+        with self.c.connect() as conn:
+            while not self.stop.is_set():
+                rows = conn.execute(
+                    "SELECT r.pid, (SELECT pid FROM pg_stat_replication WHERE application_name = %s) "
+                    "FROM pgcdc.feed_runtime r JOIN pgcdc.feed f ON f.id = r.feed_id WHERE f.name = %s",
+                    [f"pgcdc feed {self.feed}", self.feed],
+                ).fetchall()
+                for who, pid in zip(("worker", "walsender"), rows[0] if rows else ()):
+                    if pid:
+                        for k, v in mem_kb(pid).items():
+                            key = f"{who}_{k}"
+                            self.peak[key] = max(self.peak.get(key, 0), v)
+                time.sleep(0.05)
 
 
 def slot_stats(c: Cluster, slot: str) -> tuple[int, int]:
@@ -197,11 +199,12 @@ def run_mode(c: Cluster, streaming: bool, rows: int, python: bool) -> dict:
     consumer = threading.Thread(target=lambda: py_result.append(asyncio.run(python_last(c, feed, rows, t_commit))))
     if python:
         consumer.start()
-    while True:
-        r = c.execute("SELECT complete_lsn::text FROM pgcdc.feed_status WHERE name = %s", params=[feed])[0][0]
-        if r and lsn_int(r) >= lsn_int(before_commit):
-            break
-        time.sleep(0.01)
+    with c.connect() as poll:  # one connection: a new backend every 10 ms would take CPU from the feed
+        while True:
+            r = poll.execute("SELECT complete_lsn::text FROM pgcdc.feed_status WHERE name = %s", [feed]).fetchone()[0]
+            if r and lsn_int(r) >= lsn_int(before_commit):
+                break
+            time.sleep(0.01)
     staged_s = time.monotonic() - t_commit
     py_s = None
     if python:
