@@ -13,7 +13,9 @@
 //! blocked in the thread, so PostgreSQL's handlers run on the main thread. When the channel
 //! is full (the worker is at its queue cap, or slower than the walsender) the thread stops
 //! reading the stream but keeps sending status updates, so the walsender waits instead of
-//! timing out; WAL is retained.
+//! timing out; WAL is retained. It is woken as soon as the main thread has drained half the
+//! channel, not by polling (a reader asleep in a back-off left the main thread idle while
+//! the walsender was blocked).
 //!
 //! Memory: the channel is bounded by items ([`CHANNEL_CAPACITY`]) **and by bytes**
 //! ([`CHANNEL_BYTES`] of pgoutput payload; one item is always let through, however big), and
@@ -78,6 +80,9 @@ struct Shared {
     sleeping: AtomicBool,
     /// Payload bytes of the items in the channel.
     queued_bytes: AtomicUsize,
+    /// The stream thread waits for room in the channel: tell it once there is some.
+    wants_room: AtomicBool,
+    room: tokio::sync::Notify,
     wake_wr: RawFd,
     end: Mutex<Option<WireError>>,
 }
@@ -119,6 +124,8 @@ impl Stream {
             confirm: AtomicU64::new(0),
             sleeping: AtomicBool::new(false),
             queued_bytes: AtomicUsize::new(0),
+            wants_room: AtomicBool::new(false),
+            room: tokio::sync::Notify::new(),
             wake_wr,
             end: Mutex::new(None),
         });
@@ -173,7 +180,15 @@ impl Stream {
 
     pub fn try_recv(&self) -> Option<Item> {
         let item = self.rx.try_recv().ok()?;
-        self.shared.queued_bytes.fetch_sub(item.size(), Ordering::SeqCst);
+        let left = self.shared.queued_bytes.fetch_sub(item.size(), Ordering::SeqCst) - item.size();
+        // Half empty: the stream thread, if it waits, reads on while this thread drains.
+        if self.shared.wants_room.load(Ordering::SeqCst)
+            && self.rx.len() <= CHANNEL_CAPACITY / 2
+            && left <= CHANNEL_BYTES / 2
+            && self.shared.wants_room.swap(false, Ordering::SeqCst)
+        {
+            self.shared.room.notify_one();
+        }
         Some(item)
     }
 
@@ -276,6 +291,10 @@ async fn stream_loop(conn: Connection, shared: &Shared, tx: Sender<Item>) -> Opt
 /// How often the loop looks at the stop flag and the flush position while the server is quiet.
 const POLL: Duration = Duration::from_millis(100);
 
+/// How often a stream thread waiting for room in the channel looks at the stop flag and the
+/// status cadence (the main thread wakes it as soon as there is room).
+const ROOM_POLL: Duration = Duration::from_millis(50);
+
 async fn start(conn: &Connection) -> Result<Session, WireError> {
     let repl = ReplConn::connect(&conn.params).await?;
     // From 0/0 the walsender starts at the slot's confirmed_flush_lsn.
@@ -299,7 +318,6 @@ async fn forward(
             Wal::Ended => return Err(Some(WireError::Io("the server ended the replication stream".into()))),
         };
         let size = item.size();
-        let mut backoff = Duration::from_millis(1);
         let mut waited = false;
         loop {
             let over_bytes =
@@ -320,14 +338,21 @@ async fn forward(
                 }
                 Err(TrySendError::Full(back)) => {
                     item = back;
-                    shared.wake();
+                    if !waited || !shared.wants_room.load(Ordering::SeqCst) {
+                        // Ask to be told, then try once more before waiting: the main thread
+                        // may have drained the channel before it saw the request.
+                        shared.wants_room.store(true, Ordering::SeqCst);
+                        waited = true;
+                        shared.wake();
+                        continue;
+                    }
                     if shared.stop.load(Ordering::SeqCst) {
                         return Err(None);
                     }
                     session.maybe_send_status(flush()).await.map_err(Some)?;
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(50));
-                    waited = true;
+                    // Woken by the main thread once the channel is half empty; the timeout
+                    // keeps status updates going and looks at the stop flag.
+                    let _ = tokio::time::timeout(ROOM_POLL, shared.room.notified()).await;
                 }
                 Err(TrySendError::Disconnected(_)) => return Err(None),
             }
