@@ -30,12 +30,42 @@ static NEEDS_ESCAPE: [bool; 256] = {
     t
 };
 
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// The high bit of each byte of `v` that is zero. Exact for the lowest such byte (a borrow
+/// only marks bytes above a zero one), which is all [`first_needing_escape`] asks.
+const fn zero_bytes(v: u64) -> u64 {
+    v.wrapping_sub(ONES) & !v & HIGHS
+}
+
+/// Offset of the first byte of these 8 (in memory order) that [`NEEDS_ESCAPE`] names, if any:
+/// long texts are scanned a word at a time, not a byte.
+fn first_needing_escape(chunk: [u8; 8]) -> Option<usize> {
+    let w = u64::from_le_bytes(chunk);
+    let control = w.wrapping_sub(ONES * 0x20) & !w & HIGHS;
+    let quote = zero_bytes(w ^ (ONES * b'"' as u64));
+    let backslash = zero_bytes(w ^ (ONES * b'\\' as u64));
+    let beyond_bmp = zero_bytes((w & (ONES * 0xF0)) ^ (ONES * 0xF0));
+    let hits = control | quote | backslash | beyond_bmp;
+    (hits != 0).then(|| (hits.trailing_zeros() / 8) as usize)
+}
+
 /// Appends the escaped contents of a JSON string, without the quotes.
 pub fn write_str_body(out: &mut String, s: &str) {
     let bytes = s.as_bytes();
     let mut start = 0;
     let mut i = 0;
     while i < bytes.len() {
+        if let Some(chunk) = bytes.get(i..i + 8) {
+            match first_needing_escape(chunk.try_into().expect("8 bytes")) {
+                None => {
+                    i += 8;
+                    continue;
+                }
+                Some(at) => i += at,
+            }
+        }
         let b = bytes[i];
         if !NEEDS_ESCAPE[b as usize] {
             i += 1;
@@ -185,6 +215,57 @@ mod tests {
         let mut o = String::new();
         write_str(&mut o, v);
         o
+    }
+
+    /// The escaping rules one byte at a time, for comparison with the word-at-a-time scan.
+    fn escaped_bytewise(v: &str) -> String {
+        let mut o = String::from("\"");
+        for c in v.chars() {
+            match c {
+                '"' => o.push_str("\\\""),
+                '\\' => o.push_str("\\\\"),
+                '\u{8}' => o.push_str("\\b"),
+                '\t' => o.push_str("\\t"),
+                '\n' => o.push_str("\\n"),
+                '\u{c}' => o.push_str("\\f"),
+                '\r' => o.push_str("\\r"),
+                c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04X}", c as u32)),
+                c if (c as u32) > 0xFFFF => {
+                    for unit in c.encode_utf16(&mut [0u16; 2]) {
+                        o.push_str(&format!("\\u{:04X}", unit));
+                    }
+                }
+                c => o.push(c),
+            }
+        }
+        o.push('"');
+        o
+    }
+
+    #[test]
+    fn the_word_scan_finds_every_special_at_every_offset() {
+        let specials = ['"', '\\', '\n', '\u{0}', '\u{1f}', '😀', '𝄞'];
+        let fillers = ["a", "é", "€", " ", "\u{7f}", "\u{ff}", "~"];
+        for filler in fillers {
+            for len in 0..24 {
+                for at in 0..=len {
+                    for special in specials {
+                        let mut v: String = filler.repeat(at);
+                        v.push(special);
+                        v.push_str(&filler.repeat(len - at));
+                        v.push(special);
+                        assert_eq!(s(&v), escaped_bytewise(&v), "{v:?}");
+                    }
+                }
+            }
+        }
+        // Bytes next to the thresholds: 0x1F/0x20 (controls), 0xEF/0xF0 (4-byte leads).
+        let edge = "\u{1f} \u{fff}\u{10000}!\"#\\]";
+        for start in 0..edge.len() {
+            if edge.is_char_boundary(start) {
+                assert_eq!(s(&edge[start..]), escaped_bytewise(&edge[start..]));
+            }
+        }
     }
 
     #[test]
