@@ -142,20 +142,23 @@ mod tests {
     }
 
     fn event(commit: u64, ordinal: u32, value: &str) -> Row {
-        Row::from_event(Event {
-            op: Op::Create,
-            commit_lsn: Lsn(commit),
-            ordinal,
-            lsn: Lsn(commit - 10 + u64::from(ordinal)),
-            xid: Some(700),
-            schema: "public".into(),
-            table: "t".into(),
-            relation_id: Some(PG_CLASS),
-            topic: "f.public.t".into(),
-            key: Some("{\"id\":1}".into()),
-            value: Some(value.into()),
-            headers: vec![("__debezium.oldkey".into(), "{\"id\":0}".into())],
-        })
+        Row::from_event(
+            Event {
+                op: Op::Create,
+                commit_lsn: Lsn(commit),
+                ordinal,
+                lsn: Lsn(commit - 10 + u64::from(ordinal)),
+                xid: Some(700),
+                schema: "public".into(),
+                table: "t".into(),
+                relation_id: Some(PG_CLASS),
+                topic: "f.public.t".into(),
+                key: Some("{\"id\":1}".into()),
+                value: Some(value.into()),
+                headers: vec![("__debezium.oldkey".into(), "{\"id\":0}".into())],
+            },
+            &mut Default::default(),
+        )
     }
 
     /// The relation the test events name as theirs (any existing one).

@@ -39,8 +39,8 @@ pub struct Row {
     pub topic: Arc<str>,
     pub key: Option<String>,
     pub value: Option<String>,
-    /// JSON object text, or None when the event has no headers.
-    pub headers: Option<String>,
+    /// JSON object text, or None when the event has no headers (shared by rows with the same).
+    pub headers: Option<Arc<str>>,
 }
 
 /// The `op` column: Debezium's code, or `tombstone` / `begin` / `end`.
@@ -53,26 +53,52 @@ pub fn op_name(op: Op) -> &'static str {
     })
 }
 
-/// The headers last found valid JSON: events repeat the same headers one after another, and
-/// comparing them costs a fraction of parsing them.
+/// The last event's headers, as pairs, as JSON text and whether that text was found valid:
+/// events repeat the same (context) headers one after another, so they are rendered and
+/// checked once and the rows share one string (which staging also binds once).
 #[derive(Default)]
-pub struct ValidHeaders(Option<String>);
+pub struct Headers {
+    pairs: Vec<(String, String)>,
+    json: Option<Arc<str>>,
+    valid: Option<Arc<str>>,
+}
 
-impl Row {
-    pub fn from_event(ev: Event) -> Row {
-        let headers = (!ev.headers.is_empty()).then(|| {
+impl Headers {
+    /// The JSON object of `pairs` (None when there are none).
+    fn render(&mut self, pairs: Vec<(String, String)>) -> Option<Arc<str>> {
+        if pairs.is_empty() {
+            return None;
+        }
+        if pairs != self.pairs || self.json.is_none() {
             let mut s = String::from("{");
-            for (i, (name, value)) in ev.headers.iter().enumerate() {
+            for (i, (name, value)) in pairs.iter().enumerate() {
                 if i > 0 {
                     s.push(',');
                 }
-                s.push_str(&serde_json::to_string(name).unwrap_or_else(|_| "\"?\"".into()));
+                pgcdc_core::json::write_str(&mut s, name);
                 s.push(':');
                 s.push_str(value);
             }
             s.push('}');
-            s
-        });
+            self.json = Some(s.into());
+            self.pairs = pairs;
+        }
+        self.json.clone()
+    }
+
+    /// Whether `json` parses (headers values come from the encoder as JSON text).
+    fn check(&mut self, json: &Arc<str>) -> Result<(), serde_json::Error> {
+        if self.valid.as_ref().is_some_and(|v| Arc::ptr_eq(v, json) || **v == **json) {
+            return Ok(());
+        }
+        serde_json::from_str::<&serde_json::value::RawValue>(json)?;
+        self.valid = Some(Arc::clone(json));
+        Ok(())
+    }
+}
+
+impl Row {
+    pub fn from_event(ev: Event, headers: &mut Headers) -> Row {
         Row {
             position: Position::new(ev.commit_lsn, ev.ordinal),
             lsn: ev.lsn,
@@ -84,7 +110,7 @@ impl Row {
             topic: ev.topic,
             key: ev.key,
             value: ev.value,
-            headers,
+            headers: headers.render(ev.headers),
         }
     }
 
@@ -95,18 +121,13 @@ impl Row {
 
     /// Whether the row can be staged: its JSON (key + value + headers) is at most
     /// `max_bytes` and its headers are valid JSON (stored as json, unchecked by the fast path). Err: why not.
-    pub fn check(&self, max_bytes: usize, valid: &mut ValidHeaders) -> Result<(), String> {
-        let total = self.size() as usize + self.headers.as_ref().map_or(0, String::len);
+    pub fn check(&self, max_bytes: usize, headers: &mut Headers) -> Result<(), String> {
+        let total = self.size() as usize + self.headers.as_ref().map_or(0, |h| h.len());
         if total > max_bytes {
             return Err(format!("its JSON is {total} bytes, more than pgcdc.max_event_size ({max_bytes} bytes)"));
         }
         if let Some(h) = &self.headers {
-            if valid.0.as_deref() != Some(h.as_str()) {
-                if let Err(e) = serde_json::from_str::<&serde_json::value::RawValue>(h) {
-                    return Err(format!("its headers are not valid JSON ({e})"));
-                }
-                valid.0 = Some(h.clone());
-            }
+            headers.check(h).map_err(|e| format!("its headers are not valid JSON ({e})"))?;
         }
         Ok(())
     }

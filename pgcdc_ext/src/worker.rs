@@ -196,7 +196,8 @@ struct Worker {
     ack_seen_at: Option<pg_sys::XLogRecPtr>,
     /// Events this worker process has staged.
     staged_total: i64,
-    valid_headers: queue::ValidHeaders,
+    /// The last event's headers, rendered and checked (see queue::Headers).
+    headers: queue::Headers,
     at_cap: bool,
     failures: i32,
     healthy_since: Option<Instant>,
@@ -363,7 +364,7 @@ impl Worker {
             counted_at: Instant::now(),
             ack_seen_at: None,
             staged_total: 0,
-            valid_headers: queue::ValidHeaders::default(),
+            headers: queue::Headers::default(),
             at_cap: false,
             failures,
             healthy_since: None,
@@ -860,9 +861,9 @@ impl Worker {
             if t.skip {
                 continue;
             }
-            let mut row = Row::from_event(ev);
+            let mut row = Row::from_event(ev, &mut self.headers);
             row.position = Position::new(streamed::provisional(xid), row.position.ordinal);
-            if let Err(problem) = row.check(max_event, &mut self.valid_headers) {
+            if let Err(problem) = row.check(max_event, &mut self.headers) {
                 return Err(poison_message(&self.feed, &row, &problem));
             }
             t.rows += 1;
@@ -987,8 +988,8 @@ impl Worker {
             if pos <= self.floor {
                 continue;
             }
-            let row = Row::from_event(ev);
-            if let Err(problem) = row.check(max_event, &mut self.valid_headers) {
+            let row = Row::from_event(ev, &mut self.headers);
+            if let Err(problem) = row.check(max_event, &mut self.headers) {
                 return Err(poison_message(&self.feed, &row, &problem));
             }
             self.floor = pos;
