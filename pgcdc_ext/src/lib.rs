@@ -43,10 +43,6 @@ pub mod worker;
 
 ::pgrx::pg_module_magic!(name, version);
 
-// Rust allocations only (see Cargo.toml); palloc is untouched.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 // The hand-written schema (tables, views, role) runs before the generated functions; the
 // comments and grants on those functions run last.
 extension_sql_file!("../../sql/pgcdc_schema.sql", name = "pgcdc_schema", bootstrap);
