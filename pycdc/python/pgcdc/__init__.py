@@ -19,7 +19,14 @@ Feed events hold exact Python types (``Decimal`` for numeric, ``bytes`` for byte
 
 from __future__ import annotations
 
+import os
 from typing import Any, Optional
+
+# The native module's allocator (mimalloc) reads its options when the module loads. Freed memory
+# goes back to the OS after a second instead of 10 ms: otherwise every batch faults in and zeroes
+# fresh pages again (feed client on wide rows: 17 -> 11 µs of CPU per event). Set it yourself to
+# override.
+os.environ.setdefault("MIMALLOC_PURGE_DELAY", "1000")
 
 from . import _pgcdc
 from ._feed import (
