@@ -58,32 +58,38 @@ pub fn op_name(op: Op) -> &'static str {
 /// checked once and the rows share one string (which staging also binds once).
 #[derive(Default)]
 pub struct Headers {
-    pairs: Vec<(String, String)>,
-    json: Option<Arc<str>>,
+    /// The last pairs rendered, and their JSON.
+    rendered: Option<(HeaderPairs, Arc<str>)>,
     valid: Option<Arc<str>>,
 }
 
+/// An event's headers as the encoder gives them: (name, JSON value).
+type HeaderPairs = Vec<(String, String)>;
+
 impl Headers {
     /// The JSON object of `pairs` (None when there are none).
-    fn render(&mut self, pairs: Vec<(String, String)>) -> Option<Arc<str>> {
+    fn render(&mut self, pairs: HeaderPairs) -> Option<Arc<str>> {
         if pairs.is_empty() {
             return None;
         }
-        if pairs != self.pairs || self.json.is_none() {
-            let mut s = String::from("{");
-            for (i, (name, value)) in pairs.iter().enumerate() {
-                if i > 0 {
-                    s.push(',');
-                }
-                pgcdc_core::json::write_str(&mut s, name);
-                s.push(':');
-                s.push_str(value);
+        if let Some((last, json)) = &self.rendered {
+            if *last == pairs {
+                return Some(Arc::clone(json));
             }
-            s.push('}');
-            self.json = Some(s.into());
-            self.pairs = pairs;
         }
-        self.json.clone()
+        let mut s = String::from("{");
+        for (i, (name, value)) in pairs.iter().enumerate() {
+            if i > 0 {
+                s.push(',');
+            }
+            pgcdc_core::json::write_str(&mut s, name);
+            s.push(':');
+            s.push_str(value);
+        }
+        s.push('}');
+        let json: Arc<str> = s.into();
+        self.rendered = Some((pairs, Arc::clone(&json)));
+        Some(json)
     }
 
     /// Whether `json` parses (headers values come from the encoder as JSON text).

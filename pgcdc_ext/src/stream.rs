@@ -338,12 +338,11 @@ async fn forward(
                 }
                 Err(TrySendError::Full(back)) => {
                     item = back;
-                    if !waited || !shared.wants_room.load(Ordering::SeqCst) {
-                        // Ask to be told, then try once more before waiting: the main thread
+                    waited = true;
+                    shared.wake();
+                    if !shared.wants_room.swap(true, Ordering::SeqCst) {
+                        // Just asked to be told: try once more before waiting, the main thread
                         // may have drained the channel before it saw the request.
-                        shared.wants_room.store(true, Ordering::SeqCst);
-                        waited = true;
-                        shared.wake();
                         continue;
                     }
                     if shared.stop.load(Ordering::SeqCst) {
