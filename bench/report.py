@@ -13,7 +13,9 @@
    and delivered to the Python feed client, against psql draining COPY of the same table;
    the feed worker's private memory on that table against a quarter of it.
 5. Streaming (bench/stream_bench.py): one transaction of 5M rows (1M with --quick), COMMIT ->
-   every event staged with streaming off and on; spilled bytes and the worker's memory.
+   every event staged with streaming off and on; spilled bytes and the worker's memory; the
+   same ratio for pg_recvlogical (COMMIT -> its walsender sent the commit), which no consumer
+   can beat.
 
 The machine is shared and noisy: compare ratios measured in one run, not absolute rates.
 Needs the release extension installed and the release Python package (make bench does both).
@@ -119,6 +121,10 @@ def main() -> int:
         rows.append(("streamed big transaction", f"{on['rows']:,} rows in one transaction",
                      f"COMMIT->staged {ratio:.2f} x streaming off ({on['commit_to_staged_s']} vs {off['commit_to_staged_s']} s)",
                      "<= 0.20", "ok" if ratio <= 0.2 else "ABOVE"))
+        recv_off, recv_on = stream["walsender"]
+        rows.append(("streamed big transaction", "the same, to pg_recvlogical",
+                     f"COMMIT->sent {stream['walsender_ratio']:.2f} x streaming off ({recv_on['commit_to_sent_s']} vs "
+                     f"{recv_off['commit_to_sent_s']} s): the walsender's own floor", "", ""))
         rows.append(("streamed big transaction", "spill, worker memory",
                      f"spilled {on['spill_bytes'] / 1e6:.0f} MB (off: {off['spill_bytes'] / 1e6:.0f}), worker private "
                      f"{on.get('worker_RssAnon', 0)} MiB", "0, < 200 MB",

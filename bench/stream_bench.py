@@ -17,7 +17,12 @@ one transaction inserts --rows rows (INSERT ... SELECT generate_series) and comm
   stream_memory, then in a temporary file), with its peak private memory and bytes spilled;
 - peak RSS (VmHWM) and peak private memory (RssAnon) of the feed worker and of its walsender;
 - spill_bytes / stream_bytes of the feed's slot (pg_stat_replication_slots), and the ratio
-  streaming / off of COMMIT -> staged (target <= 0.2).
+  streaming / off of COMMIT -> staged (target <= 0.2);
+- the same transaction sent to `pg_recvlogical -f /dev/null` (its own slot, proto 1 vs proto 2
+  with streaming=on), timed from COMMIT until its walsender has sent the commit
+  (pg_stat_replication.sent_lsn): the ratio the walsender itself allows. Streaming can only
+  hide the part of decoding that keeps pace with the transaction's WAL: when the server
+  decodes slower than the backend writes, no consumer's ratio falls below this one.
 The machine is shared and noisy: compare the ratio of one run.
 """
 
@@ -27,6 +32,7 @@ import argparse
 import asyncio
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -37,7 +43,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from ext_staging import SETTINGS as STAGING_SETTINGS  # noqa: E402
 from ext_staging import TABLE  # noqa: E402
-from pgcluster import Cluster  # noqa: E402
+from pgcluster import Cluster, pg_bindir  # noqa: E402
 
 TARGET = 0.2
 
@@ -182,6 +188,54 @@ def run_reader_mode(c: Cluster, streaming: bool, rows: int) -> dict:
     }
 
 
+def run_recvlogical_mode(c: Cluster, streaming: bool, rows: int) -> dict:
+    """pg_recvlogical consuming while the transaction runs: COMMIT -> its walsender sent the commit."""
+    slot = "sb_recv_on" if streaming else "sb_recv_off"
+    c.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", params=[slot])
+    spill0, stream0 = slot_stats(c, slot)
+    options = ["-o", "proto_version=2", "-o", "streaming=on"] if streaming else ["-o", "proto_version=1"]
+    argv = [
+        str(pg_bindir() / "pg_recvlogical"), "-h", str(c.sockdir), "-p", str(c.port), "-U", "postgres",
+        "-d", "postgres", "--slot", slot, "--start", "-F", "0", "-f", "/dev/null",
+        "-o", "publication_names=bench_p", *options,
+    ]
+    recv = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        with c.connect() as poll:
+            deadline = time.monotonic() + 30
+            while not poll.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", [slot]).fetchone()[0]:
+                assert recv.poll() is None, recv.stderr.read() if recv.stderr else "pg_recvlogical exited"
+                assert time.monotonic() < deadline, "pg_recvlogical did not start streaming"
+                time.sleep(0.05)
+            generate_s, t_commit, before_commit = insert_rows(c, rows)
+            # The walsender's sent position passes the LSN before COMMIT once it has processed
+            # the commit record, i.e. sent the whole transaction (its last bytes at most in the
+            # socket's buffer: pg_recvlogical reads to /dev/null at once).
+            while True:
+                r = poll.execute("SELECT sent_lsn::text FROM pg_stat_replication WHERE application_name = "
+                                 "'pg_recvlogical'").fetchone()
+                if r and r[0] and lsn_int(r[0]) > lsn_int(before_commit):
+                    break
+                assert recv.poll() is None, recv.stderr.read() if recv.stderr else "pg_recvlogical exited"
+                time.sleep(0.01)
+            sent_s = time.monotonic() - t_commit
+    finally:
+        recv.terminate()
+        recv.wait(30)
+    spill1, stream1 = slot_stats(c, slot)
+    c.execute("SELECT pg_drop_replication_slot(%s)", params=[slot])
+    c.execute("TRUNCATE bench_t")
+    c.execute("CHECKPOINT")
+    return {
+        "mode": "pg_recvlogical streaming" if streaming else "pg_recvlogical off",
+        "rows": rows,
+        "generate_s": round(generate_s, 2),
+        "commit_to_sent_s": round(sent_s, 2),
+        "spill_bytes": spill1 - spill0,
+        "stream_bytes": stream1 - stream0,
+    }
+
+
 def run_mode(c: Cluster, streaming: bool, rows: int, python: bool) -> dict:
     feed = "sb_on" if streaming else "sb_off"
     opts = {"snapshot.mode": "no_data", "streaming": streaming, "max_staged_rows": 0, "max_staged_bytes": 0}
@@ -246,6 +300,7 @@ def main() -> int:
     c = Cluster(settings, name="pgcdc-streambench")
     results: list[dict] = []
     readers: list[dict] = []
+    walsender: list[dict] = []
     try:
         c.start()
         c.execute("CREATE EXTENSION pgcdc")
@@ -255,6 +310,10 @@ def main() -> int:
             r = run_mode(c, streaming, args.rows, args.python)
             print(f"  {r}", flush=True)
             results.append(r)
+        for streaming in (False, True):
+            r = run_recvlogical_mode(c, streaming, args.rows)
+            print(f"  {r}", flush=True)
+            walsender.append(r)
         if args.python:
             for streaming in (False, True):
                 r = run_reader_mode(c, streaming, args.rows)
@@ -271,6 +330,13 @@ def main() -> int:
         print(f"{r['mode']:10} {r['generate_s']:>10} {r['commit_to_staged_s']:>17} {str(r['commit_to_python_s']):>11} "
               f"{r['spill_bytes'] / 1e6:>9.1f} {r['stream_bytes'] / 1e6:>10.1f} {r.get('worker_VmHWM', 0):>11} "
               f"{r.get('worker_RssAnon', 0):>12} {r.get('walsender_VmHWM', 0):>14}")
+    recv_off, recv_on = walsender
+    ceiling = recv_on["commit_to_sent_s"] / recv_off["commit_to_sent_s"] if recv_off["commit_to_sent_s"] else None
+    print("\npg_recvlogical during the transaction: COMMIT -> its walsender sent the commit")
+    print(f"{'mode':26} {'generate s':>10} {'COMMIT->sent s':>15} {'spill MB':>9} {'stream MB':>10}")
+    for r in walsender:
+        print(f"{r['mode']:26} {r['generate_s']:>10} {r['commit_to_sent_s']:>15} {r['spill_bytes'] / 1e6:>9.1f} "
+              f"{r['stream_bytes'] / 1e6:>10.1f}")
     if readers:
         print("\nLogicalReplicationReader during the transaction (memory: growth of private memory, MiB)")
         print(f"{'mode':18} {'COMMIT->last s':>15} {'server spill MB':>16} {'reader spill MB':>16} {'reader anon':>12}")
@@ -280,8 +346,11 @@ def main() -> int:
     if ratio is not None:
         verdict = "met" if ratio <= TARGET else "missed"
         print(f"COMMIT->staged, streaming / off: {ratio:.2f} (target <= {TARGET}: {verdict})")
+    if ceiling is not None:
+        print(f"pg_recvlogical's COMMIT->sent, streaming / off: {ceiling:.2f} (the walsender's own ratio)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"results": results, "readers": readers, "ratio": ratio}, indent=2))
+        Path(args.json).write_text(json.dumps({"results": results, "readers": readers, "walsender": walsender,
+                                               "ratio": ratio, "walsender_ratio": ceiling}, indent=2))
     return 0
 
 
