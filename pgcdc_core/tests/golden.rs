@@ -130,7 +130,7 @@ fn our_records(events: &[Event], differences: &[(&str, &str, usize, &str)]) -> V
             topic: e.topic.to_string(),
             key: e.key.clone().unwrap_or_else(|| "null".into()),
             value: normalise(e.value.as_deref().unwrap_or("null")),
-            headers: normalise_headers(e.headers.clone()),
+            headers: normalise_headers(e.headers.to_vec()),
         })
         .collect();
     for (ours, theirs, count, why) in differences {

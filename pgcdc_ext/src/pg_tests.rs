@@ -155,7 +155,7 @@ mod tests {
                 topic: "f.public.t".into(),
                 key: Some("{\"id\":1}".into()),
                 value: Some(value.into()),
-                headers: vec![("__debezium.oldkey".into(), "{\"id\":0}".into())],
+                headers: vec![("__debezium.oldkey".into(), "{\"id\":0}".into())].into(),
             },
             &mut Default::default(),
         )

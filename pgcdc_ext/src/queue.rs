@@ -11,7 +11,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use pgcdc_core::debezium::{Event, Op};
+use pgcdc_core::debezium::{self, Event, Op};
 use pgrx::pg_sys::{self, PgOid};
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
@@ -59,21 +59,19 @@ pub fn op_name(op: Op) -> &'static str {
 #[derive(Default)]
 pub struct Headers {
     /// The last pairs rendered, and their JSON.
-    rendered: Option<(HeaderPairs, Arc<str>)>,
+    rendered: Option<(debezium::Headers, Arc<str>)>,
     valid: Option<Arc<str>>,
 }
 
-/// An event's headers as the encoder gives them: (name, JSON value).
-type HeaderPairs = Vec<(String, String)>;
-
 impl Headers {
     /// The JSON object of `pairs` (None when there are none).
-    fn render(&mut self, pairs: HeaderPairs) -> Option<Arc<str>> {
+    fn render(&mut self, pairs: debezium::Headers) -> Option<Arc<str>> {
         if pairs.is_empty() {
             return None;
         }
         if let Some((last, json)) = &self.rendered {
-            if *last == pairs {
+            // Mostly the very same (the encoder shares its context headers).
+            if Arc::ptr_eq(last, &pairs) || *last == pairs {
                 return Some(Arc::clone(json));
             }
         }

@@ -142,8 +142,12 @@ pub struct Event {
     /// `__debezium.newkey`/`__debezium.oldkey` on key changes, then (on c/u/d/t records and
     /// tombstones, unless `extended.headers.enabled=false`) the context headers
     /// [`CONTEXT_HEADERS`]. With header schemas on, each value is `{"schema":…,"payload":…}`.
-    pub headers: Vec<(String, String)>,
+    /// Events with the same headers share them (most carry exactly the context headers).
+    pub headers: Headers,
 }
+
+/// An event's Kafka headers: (name, JSON value) in order, shared between events.
+pub type Headers = Arc<[(String, String)]>;
 
 /// Why a message could not be encoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -327,7 +331,9 @@ pub struct Encoder {
     excluded_schemas: Vec<String>,
     run_id: Option<String>,
     /// The context headers every change record carries, rendered once.
-    context_headers: Vec<(String, String)>,
+    context_headers: Headers,
+    /// No headers (transaction records and messages).
+    no_headers: Headers,
 }
 
 fn system_clock_nanos() -> i64 {
@@ -352,6 +358,7 @@ impl Encoder {
             schemas: schema::SchemaCache::default(),
             excluded_schemas: Vec::new(),
             context_headers: context_headers(&options, None),
+            no_headers: Arc::from([]),
             run_id: None,
             options,
         }
@@ -823,7 +830,7 @@ impl Encoder {
             topic: format!("{}.transaction", self.options.topic_prefix).into(),
             key: Some(key),
             value: Some(value),
-            headers: Vec::new(),
+            headers: Arc::clone(&self.no_headers),
         }
     }
 
@@ -994,7 +1001,10 @@ impl Encoder {
 
     /// A change record's headers: its key headers (schema-wrapped with header schemas on),
     /// then the context headers.
-    fn record_headers(&self, table: &TableSchema, key_headers: Vec<(String, String)>) -> Vec<(String, String)> {
+    fn record_headers(&self, table: &TableSchema, key_headers: Vec<(String, String)>) -> Headers {
+        if key_headers.is_empty() {
+            return Arc::clone(&self.context_headers);
+        }
         let mut headers = Vec::with_capacity(key_headers.len() + self.context_headers.len());
         for (name, key) in key_headers {
             let value =
@@ -1002,7 +1012,7 @@ impl Encoder {
             headers.push((name, value));
         }
         headers.extend(self.context_headers.iter().cloned());
-        headers
+        headers.into()
     }
 
     fn render_key(&self, relation_id: Oid, tuple: &TupleData<'_>) -> Result<Option<String>, EncodeError> {
@@ -1389,7 +1399,7 @@ impl Encoder {
             topic: format!("{}.message", self.options.topic_prefix).into(),
             key: Some(if self.options.key_schemas { schema::wrap(schema::MESSAGE_KEY_SCHEMA, &key) } else { key }),
             value: Some(if self.options.value_schemas { schema::message_value(&self.options, &value) } else { value }),
-            headers: Vec::new(),
+            headers: Arc::clone(&self.no_headers),
         });
         Ok(())
     }
@@ -1397,9 +1407,9 @@ impl Encoder {
 
 /// The context headers as JSON values (schema-wrapped with header schemas on), or none when
 /// `extended.headers.enabled=false`.
-fn context_headers(options: &EncoderOptions, run_id: Option<&str>) -> Vec<(String, String)> {
+fn context_headers(options: &EncoderOptions, run_id: Option<&str>) -> Headers {
     if !options.extended_headers {
-        return Vec::new();
+        return Arc::from([]);
     }
     let values = [Some(options.topic_prefix.as_str()), Some("0"), Some("postgresql"), run_id];
     CONTEXT_HEADERS
