@@ -15,6 +15,8 @@ Runs in a throwaway cluster (tests/pgcluster.py).
    the feed is resumed and timed until its last event is in the queue. Reported: rows/s for both and the ratio feed/pg_recvlogical.
    Then pgcdc.read of the first 1000 events is timed at once (the queue has no statistics
    yet: the read must not depend on them).
+   Between rounds the queue is vacuumed, as autovacuum keeps it on a running server (rounds
+   run back to back: each would otherwise stage into the dead events of all before it).
 2. Latency: the feed running live, single-row transactions committed at a fixed rate; for
    every event, (time the LISTENing client got the feed's wake-up NOTIFY for it) - (commit
    time in the event's source.ts_us). Reported: p50, p99, max.
@@ -206,6 +208,9 @@ def staging_round(c: Cluster, label: str, table: str, workload: str, rows: int, 
     assert staged == rows, f"staged {staged} of {rows}"
     poll.close()
     c.execute(f"SELECT pgcdc.drop_feed('{feed}')")
+    # The dropped feed's events, vacuumed as autovacuum would on a running server: rounds run
+    # back to back, each would stage into a queue holding every earlier round's dead events.
+    c.execute("VACUUM pgcdc.event")
     c.execute("SELECT pg_drop_replication_slot('bench_recv')")
     return {
         "workload": label,
