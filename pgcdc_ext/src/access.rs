@@ -210,7 +210,7 @@ pub fn pin_settings_for_process() {
 pub fn extension_owner() -> pg_sys::Oid {
     with_safe_search_path(|| {
         Spi::connect(|c| {
-            c.select("SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'pgcdc'", None, &[])?
+            crate::plans::select(c, "SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'pgcdc'", None, &[])?
                 .first()
                 .get_one::<pg_sys::Oid>()
         })

@@ -18,7 +18,7 @@
 //! Module map: [`gucs`] settings, [`datum`] the `pg_lsn` and `json` datums, [`access`] who may do what,
 //! [`feed`] the catalog and the SQL API, [`error`] errors with a SQLSTATE and a hint,
 //! [`position`] the acknowledgement arithmetic (pure),
-//! [`launcher`] and [`worker`] the background workers, [`stream`] the replication thread,
+//! [`plans`] SPI statements planned once per backend, [`launcher`] and [`worker`] the background workers, [`stream`] the replication thread,
 //! [`queue`] staging, [`slot`] the registry of replication slots pgcdc created, [`snapshot`]
 //! the existing rows read in chunks beside the stream, [`catalog`] type/table lookups for the
 //! encoder.
@@ -33,6 +33,7 @@ pub mod error;
 pub mod feed;
 pub mod gucs;
 pub mod launcher;
+pub mod plans;
 pub mod position;
 pub mod queue;
 pub mod slot;

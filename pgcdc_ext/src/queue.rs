@@ -582,7 +582,8 @@ pub fn notify(channel: &str, payloads: Vec<String>) -> Result<(), pgrx::spi::Err
     }
     Spi::connect_mut(|c| {
         let args = [channel.into(), payloads.into()];
-        c.update(
+        crate::plans::update(
+            c,
             "SELECT pg_catalog.pg_notify($1, p) FROM unnest($2::text[]) WITH ORDINALITY AS u(p, n) ORDER BY n",
             None,
             &args,
@@ -597,7 +598,8 @@ pub fn last_staged(feed_id: i32) -> Result<Option<Position>, pgrx::spi::Error> {
     let in_queue = Spi::connect(|c| {
         let args = [feed_id.into(), PgLsn(crate::streamed::PROVISIONAL).into()];
         let mut out = None;
-        for row in c.select(
+        for row in crate::plans::select(
+            c,
             "SELECT commit_lsn, ordinal FROM pgcdc.event WHERE feed_id = $1 AND commit_lsn < $2 \
              ORDER BY commit_lsn DESC, ordinal DESC LIMIT 1",
             None,
@@ -626,7 +628,8 @@ pub fn remove(feed_id: i32, after: Position, upto: Position) -> Result<(i64, i64
             int4(upto.ordinal).into(),
         ];
         let row = removing(|| {
-            c.update(
+            crate::plans::update(
+                c,
                 "WITH gone AS (DELETE FROM pgcdc.event WHERE feed_id = $1 \
                  AND (commit_lsn, ordinal) > ($2, $3) AND (commit_lsn, ordinal) <= ($4, $5) \
                  RETURNING coalesce(octet_length(value), 0) + coalesce(octet_length(key), 0) AS bytes) \
@@ -645,9 +648,12 @@ pub fn queued_counters(feed_id: i32) -> (i64, i64) {
     crate::error::spi_ok(Spi::connect(|c| {
         let args = [feed_id.into()];
         let mut out = (0, 0);
-        for row in
-            c.select("SELECT queued_events, queued_bytes FROM pgcdc.feed_runtime WHERE feed_id = $1", None, &args)?
-        {
+        for row in crate::plans::select(
+            c,
+            "SELECT queued_events, queued_bytes FROM pgcdc.feed_runtime WHERE feed_id = $1",
+            None,
+            &args,
+        )? {
             out = (row.get::<i64>(1)?.unwrap_or(0), row.get::<i64>(2)?.unwrap_or(0));
         }
         Ok(out)

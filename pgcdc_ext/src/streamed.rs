@@ -68,7 +68,8 @@ pub fn committed(feed_id: i32, from: Lsn) -> Result<Vec<Committed>, pgrx::spi::E
     Spi::connect(|c| {
         let args = [feed_id.into(), PgLsn(from).into()];
         let mut out = Vec::new();
-        for row in c.select(
+        for row in crate::plans::select(
+            c,
             "SELECT commit_lsn, xid, commit_micros, last_commit_end, last_ordinal FROM pgcdc.stream_commit \
              WHERE feed_id = $1 AND commit_lsn >= $2 ORDER BY commit_lsn",
             None,
@@ -99,7 +100,8 @@ pub fn record(feed_id: i32, t: &Committed) -> Result<(), pgrx::spi::Error> {
             t.commit.last_commit_end.map(PgLsn).into(),
             (t.last_ordinal as i32).into(),
         ];
-        c.update(
+        crate::plans::update(
+            c,
             "INSERT INTO pgcdc.stream_commit (feed_id, commit_lsn, xid, commit_micros, last_commit_end, last_ordinal) \
              VALUES ($1, $2, $3, $4, $5, $6)",
             None,
@@ -151,7 +153,12 @@ pub fn remove_acknowledged(feed_id: i32, before: Position, acked: Position) -> R
         if upto >= t.last_ordinal {
             Spi::connect_mut(|c| {
                 let args = [feed_id.into(), PgLsn(t.commit_lsn).into()];
-                c.update("DELETE FROM pgcdc.stream_commit WHERE feed_id = $1 AND commit_lsn = $2", None, &args)?;
+                crate::plans::update(
+                    c,
+                    "DELETE FROM pgcdc.stream_commit WHERE feed_id = $1 AND commit_lsn = $2",
+                    None,
+                    &args,
+                )?;
                 Ok::<_, pgrx::spi::Error>(())
             })?;
         }
@@ -168,14 +175,14 @@ pub fn is_staged(feed_id: i32, commit_lsn: Lsn, ordinal: Option<u32>) -> Result<
     Spi::connect(|c| {
         let args =
             [feed_id.into(), PgLsn(provisional(t.xid)).into(), ordinal.map(|o| o.min(i32::MAX as u32) as i32).into()];
-        Ok(!c
-            .select(
-                "SELECT 1 FROM pgcdc.event WHERE feed_id = $1 AND commit_lsn = $2 \
-                 AND ($3::int4 IS NULL OR ordinal = $3) LIMIT 1",
-                Some(1),
-                &args,
-            )?
-            .is_empty())
+        Ok(!crate::plans::select(
+            c,
+            "SELECT 1 FROM pgcdc.event WHERE feed_id = $1 AND commit_lsn = $2 \
+             AND ($3::int4 IS NULL OR ordinal = $3) LIMIT 1",
+            Some(1),
+            &args,
+        )?
+        .is_empty())
     })
 }
 

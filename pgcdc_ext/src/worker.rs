@@ -1050,7 +1050,8 @@ impl Worker {
                 self.unwritten_bytes.into(),
             ];
             // queued_*: this worker adds what it staged; pgcdc.ack subtracts what it removes.
-            c.update(
+            crate::plans::update(
+                c,
                 "INSERT INTO pgcdc.feed_runtime AS r (feed_id, pid, phase, started_at, received_lsn, \
                  staged_lsn, staged_ordinal, complete_lsn, confirmed_lsn, failures, staged_total, \
                  queued_events, queued_bytes, updated_at) \

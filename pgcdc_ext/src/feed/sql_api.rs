@@ -746,25 +746,27 @@ fn ack(feed: Option<&str>, lsn: Option<PgLsn>, ordinal: default!(Option<i32>, "N
         let last_staged = spi_ok(queue::last_staged(f.id));
         let (complete_lsn, target_staged): (Lsn, bool) = spi_ok(Spi::connect(|c| {
             let args = [f.id.into()];
-            let complete = c
-                .select("SELECT complete_lsn FROM pgcdc.feed_runtime WHERE feed_id = $1", None, &args)?
-                .next()
-                .map(|row| row.get::<PgLsn>(1))
-                .transpose()?
-                .flatten()
-                .map(|l| l.0)
-                .unwrap_or_default();
+            let complete =
+                crate::plans::select(c, "SELECT complete_lsn FROM pgcdc.feed_runtime WHERE feed_id = $1", None, &args)?
+                    .next()
+                    .map(|row| row.get::<PgLsn>(1))
+                    .transpose()?
+                    .flatten()
+                    .map(|l| l.0)
+                    .unwrap_or_default();
             // Is the target itself staged for this feed: that event, or (whole transactions)
             // an event of that transaction?
             let wanted = target.position();
             let args = [f.id.into(), PgLsn(wanted.commit_lsn).into(), (wanted.ordinal as i32).into()];
             let staged = match target {
-                AckTarget::UpTo(_) => c.select(
+                AckTarget::UpTo(_) => crate::plans::select(
+                    c,
                     "SELECT 1 FROM pgcdc.event WHERE feed_id = $1 AND commit_lsn = $2 AND ordinal = $3",
                     Some(1),
                     &args,
                 )?,
-                AckTarget::Transactions(_) => c.select(
+                AckTarget::Transactions(_) => crate::plans::select(
+                    c,
                     "SELECT 1 FROM pgcdc.event WHERE feed_id = $1 AND commit_lsn = $2 LIMIT 1",
                     Some(1),
                     &args[..2],

@@ -61,7 +61,8 @@ fn feed_from_row(row: &pgrx::spi::SpiHeapTupleData<'_>) -> Result<Feed, pgrx::sp
 pub fn load_by_id(id: i32) -> Option<Feed> {
     spi_ok(Spi::connect(|c| {
         let args = [id.into()];
-        let table = c.select(&format!("SELECT {FEED_COLUMNS} FROM pgcdc.feed WHERE id = $1"), Some(1), &args)?;
+        let table =
+            crate::plans::select(c, &format!("SELECT {FEED_COLUMNS} FROM pgcdc.feed WHERE id = $1"), Some(1), &args)?;
         table.into_iter().next().map(|row| feed_from_row(&row)).transpose()
     }))
 }
@@ -84,8 +85,12 @@ pub(super) fn lock_by_id(id: i32, lock: RowLock) -> Option<Feed> {
     };
     spi_ok(Spi::connect_mut(|c| {
         let args = [id.into()];
-        let table =
-            c.update(&format!("SELECT {FEED_COLUMNS} FROM pgcdc.feed WHERE id = $1 {clause}"), Some(1), &args)?;
+        let table = crate::plans::update(
+            c,
+            &format!("SELECT {FEED_COLUMNS} FROM pgcdc.feed WHERE id = $1 {clause}"),
+            Some(1),
+            &args,
+        )?;
         table.into_iter().next().map(|row| feed_from_row(&row)).transpose()
     }))
 }
@@ -95,7 +100,7 @@ pub(super) fn lock_by_id(id: i32, lock: RowLock) -> Option<Feed> {
 pub fn lock_for_worker(id: i32) -> bool {
     spi_ok(Spi::connect_mut(|c| {
         let args = [id.into()];
-        Ok(c.update("SELECT 1 FROM pgcdc.feed WHERE id = $1 FOR KEY SHARE", Some(1), &args)?.len() == 1)
+        Ok(crate::plans::update(c, "SELECT 1 FROM pgcdc.feed WHERE id = $1 FOR KEY SHARE", Some(1), &args)?.len() == 1)
     }))
 }
 
@@ -189,7 +194,7 @@ pub(crate) fn wake_at_commit(launcher: bool, worker_of: Option<i32>) {
         }
         if let Some(id) = worker_of {
             let args = [id.into()];
-            for row in c.select("SELECT pid FROM pgcdc.feed_runtime WHERE feed_id = $1", None, &args)? {
+            for row in crate::plans::select(c, "SELECT pid FROM pgcdc.feed_runtime WHERE feed_id = $1", None, &args)? {
                 if let Some(pid) = row.get::<i32>(1)? {
                     pids.push(pid);
                 }
@@ -229,7 +234,8 @@ pub(super) fn acknowledge(f: &Feed, new_acked: Position) -> i64 {
         let args = [f.id.into(), PgLsn(new_acked.commit_lsn).into(), (new_acked.ordinal as i32).into()];
         let removed = in_queue + streamed;
         let bytes = in_queue_bytes + streamed_bytes;
-        c.update(
+        crate::plans::update(
+            c,
             "UPDATE pgcdc.feed SET acked_lsn = $2, acked_ordinal = $3, acked_at = now() WHERE id = $1",
             None,
             &args,
@@ -237,7 +243,8 @@ pub(super) fn acknowledge(f: &Feed, new_acked: Position) -> i64 {
         if removed > 0 {
             // The worker's queue counters (see pgcdc.feed_runtime).
             let args = [f.id.into(), removed.into(), bytes.into()];
-            c.update(
+            crate::plans::update(
+                c,
                 "UPDATE pgcdc.feed_runtime SET queued_events = greatest(queued_events - $2, 0), \
                  queued_bytes = greatest(queued_bytes - $3, 0) WHERE feed_id = $1",
                 None,
@@ -337,7 +344,8 @@ fn fetch_events(
                     PgLsn(before).into(),
                     (want as i64).into(),
                 ];
-                let result = c.select(
+                let result = crate::plans::select(
+                    c,
                     "SELECT commit_lsn, ordinal, lsn, xid, op, schema_name, table_name, topic, key, value, \
                      headers, relid FROM pgcdc.event \
                      WHERE feed_id = $1 AND (commit_lsn, ordinal) > ($2, $3) AND commit_lsn < $4 \
