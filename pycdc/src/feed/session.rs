@@ -103,6 +103,8 @@ struct Session<'a> {
     last_ack: Instant,
     /// A refused acknowledgement (events not staged again yet) waits until then.
     ack_retry_at: Option<Instant>,
+    /// `pgcdc.ack`, prepared at the first acknowledgement (one round trip per ack after it).
+    ack_stmt: Option<tokio_postgres::Statement>,
 }
 
 /// A query with a deadline: no answer within [`QUERY_TIMEOUT`] means the connection is lost.
@@ -211,6 +213,7 @@ async fn session(shared: &Arc<Shared>, config: &FeedConfig) -> Result<(), PgErro
         tables: HashMap::new(),
         last_ack: Instant::now() - ACK_INTERVAL,
         ack_retry_at: None,
+        ack_stmt: None,
     };
     let result = if sink == "notify" { s.notify_loop(&mut notes).await } else { s.table_loop(&mut notes).await };
     let result = match result {
@@ -699,12 +702,14 @@ impl Session<'_> {
             AckTarget::Nothing => return Ok(()),
             AckTarget::Send(p) => p,
         };
-        let sent = bounded(
-            &self.config.conn,
-            "pgcdc.ack",
-            self.client.query_one(ACK_SQL, &[&self.config.feed, &pos.0.to_string(), &(pos.1 as i32)]),
-        )
-        .await;
+        let sent = match self.ack_statement().await {
+            Ok(stmt) => {
+                let args: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+                    [&self.config.feed, &pos.0.to_string(), &(pos.1 as i32)];
+                bounded(&self.config.conn, "pgcdc.ack", self.client.query_one(&stmt, &args)).await
+            }
+            Err(e) => Err(e),
+        };
         self.last_ack = Instant::now();
         match sent {
             Ok(_) => {
@@ -722,6 +727,15 @@ impl Session<'_> {
                 Err(e)
             }
         }
+    }
+
+    async fn ack_statement(&mut self) -> Result<tokio_postgres::Statement, PgError> {
+        if let Some(stmt) = &self.ack_stmt {
+            return Ok(stmt.clone());
+        }
+        let stmt = bounded(&self.config.conn, "PREPARE", self.client.prepare(ACK_SQL)).await?;
+        self.ack_stmt = Some(stmt.clone());
+        Ok(stmt)
     }
 
     /// On close: flushes what is acknowledged, retrying refusals, until its deadline.
