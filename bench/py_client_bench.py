@@ -19,7 +19,9 @@ Consumers:
                           it on a running server (see vacuum_queue)
 
 Reported per consumer: wall seconds, events/s, ratio to pg_recvlogical, and CPU per event of
-the consumer process (user+sys from getrusage; the walsender's CPU is not included).
+the consumer process (user+sys from getrusage; the walsender's CPU is not included); for
+pg_recvlogical and the feed also the server's CPU per event: pg_recvlogical's walsender, and
+the feed's worker + its walsender + the client's read/ack session.
 
 Live (with the extension; --live-seconds, 0 skips it): single-row transactions committed at
 --live-rate per second while a feed client waits for them (`auto_acknowledge=True`, touching
@@ -46,6 +48,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from ext_staging import CpuWatch, cpu_s  # noqa: E402
 from pgcluster import Cluster  # noqa: E402
 
 import pgcdc  # noqa: E402
@@ -92,17 +95,19 @@ def load(c: Cluster, workload: str, rows_big: int, txns_small: int, rows_wide: i
     return txns_small
 
 
-def run_recvlogical(c: Cluster, slot: str, endpos: str) -> tuple[float, float]:
+def run_recvlogical(c: Cluster, slot: str, endpos: str) -> tuple[float, float, float]:
+    """(wall s, pg_recvlogical's CPU s, its walsender's CPU s)."""
     argv = [
         c.bin("pg_recvlogical"), "-d", c.dsn(), "--slot", slot, "--start", "-f", "/dev/null",
         "-o", "proto_version=1", "-o", "publication_names=bench_pub", "--endpos", endpos, "--no-loop",
     ]
+    watch = CpuWatch(c, "pg_recvlogical")
     c0, t0 = cpu_children(), time.perf_counter()
     subprocess.run(argv, check=True, capture_output=True, timeout=600)
-    return time.perf_counter() - t0, cpu_children() - c0
+    return time.perf_counter() - t0, cpu_children() - c0, watch.done()
 
 
-async def run_reader(c: Cluster, slot: str, expected: int, touch_values: bool) -> tuple[float, float]:
+async def run_reader(c: Cluster, slot: str, expected: int, touch_values: bool) -> tuple[float, float, None]:
     r = pgcdc.LogicalReplicationReader("bench_pub", slot, host="127.0.0.1", database="postgres", port=c.port)
     n = 0
     c0, t0 = cpu_self(), time.perf_counter()
@@ -114,10 +119,12 @@ async def run_reader(c: Cluster, slot: str, expected: int, touch_values: bool) -
             break
     wall, cpu = time.perf_counter() - t0, cpu_self() - c0
     await r.stop()
-    return wall, cpu
+    return wall, cpu, None
 
 
-async def run_feed(c: Cluster, feed: str, expected: int, touch_values: bool) -> tuple[float, float]:
+async def run_feed(c: Cluster, feed: str, expected: int, touch_values: bool) -> tuple[float, float, float]:
+    """(wall s, this process's CPU s, the server's CPU s for the feed: its worker and walsender,
+    both started by the resume, and the client's read/ack session)."""
     n = 0
     c0, t0 = cpu_self(), time.perf_counter()
     await pgcdc.resume_feed(c.dsn(), feed)
@@ -129,7 +136,15 @@ async def run_feed(c: Cluster, feed: str, expected: int, touch_values: bool) -> 
             if n >= expected:
                 break
         wall, cpu = time.perf_counter() - t0, cpu_self() - c0
-    return wall, cpu
+        worker, walsender = c.execute(
+            "SELECT r.pid, (SELECT pid FROM pg_stat_replication WHERE application_name = 'pgcdc feed ' || f.name) "
+            "FROM pgcdc.feed_runtime r JOIN pgcdc.feed f ON f.id = r.feed_id WHERE f.name = %s",
+            params=[feed],
+        )[0]
+        parts = {who: cpu_s(pid) or 0.0 for who, pid in
+                 (("worker", worker), ("walsender", walsender), ("session", stream.backend_pid)) if pid}
+    print(f"    {feed}: server CPU s {parts}", flush=True)
+    return wall, cpu, sum(parts.values())
 
 
 async def live_feed(c: Cluster, feed: str, rate: int, seconds: float) -> list[float]:
@@ -230,14 +245,14 @@ def main() -> int:
                 for name, fn in runs.items():
                     if name.startswith("feed"):
                         vacuum_queue(c)
-                    wall, cpu = fn()
+                    wall, cpu, server = fn()
                     if name not in best or wall < best[name][0]:
-                        best[name] = (wall, cpu)
+                        best[name] = (wall, cpu, server)
                 if with_feed:
                     for f in ("bench_feed", "bench_feed_values"):
                         c.execute("SELECT pgcdc.drop_feed(%s, if_exists => true)", params=[f])
             base = expected / best["pg_recvlogical"][0]
-            for name, (wall, cpu) in best.items():
+            for name, (wall, cpu, server) in best.items():
                 rate = expected / wall
                 results.append({
                     "workload": workload,
@@ -247,6 +262,8 @@ def main() -> int:
                     "events_per_s": round(rate),
                     "ratio": round(rate / base, 3),
                     "cpu_us_per_event": round(cpu / expected * 1e6, 2),
+                    # pg_recvlogical: its walsender; the feed: worker + walsender + read/ack session
+                    "server_cpu_us_per_event": None if server is None else round(server / expected * 1e6, 2),
                 })
         if with_feed and args.live_seconds > 0:
             c.execute("DROP TABLE IF EXISTS bench CASCADE")

@@ -75,7 +75,8 @@ def main() -> int:
                      "ok" if lat["p99_ms"] < 2 else "ABOVE"))
 
         run([PY, "bench/py_client_bench.py", "--repeat", repeat, "--json", str(py_json)])
-        for r in json.loads(py_json.read_text()):
+        py = json.loads(py_json.read_text())
+        for r in py:
             if r["consumer"] == "pg_recvlogical":
                 continue
             if r["workload"] == "live":
@@ -89,6 +90,14 @@ def main() -> int:
             rows.append((f"python {r['consumer']}", r["workload"],
                          f"{r['ratio']:.2f} x pg_recvlogical, {r['cpu_us_per_event']} µs CPU/event",
                          f">= {goal:.2f}", "ok" if r["ratio"] >= goal else "BELOW"))
+        # Issue 12: the server's CPU for the feed path (worker + walsender + the client's read/ack
+        # session) per event, against pg_recvlogical's walsender, on the big transaction.
+        server = {r["consumer"]: r.get("server_cpu_us_per_event") for r in py if r["workload"] == "big"}
+        if server.get("pg_recvlogical") and server.get("feed+values"):
+            times = server["feed+values"] / server["pg_recvlogical"]
+            rows.append(("server CPU, feed path", "big",
+                         f"{server['feed+values']} µs/event = {times:.1f} x pg_recvlogical's walsender "
+                         f"({server['pg_recvlogical']} µs)", "<= 2.0 x", "ok" if times <= 2 else "ABOVE"))
 
         snap_cmd = [PY, "bench/snapshot_bench.py", "--json", str(snap_json)]
         run(snap_cmd + (["--quick"] if args.quick else []))
