@@ -258,7 +258,7 @@ const FEED_SQL: &str = "SELECT sink, channel, options::pg_catalog.text, pg_catal
      FROM pgcdc.feeds WHERE name OPERATOR(pg_catalog.=) $1::pg_catalog.text";
 
 /// The last column tells which feed of that name the rows belong to (see [`Session::check_feed`]).
-const READ_SQL: &str = "SELECT commit_lsn::pg_catalog.text, ordinal, lsn::pg_catalog.text, xid, op, schema_name, \
+const READ_SQL: &str = "SELECT commit_lsn, ordinal, lsn, xid, op, schema_name, \
      table_name, topic, key, event, headers, \
      (SELECT f.created_at FROM pgcdc.feeds f WHERE f.name OPERATOR(pg_catalog.=) $1::pg_catalog.text) \
      FROM pgcdc.read($1::pg_catalog.text, $2::pg_catalog.int4, $3::pg_catalog.text::pg_catalog.pg_lsn, \
@@ -492,9 +492,9 @@ impl Session<'_> {
             .and_then(|e| e.source)
             .unwrap_or_default();
         Ok(Some(self.row(
-            commit_text,
+            commit,
             ordinal as i32,
-            text("lsn")?.unwrap_or_default(),
+            text("lsn")?.unwrap_or_default().parse().unwrap_or_default(),
             None,
             text("op")?.unwrap_or_default(),
             src.schema,
@@ -519,10 +519,12 @@ impl Session<'_> {
     /// A row of [`READ_SQL`]: a staged event.
     fn read_row(&self, r: &tokio_postgres::Row) -> FeedRow {
         let json = |i: usize| r.get::<_, Option<JsonText<'_>>>(i).map(|j| j.0.to_owned());
+        // pg_lsn in binary: no text to print on the server and parse here.
+        let lsn = |i: usize| Lsn(u64::from(r.get::<_, tokio_postgres::types::PgLsn>(i)));
         self.row(
-            r.get(0),
+            lsn(0),
             r.get(1),
-            r.get(2),
+            lsn(2),
             r.get(3),
             r.get(4),
             r.get(5),
@@ -538,9 +540,9 @@ impl Session<'_> {
     #[allow(clippy::too_many_arguments)]
     fn row(
         &self,
-        commit_lsn: String,
+        commit_lsn: Lsn,
         ordinal: i32,
-        lsn: String,
+        lsn: Lsn,
         xid: Option<i64>,
         op: String,
         schema: String,
@@ -553,9 +555,9 @@ impl Session<'_> {
     ) -> FeedRow {
         FeedRow {
             feed: self.feed.clone(),
-            commit_lsn: commit_lsn.parse().unwrap_or_default(),
+            commit_lsn,
             ordinal: ordinal.max(0) as u32,
-            lsn: lsn.parse().unwrap_or_default(),
+            lsn,
             xid,
             op,
             schema,
