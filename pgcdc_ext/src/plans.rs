@@ -6,11 +6,11 @@
 //! PostgreSQL's plan cache revalidates kept plans: after DDL on what they use (even a dropped
 //! and re-created extension) they are analysed and planned again, under the search_path they
 //! were prepared with; every statement here is schema-qualified anyway. Permissions are
-//! checked when a plan runs, as the user running it.
+//! checked when a plan runs, as the user running it. Kept plans are never freed: they live as
+//! long as the backend (nothing of SPI runs while the process exits).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::rc::Rc;
 
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::{self, PgOid};
@@ -20,7 +20,7 @@ use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiResult, SpiTupleTable};
 struct Kept {
     types: Vec<pg_sys::Oid>,
     mutating: bool,
-    plan: Rc<OwnedPreparedStatement>,
+    plan: &'static OwnedPreparedStatement,
 }
 
 thread_local! {
@@ -35,8 +35,7 @@ pub fn select<'c>(
     limit: Option<libc::c_long>,
     args: &[DatumWithOid<'_>],
 ) -> SpiResult<SpiTupleTable<'c>> {
-    let plan = kept(c, sql, args, false)?;
-    c.select(&*plan, limit, args)
+    c.select(kept(c, sql, args, false)?, limit, args)
 }
 
 /// Runs a statement that writes or locks (like [`SpiClient::update`]) through its kept plan.
@@ -47,7 +46,7 @@ pub fn update<'c>(
     args: &[DatumWithOid<'_>],
 ) -> SpiResult<SpiTupleTable<'c>> {
     let plan = kept(c, sql, args, true)?;
-    c.update(&*plan, limit, args)
+    c.update(plan, limit, args)
 }
 
 /// The kept plan of `sql` for these argument types, prepared now if there is none.
@@ -56,19 +55,16 @@ fn kept(
     sql: &str,
     args: &[DatumWithOid<'_>],
     mutating: bool,
-) -> SpiResult<Rc<OwnedPreparedStatement>> {
+) -> SpiResult<&'static OwnedPreparedStatement> {
     let types: Vec<pg_sys::Oid> = args.iter().map(DatumWithOid::oid).collect();
-    let found = KEPT.with_borrow(|kept| {
-        kept.get(sql)?.iter().find(|k| k.types == types && k.mutating == mutating).map(|k| Rc::clone(&k.plan))
-    });
+    let found = KEPT
+        .with_borrow(|kept| kept.get(sql)?.iter().find(|k| k.types == types && k.mutating == mutating).map(|k| k.plan));
     if let Some(plan) = found {
         return Ok(plan);
     }
     let oids: Vec<PgOid> = types.iter().map(|&t| PgOid::from(t)).collect();
     let prepared = if mutating { c.prepare_mut(sql, &oids)? } else { c.prepare(sql, &oids)? };
-    let plan = Rc::new(prepared.keep());
-    KEPT.with_borrow_mut(|kept| {
-        kept.entry(sql.into()).or_default().push(Kept { types, mutating, plan: Rc::clone(&plan) });
-    });
+    let plan: &'static OwnedPreparedStatement = Box::leak(Box::new(prepared.keep()));
+    KEPT.with_borrow_mut(|kept| kept.entry(sql.into()).or_default().push(Kept { types, mutating, plan }));
     Ok(plan)
 }
