@@ -117,6 +117,12 @@ class CpuWatch:
         return self.last
 
 
+def vacuum_queue(c: Cluster) -> None:
+    """The queue's dead events (dropped feeds', acknowledged ones), vacuumed as autovacuum would
+    on a running server: runs back to back would each stage into every earlier run's."""
+    c.execute("VACUUM pgcdc.event")
+
+
 def staging_round(c: Cluster, label: str, table: str, workload: str, rows: int, recv_first: bool) -> dict:
     feed = f"b_{label}"
     c.execute("DROP TABLE IF EXISTS bench_t")
@@ -208,9 +214,7 @@ def staging_round(c: Cluster, label: str, table: str, workload: str, rows: int, 
     assert staged == rows, f"staged {staged} of {rows}"
     poll.close()
     c.execute(f"SELECT pgcdc.drop_feed('{feed}')")
-    # The dropped feed's events, vacuumed as autovacuum would on a running server: rounds run
-    # back to back, each would stage into a queue holding every earlier round's dead events.
-    c.execute("VACUUM pgcdc.event")
+    vacuum_queue(c)
     c.execute("SELECT pg_drop_replication_slot('bench_recv')")
     return {
         "workload": label,

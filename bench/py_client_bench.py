@@ -16,7 +16,7 @@ Consumers:
     reader+values         ... and converts every row (`event.after`) to Python values
     feed                  pgcdc.connect(feed=...) (only when the extension is installed);
                           the queue is vacuumed before each feed run, as autovacuum keeps
-                          it on a running server (see vacuum_queue)
+                          it on a running server (ext_staging.vacuum_queue)
 
 Reported per consumer: wall seconds, events/s, ratio to pg_recvlogical, and CPU per event of
 the consumer process (user+sys from getrusage; the walsender's CPU is not included); for
@@ -48,7 +48,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from ext_staging import CpuWatch, cpu_s  # noqa: E402
+from ext_staging import CpuWatch, cpu_s, vacuum_queue  # noqa: E402
 from pgcluster import Cluster  # noqa: E402
 
 import pgcdc  # noqa: E402
@@ -173,12 +173,6 @@ async def live_feed(c: Cluster, feed: str, rate: int, seconds: float) -> list[fl
                 break
         writer.join()
     return sorted(lat)
-
-
-def vacuum_queue(c: Cluster) -> None:
-    """The previous feed's acknowledged (deleted) events, vacuumed as autovacuum would on a
-    running server: a run straight after another would stage into a queue full of them."""
-    c.execute("VACUUM pgcdc.event")
 
 
 def extension_available() -> bool:

@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 from ext_staging import SETTINGS as STAGING_SETTINGS  # noqa: E402
-from ext_staging import TABLE  # noqa: E402
+from ext_staging import TABLE, vacuum_queue  # noqa: E402
 from pgcluster import Cluster, pg_bindir  # noqa: E402
 
 TARGET = 0.2
@@ -109,6 +109,22 @@ async def python_last(c: Cluster, feed: str, rows: int, t_commit: float) -> floa
     raise AssertionError("stream ended early")
 
 
+def drop_slot(c: Cluster, slot: str, before: tuple[int, int]) -> dict:
+    """Drops a consumer's own slot and empties the table for the next mode; returns the bytes
+    the server spilled and streamed for that slot since `before` (its slot_stats then)."""
+    spill, stream = slot_stats(c, slot)
+    c.execute("SELECT pg_drop_replication_slot(%s)", params=[slot])
+    c.execute("TRUNCATE bench_t")
+    c.execute("CHECKPOINT")
+    return {"spill_bytes": spill - before[0], "stream_bytes": stream - before[1]}
+
+
+def streaming_ratio(modes: list[dict], seconds: str) -> float | None:
+    """`seconds` with streaming / without, of the (off, on) pair of results."""
+    off, on = modes
+    return on[seconds] / off[seconds] if off[seconds] else None
+
+
 def self_anon_kb() -> int:
     return mem_kb(os.getpid()).get("RssAnon", 0)
 
@@ -134,7 +150,7 @@ def run_reader_mode(c: Cluster, streaming: bool, rows: int) -> dict:
 
     slot = "sb_reader_on" if streaming else "sb_reader_off"
     c.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", params=[slot])
-    spill0, stream0 = slot_stats(c, slot)
+    before = slot_stats(c, slot)
     connected = threading.Event()
     done: dict[str, float] = {}
     peak = {"anon": self_anon_kb()}
@@ -172,17 +188,12 @@ def run_reader_mode(c: Cluster, streaming: bool, rows: int) -> dict:
     generate_s, t_commit, _ = insert_rows(c, rows)
     t.join()
     s.join()
-    spill1, stream1 = slot_stats(c, slot)
-    c.execute("SELECT pg_drop_replication_slot(%s)", params=[slot])
-    c.execute("TRUNCATE bench_t")
-    c.execute("CHECKPOINT")
     return {
         "mode": "reader streaming" if streaming else "reader off",
         "rows": rows,
         "generate_s": round(generate_s, 2),
         "commit_to_python_s": round(done["t"] - t_commit, 2),
-        "spill_bytes": spill1 - spill0,
-        "stream_bytes": stream1 - stream0,
+        **drop_slot(c, slot, before),
         "reader_spilled_bytes": int(done["spilled"]),
         "reader_anon_growth": round((peak["anon"] - base) / 1024, 1),
     }
@@ -192,7 +203,7 @@ def run_recvlogical_mode(c: Cluster, streaming: bool, rows: int) -> dict:
     """pg_recvlogical consuming while the transaction runs: COMMIT -> its walsender sent the commit."""
     slot = "sb_recv_on" if streaming else "sb_recv_off"
     c.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", params=[slot])
-    spill0, stream0 = slot_stats(c, slot)
+    before = slot_stats(c, slot)
     options = ["-o", "proto_version=2", "-o", "streaming=on"] if streaming else ["-o", "proto_version=1"]
     argv = [
         str(pg_bindir() / "pg_recvlogical"), "-h", str(c.sockdir), "-p", str(c.port), "-U", "postgres",
@@ -222,17 +233,12 @@ def run_recvlogical_mode(c: Cluster, streaming: bool, rows: int) -> dict:
     finally:
         recv.terminate()
         recv.wait(30)
-    spill1, stream1 = slot_stats(c, slot)
-    c.execute("SELECT pg_drop_replication_slot(%s)", params=[slot])
-    c.execute("TRUNCATE bench_t")
-    c.execute("CHECKPOINT")
     return {
         "mode": "pg_recvlogical streaming" if streaming else "pg_recvlogical off",
         "rows": rows,
         "generate_s": round(generate_s, 2),
         "commit_to_sent_s": round(sent_s, 2),
-        "spill_bytes": spill1 - spill0,
-        "stream_bytes": stream1 - stream0,
+        **drop_slot(c, slot, before),
     }
 
 
@@ -274,7 +280,7 @@ def run_mode(c: Cluster, streaming: bool, rows: int, python: bool) -> dict:
         assert readable == min(rows, 1000), readable
     c.execute("SELECT pgcdc.drop_feed(%s)", params=[feed])
     c.execute("TRUNCATE bench_t")
-    c.execute("VACUUM pgcdc.event")
+    vacuum_queue(c)
     c.execute("CHECKPOINT")
     return {
         "mode": "streaming" if streaming else "off",
@@ -321,8 +327,7 @@ def main() -> int:
                 readers.append(r)
     finally:
         c.stop()
-    off, on = results
-    ratio = on["commit_to_staged_s"] / off["commit_to_staged_s"] if off["commit_to_staged_s"] else None
+    ratio = streaming_ratio(results, "commit_to_staged_s")
     print(f"\none transaction of {args.rows} rows, logical_decoding_work_mem={args.work_mem} (memory: peaks in MiB)")
     print(f"{'mode':10} {'generate s':>10} {'COMMIT->staged s':>17} {'->Python s':>11} {'spill MB':>9} "
           f"{'stream MB':>10} {'worker HWM':>11} {'worker anon':>12} {'walsender HWM':>14}")
@@ -330,8 +335,7 @@ def main() -> int:
         print(f"{r['mode']:10} {r['generate_s']:>10} {r['commit_to_staged_s']:>17} {str(r['commit_to_python_s']):>11} "
               f"{r['spill_bytes'] / 1e6:>9.1f} {r['stream_bytes'] / 1e6:>10.1f} {r.get('worker_VmHWM', 0):>11} "
               f"{r.get('worker_RssAnon', 0):>12} {r.get('walsender_VmHWM', 0):>14}")
-    recv_off, recv_on = walsender
-    ceiling = recv_on["commit_to_sent_s"] / recv_off["commit_to_sent_s"] if recv_off["commit_to_sent_s"] else None
+    ceiling = streaming_ratio(walsender, "commit_to_sent_s")
     print("\npg_recvlogical during the transaction: COMMIT -> its walsender sent the commit")
     print(f"{'mode':26} {'generate s':>10} {'COMMIT->sent s':>15} {'spill MB':>9} {'stream MB':>10}")
     for r in walsender:
