@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import socket
+import subprocess
+import sys
 import threading
 import time
 from decimal import Decimal
@@ -806,8 +808,6 @@ asyncio.run(main())
 
 def _read_in_a_new_process(c: Cluster, store: Path, quiet: float = 3.0) -> list[int]:
     import json
-    import subprocess
-    import sys
 
     p = subprocess.run([sys.executable, "-c", _READ_IN_A_NEW_PROCESS, str(c.port), str(store), str(quiet)],
                        capture_output=True, text=True, timeout=120)
@@ -1358,3 +1358,22 @@ def test_planted_objects_never_run_as_the_reader(cluster: Cluster, fresh_db: str
 
         run(main())
         assert search_path_traps_fired(cluster, "mallory", fresh_db) == [], case
+
+
+def test_the_module_first_imported_off_the_main_thread_works_in_every_thread() -> None:
+    """Applications import pgcdc inside a worker thread and use it from others (one asyncio
+    loop per thread). The native module's allocator once crashed there: the first allocation of
+    every later thread dereferenced state only an import on the main thread had set up. A fresh
+    interpreter, since this one imported pgcdc long ago."""
+    script = (
+        "import threading\n"
+        "def use():\n"
+        "    import pgcdc\n"
+        "    pgcdc.LogicalReplicationReader('p', 's', host='127.0.0.1', database='postgres', port=1)\n"
+        "for _ in range(3):\n"
+        "    t = threading.Thread(target=use); t.start(); t.join()\n"
+        "print('used in 3 threads')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-2000:]}"
+    assert done.stdout.strip() == "used in 3 threads"
