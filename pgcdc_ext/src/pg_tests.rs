@@ -204,6 +204,7 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(rows, "0/100#1={\"a\":1} 0/100#2={\"a\":2} 0/200#1={\"b\":1} 0/200#2={\"b\":2}");
+        assert!(crate::feed::last_read_was_direct(), "pgcdc.event has its own shape: read through its key");
         let headers = Spi::get_one::<String>("SELECT headers::text FROM pgcdc.read('q', 1)").unwrap().unwrap();
         assert_eq!(headers, "{\"__debezium.oldkey\":{\"id\":0}}");
         assert_eq!(
@@ -250,9 +251,69 @@ mod tests {
         stager.stage(id, &[event(0x200, 1, "{\"b\":1}")]).unwrap(); // the kept plan, reused
         assert!(!stager.is_direct());
         assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM pgcdc.read('alt', 10)").unwrap(), Some(3));
+        assert!(!crate::feed::last_read_was_direct(), "a column more: read through SQL");
         assert_eq!(relids_staged(id), vec![Some(PG_CLASS); 3], "the SQL path stores the relation's OID");
         let headers = Spi::get_one::<String>("SELECT headers::text FROM pgcdc.read('alt', 1)").unwrap().unwrap();
         assert_eq!(headers, "{\"__debezium.oldkey\":{\"id\":0}}");
+    }
+
+    /// Every read of `q` the direct scan and SQL must answer alike: limits, positions inside
+    /// and between transactions, a TOASTed value, a byte budget of one event.
+    fn reads_of_q() -> Vec<String> {
+        [
+            "pgcdc.read('q', 100)",
+            "pgcdc.read('q', 2)",
+            "pgcdc.read('q', 100, '0/100', 1)",
+            "pgcdc.read('q', 100, '0/100', 3)",
+            "pgcdc.read('q', 100, '0/100')",
+            "pgcdc.read('q', 1, '0/200', 0)",
+            "pgcdc.read('q', 100, '0/300')",
+        ]
+        .iter()
+        .map(|from| {
+            Spi::get_one::<String>(&format!(
+                "SELECT coalesce(string_agg(commit_lsn || '#' || ordinal || '@' || lsn || ':' || xid || op || schema_name \
+                 || table_name || topic || key::text || md5(event::text) || headers::text, ' '), '') FROM {from}"
+            ))
+            .unwrap()
+            .unwrap_or_default()
+        })
+        .collect()
+    }
+
+    #[pg_test]
+    fn direct_reads_and_sql_reads_return_the_same_events() {
+        install_try();
+        let id = fake_feed("q");
+        let big = format!("{{\"text\":\"{}\"}}", "x".repeat(300_000));
+        let mut stager = Stager::default();
+        stager.stage(id, &[event(0x100, 1, "{\"a\":1}"), event(0x100, 2, &big), event(0x100, 3, "{\"a\":3}")]).unwrap();
+        stager.stage(id, &[event(0x200, 0, "{\"b\":0}"), event(0x200, 1, "{\"b\":1}")]).unwrap();
+        // Another feed's events around them: never read.
+        let other = fake_feed("other");
+        stager.stage(other, &[event(0x100, 2, "{\"x\":1}"), event(0x150, 1, "{\"x\":2}")]).unwrap();
+
+        let direct = reads_of_q();
+        assert!(crate::feed::last_read_was_direct());
+        assert_eq!(direct[0].split(' ').count(), 5, "{}", direct[0]);
+        assert_eq!(direct[2].split(' ').count(), 4, "after 0/100#1: {}", direct[2]);
+        assert_eq!(direct[4].split(' ').count(), 2, "after all of 0/100: {}", direct[4]);
+        assert_eq!(direct[6], "", "nothing after 0/300");
+
+        // Row security on the queue (even for its owner): the scan steps aside for SQL.
+        Spi::run("ALTER TABLE pgcdc.event ENABLE ROW LEVEL SECURITY").unwrap();
+        Spi::run("ALTER TABLE pgcdc.event FORCE ROW LEVEL SECURITY").unwrap();
+        Spi::run("CREATE POLICY everything ON pgcdc.event USING (true)").unwrap();
+        assert_eq!(reads_of_q(), direct);
+        assert!(!crate::feed::last_read_was_direct(), "row security: read through SQL");
+        Spi::run("DROP POLICY everything ON pgcdc.event").unwrap();
+        Spi::run("ALTER TABLE pgcdc.event DISABLE ROW LEVEL SECURITY").unwrap();
+
+        // A primary key the scan cannot read in position order.
+        Spi::run("ALTER TABLE pgcdc.event DROP CONSTRAINT event_pkey").unwrap();
+        Spi::run("ALTER TABLE pgcdc.event ADD PRIMARY KEY (feed_id, ordinal, commit_lsn)").unwrap();
+        assert_eq!(reads_of_q(), direct);
+        assert!(!crate::feed::last_read_was_direct(), "another primary key: read through SQL");
     }
 
     #[pg_test]

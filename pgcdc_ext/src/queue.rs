@@ -331,19 +331,33 @@ unsafe fn shape_ok(rel: pg_sys::Relation) -> bool {
     // SAFETY: reads of the open relation's relcache entry.
     unsafe {
         let form = &*(*rel).rd_rel;
-        if form.relkind != pg_sys::RELKIND_RELATION as std::ffi::c_char
-            || form.relhasrules
-            || !(*rel).rd_rules.is_null()
-            || fires_on_insert((*rel).trigdesc)
-        {
+        if form.relhasrules || !(*rel).rd_rules.is_null() || fires_on_insert((*rel).trigdesc) {
             return false;
         }
-        let desc = (*rel).rd_att;
-        if (*desc).natts as usize != EVENT_COLUMNS.len() {
-            return false;
-        }
-        let constr = (*desc).constr;
+        let constr = (*(*rel).rd_att).constr;
         if !constr.is_null() && ((*constr).num_check > 0 || (*constr).has_generated_stored) {
+            return false;
+        }
+        // The fast path writes NULLs only where the table allows them.
+        columns_are_events(rel, |a, nullable| !(nullable && a.attnotnull))
+    }
+}
+
+/// Whether the open relation is a plain table with exactly [`EVENT_COLUMNS`] (names, types,
+/// none dropped or generated), each also passing `also(attribute, may_be_null)`.
+///
+/// # Safety
+/// `rel` is open and locked, on the main thread.
+unsafe fn columns_are_events(
+    rel: pg_sys::Relation,
+    also: impl Fn(&pg_sys::FormData_pg_attribute, bool) -> bool,
+) -> bool {
+    // SAFETY: reads of the open relation's relcache entry.
+    unsafe {
+        let desc = (*rel).rd_att;
+        if (*(*rel).rd_rel).relkind != pg_sys::RELKIND_RELATION as std::ffi::c_char
+            || (*desc).natts as usize != EVENT_COLUMNS.len()
+        {
             return false;
         }
         // Borrowed from the relcache (not released); pgrx knows where each version keeps
@@ -355,8 +369,7 @@ unsafe fn shape_ok(rel: pg_sys::Relation) -> bool {
                 && a.attgenerated == 0
                 && a.atttypid == typ
                 && attname.to_bytes() == name.as_bytes()
-                // The fast path writes NULLs only where the table allows them.
-                && !(nullable && a.attnotnull)
+                && also(a, nullable)
         })
     }
 }
@@ -428,6 +441,162 @@ unsafe fn open_direct() -> Option<Direct> {
             return None;
         }
         Some(Direct { rel, indexes })
+    }
+}
+
+/// Width of a `pgcdc.event` row ([`scan_events`] hands rows of this many columns).
+pub const EVENT_WIDTH: usize = 14;
+const _: () = assert!(EVENT_COLUMNS.len() == EVENT_WIDTH);
+
+/// Hands one feed's staged events to `each` in position order, read straight through the
+/// primary key (no SQL): those after `after` with a commit LSN below `before`, as the
+/// table's datums and nulls (valid until `each` returns), until `each` returns false. Rows
+/// are those the statement's active snapshot sees. Returns false, having read nothing, when
+/// this does not apply to the table as it is now (not the shape pgcdc created, row
+/// security, another primary key, no SELECT right): the caller then reads through SQL.
+///
+/// # Safety
+/// In a transaction, on the main thread.
+pub unsafe fn scan_events(
+    feed_id: i32,
+    after: Position,
+    before: pgcdc_core::Lsn,
+    mut each: impl FnMut(&[pg_sys::Datum], &[bool]) -> bool,
+) -> bool {
+    let relid = event_relid();
+    // SAFETY: (whole body) standard relation and index opening and an index scan as the
+    // executor runs one; the locks stay until the transaction ends, like a query's; the slot
+    // keeps the current row's buffer pinned while `each` looks at its datums.
+    unsafe {
+        if relid == pg_sys::InvalidOid
+            || !pg_sys::ActiveSnapshotSet()
+            || pg_sys::pg_class_aclcheck(relid, pg_sys::GetUserId(), pg_sys::ACL_SELECT as pg_sys::AclMode)
+                != pg_sys::AclResult::ACLCHECK_OK
+        {
+            return false;
+        }
+        let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
+        let rel = pg_sys::table_open(relid, lock);
+        let index = if (*(*rel).rd_rel).relrowsecurity || !columns_are_events(rel, |_, _| true) {
+            None
+        } else {
+            position_index(rel, lock)
+        };
+        let Some(index) = index else {
+            pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+            return false;
+        };
+        // feed_id = $1 AND (commit_lsn, ordinal) > after AND commit_lsn < before, as the
+        // executor would build them: the row comparison positions the scan right after
+        // `after` (in a big transaction, past everything already read and acknowledged). Its
+        // members compare with the btree's 3-way order functions, not the operators.
+        let mut row: [pg_sys::ScanKeyData; 2] = std::mem::zeroed();
+        let members = [
+            (2, PG_LSN_OID, pg_sys::F_PG_LSN_CMP, pg_sys::Datum::from(after.commit_lsn.0), 0),
+            (3, pg_sys::INT4OID, pg_sys::F_BTINT4CMP, pg_sys::Datum::from(after.ordinal as i32), pg_sys::SK_ROW_END),
+        ];
+        for (key, (column, typ, procedure, argument, end)) in row.iter_mut().zip(members) {
+            let flags = (pg_sys::SK_ROW_MEMBER | end) as i32;
+            let strategy = pg_sys::BTGreaterStrategyNumber as pg_sys::StrategyNumber;
+            pg_sys::ScanKeyEntryInitialize(
+                key,
+                flags,
+                column,
+                strategy,
+                typ,
+                pg_sys::InvalidOid,
+                procedure.into(),
+                argument,
+            );
+        }
+        let mut keys: [pg_sys::ScanKeyData; 3] = std::mem::zeroed();
+        pg_sys::ScanKeyInit(
+            &mut keys[0],
+            1,
+            pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
+            pg_sys::F_INT4EQ.into(),
+            pg_sys::Datum::from(feed_id),
+        );
+        // A row comparison's header has no function: its members do the comparing.
+        keys[1].sk_flags = pg_sys::SK_ROW_HEADER as i32;
+        keys[1].sk_attno = 2;
+        keys[1].sk_strategy = pg_sys::BTGreaterStrategyNumber as pg_sys::StrategyNumber;
+        keys[1].sk_argument = pg_sys::Datum::from(row.as_mut_ptr());
+        pg_sys::ScanKeyInit(
+            &mut keys[2],
+            2,
+            pg_sys::BTLessStrategyNumber as pg_sys::StrategyNumber,
+            pg_sys::F_PG_LSN_LT.into(),
+            pg_sys::Datum::from(before.0),
+        );
+        let snapshot = pg_sys::GetActiveSnapshot();
+        #[cfg(not(feature = "pg18"))]
+        let scan = pg_sys::index_beginscan(rel, index, snapshot, keys.len() as i32, 0);
+        #[cfg(feature = "pg18")]
+        let scan = pg_sys::index_beginscan(rel, index, snapshot, std::ptr::null_mut(), keys.len() as i32, 0);
+        pg_sys::index_rescan(scan, keys.as_mut_ptr(), keys.len() as i32, std::ptr::null_mut(), 0);
+        let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
+        while pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot) {
+            pg_sys::slot_getallattrs(slot);
+            let values = std::slice::from_raw_parts((*slot).tts_values, EVENT_WIDTH);
+            let nulls = std::slice::from_raw_parts((*slot).tts_isnull, EVENT_WIDTH);
+            if !each(values, nulls) {
+                break;
+            }
+        }
+        pg_sys::ExecDropSingleTupleTableSlot(slot);
+        pg_sys::index_endscan(scan);
+        pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
+        pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+        true
+    }
+}
+
+/// A btree operator family's 3-way comparison support function (nbtree.h).
+const BTORDER_PROC: i16 = 1;
+
+/// The table's primary key opened, if it is a valid btree on (feed_id, commit_lsn, ordinal)
+/// in ascending order with the standard operators: the index [`scan_events`] reads.
+///
+/// # Safety
+/// `rel` is `pgcdc.event`, open and locked, on the main thread.
+unsafe fn position_index(rel: pg_sys::Relation, lock: pg_sys::LOCKMODE) -> Option<pg_sys::Relation> {
+    // SAFETY: (whole body) relcache and syscache reads of the open relation and its index.
+    unsafe {
+        pg_sys::list_free(pg_sys::RelationGetIndexList(rel)); // fills rd_pkindex
+        let pk = (*rel).rd_pkindex;
+        if pk == pg_sys::InvalidOid {
+            return None;
+        }
+        let index = pg_sys::index_open(pk, lock);
+        let form = &*(*index).rd_index;
+        let columns = form.indkey.values.as_slice(form.indnkeyatts.max(0) as usize);
+        // (key column, operand type, strategy, the operator's procedure it must be)
+        let operators = [
+            (0, pg_sys::INT4OID, pg_sys::BTEqualStrategyNumber, pg_sys::F_INT4EQ),
+            (1, PG_LSN_OID, pg_sys::BTLessStrategyNumber, pg_sys::F_PG_LSN_LT),
+        ];
+        // (key column, type, the order function it must be): what orders the positions.
+        let orders = [(1, PG_LSN_OID, pg_sys::F_PG_LSN_CMP), (2, pg_sys::INT4OID, pg_sys::F_BTINT4CMP)];
+        let usable = (*(*index).rd_rel).relam == pg_sys::BTREE_AM_OID
+            && form.indisvalid
+            && columns == [1, 2, 3]
+            && (0..3).all(|k| *(*index).rd_indoption.add(k) == 0)
+            && operators.iter().all(|&(k, typ, strategy, procedure)| {
+                let family = *(*index).rd_opfamily.add(k);
+                let op = pg_sys::get_opfamily_member(family, typ, typ, strategy as i16);
+                op != pg_sys::InvalidOid && pg_sys::get_opcode(op) == procedure.into()
+            })
+            && orders.iter().all(|&(k, typ, procedure)| {
+                let family = *(*index).rd_opfamily.add(k);
+                pg_sys::get_opfamily_proc(family, typ, typ, BTORDER_PROC) == procedure.into()
+            });
+        if usable {
+            Some(index)
+        } else {
+            pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
+            None
+        }
     }
 }
 
@@ -628,11 +797,19 @@ pub fn remove(feed_id: i32, after: Position, upto: Position) -> Result<(i64, i64
             int4(upto.ordinal).into(),
         ];
         let row = removing(|| {
+            // Two ranges, each with bounds the index scan stops at: btree stops a scan at a
+            // failed row comparison only where its first column decides, so a single
+            // `(commit_lsn, ordinal) <= ($4, $5)` would read every later event of a big
+            // transaction on every acknowledgement (quadratic in its size).
             crate::plans::update(
                 c,
-                "WITH gone AS (DELETE FROM pgcdc.event WHERE feed_id = $1 \
-                 AND (commit_lsn, ordinal) > ($2, $3) AND (commit_lsn, ordinal) <= ($4, $5) \
-                 RETURNING coalesce(octet_length(value), 0) + coalesce(octet_length(key), 0) AS bytes) \
+                "WITH earlier AS (DELETE FROM pgcdc.event WHERE feed_id = $1 \
+                 AND (commit_lsn, ordinal) > ($2, $3) AND commit_lsn < $4 \
+                 RETURNING coalesce(octet_length(value), 0) + coalesce(octet_length(key), 0) AS bytes), \
+                 last AS (DELETE FROM pgcdc.event WHERE feed_id = $1 AND commit_lsn = $4 \
+                 AND ordinal > (CASE WHEN $2 = $4 THEN $3 ELSE -1 END) AND ordinal <= $5 \
+                 RETURNING coalesce(octet_length(value), 0) + coalesce(octet_length(key), 0) AS bytes), \
+                 gone AS (SELECT bytes FROM earlier UNION ALL SELECT bytes FROM last) \
                  SELECT count(*), coalesce(sum(bytes), 0)::int8 FROM gone",
                 None,
                 &args,

@@ -11,4 +11,4 @@ mod store;
 pub use model::{snapshots_supported, Feed, FeedOptions, FeedState, Sink, SNAPSHOTS_NEED};
 pub(crate) use sql_api::quote_ident;
 pub(crate) use store::{authorize, wake_at_commit};
-pub use store::{load_by_id, lock_for_worker, LOCK_CLASS_SLOT, LOCK_CLASS_WORKER};
+pub use store::{last_read_was_direct, load_by_id, lock_for_worker, LOCK_CLASS_SLOT, LOCK_CLASS_WORKER};

@@ -320,6 +320,11 @@ impl Read {
 /// Hands the events in `(after, before)` (after a position, below a commit LSN) to `sink`,
 /// until the read is full. `streamed`: they are that streamed transaction's, shown at its
 /// commit. The queue's datums go to the sink as they are (detoasted), without copies.
+///
+/// They are read straight through the queue's primary key ([`queue::scan_events`]) when the
+/// table is as pgcdc created it, else through SQL. The direct scan sees the statement's
+/// snapshot, never a newer one than the SQL that found the committed streamed transactions:
+/// a newer one could show events committed after a streamed transaction it does not list.
 fn fetch_events(
     feed_id: i32,
     (after, before): (Position, Lsn),
@@ -327,10 +332,29 @@ fn fetch_events(
     read: &mut Read,
     sink: &mut ReadSink<'_>,
 ) -> Result<(), pgrx::spi::Error> {
-    let want = read.max_events.saturating_sub(read.count);
-    if want == 0 {
+    if read.full() {
         return Ok(());
     }
+    let mut row_cx = pgrx::PgMemoryContexts::new("pgcdc.read row");
+    // The queue's columns in the order of the query below.
+    const QUERY_ORDER: [usize; EVENT_QUERY_COLUMNS] = [1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 8];
+    // SAFETY: in the read's transaction on the main thread; each row's datums are valid while
+    // the callback runs, and put_event's allocations go to row_cx, reset once the sink copied them.
+    let direct = unsafe {
+        queue::scan_events(feed_id, after, before, |values, nulls| {
+            let datums = QUERY_ORDER.map(|c| values[c]);
+            let isnull = QUERY_ORDER.map(|c| nulls[c]);
+            if row_cx.switch_to(|_| put_event(&datums, &isnull, streamed, read, sink)) {
+                row_cx.reset();
+            }
+            !read.full()
+        })
+    };
+    LAST_READ_DIRECT.set(direct);
+    if direct {
+        return Ok(());
+    }
+    let want = read.max_events.saturating_sub(read.count);
     // The primary key (feed_id, commit_lsn, ordinal) answers this in order whatever the
     // statistics say: without ANALYZE the planner may otherwise sort the whole queue.
     access::with_settings(
@@ -353,20 +377,23 @@ fn fetch_events(
                     None,
                     &args,
                 )?;
-                // SAFETY: the result just selected (put_event deforms its rows into arrays of
-                // this width).
+                // SAFETY: the result just selected (deformed below into arrays of this width).
                 if !result.is_empty()
                     && unsafe { (*(*pg_sys::SPI_tuptable).tupdesc).natts } as usize != EVENT_QUERY_COLUMNS
                 {
                     return Err(pgrx::spi::SpiErrorCodes::NoAttribute.into());
                 }
-                let mut row_cx = pgrx::PgMemoryContexts::new("pgcdc.read row");
                 for i in 0..result.len() {
+                    let mut datums = [pg_sys::Datum::from(0usize); EVENT_QUERY_COLUMNS];
+                    let mut isnull = [false; EVENT_QUERY_COLUMNS];
                     // SAFETY: row i of the result just selected in this SPI connection (it
-                    // lives until the connection ends); the row's own allocations are in
-                    // row_cx, reset once the sink has copied the row.
+                    // lives until the connection ends), deformed with its own descriptor; the
+                    // row's own allocations are in row_cx, reset once the sink has copied it.
                     unsafe {
-                        if row_cx.switch_to(|_| put_event(i, streamed, read, sink)) {
+                        let table = pg_sys::SPI_tuptable;
+                        let tuple = *(*table).vals.add(i);
+                        pg_sys::heap_deform_tuple(tuple, (*table).tupdesc, datums.as_mut_ptr(), isnull.as_mut_ptr());
+                        if row_cx.switch_to(|_| put_event(&datums, &isnull, streamed, read, sink)) {
                             row_cx.reset();
                         }
                     }
@@ -380,29 +407,33 @@ fn fetch_events(
     )
 }
 
+thread_local! {
+    static LAST_READ_DIRECT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the last read of the queue went straight through its primary key (for tests).
+pub fn last_read_was_direct() -> bool {
+    LAST_READ_DIRECT.get()
+}
+
 /// Columns of [`fetch_events`]'s query.
 const EVENT_QUERY_COLUMNS: usize = 12;
 
-/// Hands row `i` of the current SPI result (the columns of [`fetch_events`]'s query) to
-/// `sink`. True when it allocated in the current memory context (a detoasted or bound value).
+/// Hands one queued event to `sink`: its columns in the order of [`fetch_events`]'s query.
+/// True when it allocated in the current memory context (a detoasted or bound value).
 ///
 /// # Safety
-/// `SPI_tuptable` holds that result, with at least `i + 1` rows of
-/// [`EVENT_QUERY_COLUMNS`] columns.
+/// The datums are valid values of those columns' types.
 unsafe fn put_event(
-    i: usize,
+    datums: &[pg_sys::Datum; EVENT_QUERY_COLUMNS],
+    isnull: &[bool; EVENT_QUERY_COLUMNS],
     streamed: Option<&crate::streamed::Committed>,
     read: &mut Read,
     sink: &mut ReadSink<'_>,
 ) -> bool {
-    // SAFETY: (whole body) tuple i of the SPI result, deformed with its own descriptor into
-    // arrays of its width; varlenas are detoasted (into the current context) before their
+    // SAFETY: (whole body) varlenas are detoasted (into the current context) before their
     // length or text is read.
     unsafe {
-        let table = pg_sys::SPI_tuptable;
-        let mut datums = [pg_sys::Datum::from(0usize); EVENT_QUERY_COLUMNS];
-        let mut isnull = [false; EVENT_QUERY_COLUMNS];
-        pg_sys::heap_deform_tuple(*(*table).vals.add(i), (*table).tupdesc, datums.as_mut_ptr(), isnull.as_mut_ptr());
         let mut allocated = false;
         let column = |n: usize| (!isnull[n]).then_some(datums[n]);
         let mut varlena = |n: usize| {
