@@ -537,6 +537,8 @@ pub unsafe fn scan_events(
         pg_sys::index_rescan(scan, keys.as_mut_ptr(), keys.len() as i32, std::ptr::null_mut(), 0);
         let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
         while pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot) {
+            // A read may return up to a million events: cancel and statement_timeout apply.
+            pgrx::check_for_interrupts!();
             pg_sys::slot_getallattrs(slot);
             let values = std::slice::from_raw_parts((*slot).tts_values, EVENT_WIDTH);
             let nulls = std::slice::from_raw_parts((*slot).tts_isnull, EVENT_WIDTH);

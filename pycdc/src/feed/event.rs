@@ -369,8 +369,8 @@ fn row_py(py: Python<'_>, raw: Option<&str>, cols: Option<&Columns>, o: &Encoder
     let Some(cols) = cols else { return Ok(values::json(py, raw)?.unbind()) };
     let row: RowEntries<'_> = serde_json::from_str(raw).map_err(|e| PgError::Data(format!("row JSON: {e}")))?;
     let d = PyDict::new(py);
-    for (JsonKey(k), v) in row.0 {
-        let value = match cols.get(&k) {
+    for (position, (JsonKey(k), v)) in row.0.into_iter().enumerate() {
+        let value = match cols.get(position, &k) {
             Some(kind) => typed_json(py, &k, kind, v.get(), o)?,
             None => values::json(py, v.get())?,
         };

@@ -76,8 +76,13 @@ struct Columns {
 }
 
 impl Columns {
-    fn get(&self, name: &str) -> Option<&TypeKind> {
-        self.kinds.iter().find(|(n, _)| n == name).map(|(_, k)| k)
+    /// The kind of column `name`, looked for first at `position`: rows list their columns in
+    /// the table's order, so a wide row costs one comparison per column, not a search.
+    fn get(&self, position: usize, name: &str) -> Option<&TypeKind> {
+        match self.kinds.get(position) {
+            Some((n, kind)) if n == name => Some(kind),
+            _ => self.kinds.iter().find(|(n, _)| n == name).map(|(_, k)| k),
+        }
     }
 }
 

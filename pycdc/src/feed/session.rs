@@ -26,7 +26,7 @@ use pgcdc_core::Lsn;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
-use super::event::{Field, RowEntries, Spans};
+use super::event::{Field, JsonKey, Spans};
 use super::{AckTarget, Columns, FeedConfig, FeedIdentity, FeedRow, Pos, Shared, STOP_GRACE};
 use crate::errors::PgError;
 use pgcdc_wire::ConnParams;
@@ -759,5 +759,24 @@ impl Session<'_> {
 
 /// True when a row object (an event's `after`) names a column the cached types do not know.
 fn has_new_column(after: &str, cols: &Columns) -> bool {
-    serde_json::from_str::<RowEntries<'_>>(after).is_ok_and(|row| row.0.iter().any(|(k, _)| cols.get(&k.0).is_none()))
+    /// Visits the row's keys, skipping their values (nothing is built).
+    struct Unknown<'c>(&'c Columns);
+    impl<'de> serde::de::Visitor<'de> for Unknown<'_> {
+        type Value = bool;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a row object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<bool, A::Error> {
+            let mut unknown = false;
+            let mut position = 0;
+            while let Some(key) = m.next_key::<JsonKey<'de>>()? {
+                unknown |= self.0.get(position, &key.0).is_none();
+                m.next_value::<serde::de::IgnoredAny>()?;
+                position += 1;
+            }
+            Ok(unknown)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(after);
+    serde::Deserializer::deserialize_map(&mut de, Unknown(cols)).is_ok_and(|unknown| unknown)
 }
