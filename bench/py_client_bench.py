@@ -30,6 +30,13 @@ Live (with the extension; --live-seconds, 0 skips it): single-row transactions c
     .venv/bin/python bench/py_client_bench.py [--rows-big 200000] [--txns-small 20000]
            [--repeat 3] [--json results.json]
 
+Memory (--memory-events, 0 skips it): the reader and the feed client, each in a fresh
+process, consume a stream of that many W1 events (transactions of 100k) converting every row,
+with a read-ahead buffer of 1024 events; their private memory (RssAnon) after a quarter of the
+stream and at its end must not grow by more than 10% + 4 MB. On top of that a client holds at
+most its buffer (`max_buffered`, 16384 events by default: up to about 50 MB of these W1 events measured
+here, reached whenever Python falls behind).
+
 Needs the Python package built (`make py-develop`, preferably `PY_PROFILE=bench`) and PostgreSQL
 15 binaries. It starts and stops its own throwaway cluster.
 """
@@ -175,6 +182,82 @@ async def live_feed(c: Cluster, feed: str, rate: int, seconds: float) -> list[fl
     return sorted(lat)
 
 
+def rss_anon_kb() -> int:
+    """This process's private resident memory (kB)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1])
+    raise RuntimeError("no RssAnon in /proc/self/status")
+
+
+# A consumer's memory is flat in the stream's length when its private memory at the end is at
+# most this much above what it was after a quarter of the stream (the snapshot benchmark's rule).
+MEMORY_GROWTH_PCT, MEMORY_GROWTH_KB = 10, 4096
+MEMORY_BUFFERED = 1024
+
+
+async def memory_child(kind: str, dsn: str, port: int, expected: int) -> dict:
+    """Run in a process of its own: consumes `expected` events converting every row, and
+    reports its private memory after a quarter of them and at the end."""
+    quarter = 0
+    n = 0
+    # A small read-ahead buffer: the default (16384 events) fills whenever Python lags, and its
+    # high-water mark would hide whether memory grows with the stream (what is measured here).
+    if kind == "reader":
+        stream = pgcdc.LogicalReplicationReader("bench_pub", "bench_mem", host="127.0.0.1", database="postgres",
+                                                port=port, max_buffered=MEMORY_BUFFERED)
+    else:
+        await pgcdc.resume_feed(dsn, "bench_mem")
+        stream = await pgcdc.connect(dsn, feed="bench_mem", auto_acknowledge=True, max_buffered=MEMORY_BUFFERED)
+    async for ev in stream:
+        ev.after  # noqa: B018
+        n += 1
+        if n == expected // 4:
+            quarter = rss_anon_kb()
+        if n >= expected:
+            break
+    full = rss_anon_kb()
+    await (stream.stop() if kind == "reader" else stream.close())
+    return {"quarter_kb": quarter, "full_kb": full}
+
+
+def memory_runs(c: Cluster, events: int, with_feed: bool) -> list[dict]:
+    """Reader and feed client private memory over a stream of `events` W1 rows (transactions
+    of 100k), each consumer in a fresh process."""
+    c.execute("DROP TABLE IF EXISTS bench CASCADE")
+    c.execute("DROP PUBLICATION IF EXISTS bench_pub")
+    c.execute(TABLE)
+    c.execute("CREATE PUBLICATION bench_pub FOR TABLE bench")
+    c.execute("SELECT pg_create_logical_replication_slot('bench_mem', 'pgoutput')")
+    kinds = ["reader"]
+    if with_feed:
+        kinds.append("feed")
+        c.execute("SELECT pgcdc.create_feed('bench_mem', 'bench_pub', options => '{\"snapshot.mode\": \"no_data\"}')")
+        c.execute("SELECT pgcdc.pause_feed('bench_mem')")
+    for done in range(0, events, 100_000):
+        c.execute(f"INSERT INTO bench (s, n, ts, j) SELECT {COLUMNS} FROM generate_series({done + 1}, {min(events, done + 100_000)}) g")
+    out = []
+    for kind in kinds:
+        if kind == "feed":
+            vacuum_queue(c)
+        child = subprocess.run(
+            [sys.executable, __file__, "--memory-child", kind, "--memory-dsn", c.dsn(), "--memory-port", str(c.port),
+             "--memory-events", str(events)],
+            check=True, capture_output=True, text=True, timeout=900,
+        )
+        r = json.loads(child.stdout.strip().splitlines()[-1])
+        growth = r["full_kb"] - r["quarter_kb"]
+        ok = growth <= r["quarter_kb"] * MEMORY_GROWTH_PCT / 100 + MEMORY_GROWTH_KB
+        pct = 100 * growth / max(r["quarter_kb"], 1)
+        print(f"memory {kind}: private {r['quarter_kb']} kB after {events // 4} events -> {r['full_kb']} kB after "
+              f"{events} ({pct:+.1f}%) {'flat' if ok else 'GROWS'}", flush=True)
+        out.append({"workload": "memory", "consumer": kind, "events": events, **r, "growth_pct": round(pct, 1), "ok": ok})
+    c.execute("SELECT pg_drop_replication_slot('bench_mem')")
+    if with_feed:
+        c.execute("SELECT pgcdc.drop_feed('bench_mem')")
+    return out
+
+
 def extension_available() -> bool:
     try:
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -196,7 +279,15 @@ def main() -> int:
     ap.add_argument("--no-feed", action="store_true", help="skip the feed client even if the extension is there")
     ap.add_argument("--live-rate", type=int, default=500, help="commits/s of the live run")
     ap.add_argument("--live-seconds", type=float, default=5.0, help="length of the live run (0: none)")
+    ap.add_argument("--memory-events", type=int, default=1_000_000,
+                    help="events of the memory run: reader and feed client RSS after 25%% and 100%% (0: none)")
+    ap.add_argument("--memory-child", choices=["reader", "feed"], help=argparse.SUPPRESS)
+    ap.add_argument("--memory-dsn", help=argparse.SUPPRESS)
+    ap.add_argument("--memory-port", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.memory_child:
+        print(json.dumps(asyncio.run(memory_child(args.memory_child, args.memory_dsn, args.memory_port, args.memory_events))))
+        return 0
 
     with_feed = not args.no_feed and extension_available()
     settings = {"shared_buffers": "512MB", "max_wal_size": "4GB", "wal_sender_timeout": "0"}
@@ -273,6 +364,7 @@ def main() -> int:
             live = {"workload": "live", "consumer": "feed+values", "rate": args.live_rate, "events": len(lat),
                     "p50_ms": round(lat[len(lat) // 2], 2), "p99_ms": round(lat[int(len(lat) * 0.99)], 2),
                     "max_ms": round(lat[-1], 2)}
+        memory = memory_runs(c, args.memory_events, with_feed) if args.memory_events > 0 else []
     print(f"{'workload':<8} {'consumer':<16} {'events':>8} {'seconds':>8} {'events/s':>10} {'ratio':>6} {'cpu µs/ev':>10}")
     for r in results:
         print(f"{r['workload']:<8} {r['consumer']:<16} {r['events']:>8} {r['seconds']:>8.2f} {r['events_per_s']:>10} "
@@ -281,6 +373,7 @@ def main() -> int:
         print(f"live: {live['rate']} commits/s, commit -> feed client event in Python ({live['events']} events): "
               f"p50 {live['p50_ms']} ms, p99 {live['p99_ms']} ms, max {live['max_ms']} ms")
         results.append(live)
+    results.extend(memory)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0

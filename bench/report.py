@@ -8,7 +8,8 @@
    WAL, and commit -> queue latency at 500 tx/s.
 3. The Python package (bench/py_client_bench.py): events/s delivered to an `async for` loop,
    feed client and LogicalReplicationReader, against pg_recvlogical on the same WAL; and the
-   feed client live at 500 commits/s, commit -> event in Python.
+   feed client live at 500 commits/s, commit -> event in Python; the private memory of both
+   clients after a quarter of a 1M-event stream and at its end.
 4. Snapshots (bench/snapshot_bench.py): an initial snapshot of a 2M-row table, rows/s staged
    and delivered to the Python feed client, against psql draining COPY of the same table;
    the feed worker's private memory on that table against a quarter of it.
@@ -78,6 +79,12 @@ def main() -> int:
         py = json.loads(py_json.read_text())
         for r in py:
             if r["consumer"] == "pg_recvlogical":
+                continue
+            if r["workload"] == "memory":
+                rows.append((f"python {r['consumer']} memory", f"{r['events']:,} events",
+                             f"private {r['quarter_kb'] / 1024:.1f} -> {r['full_kb'] / 1024:.1f} MB "
+                             f"({r['growth_pct']:+.1f}%) from 25% to 100% of the stream",
+                             "flat (<= +10% + 4 MB)", "ok" if r["ok"] else "GROWS"))
                 continue
             if r["workload"] == "live":
                 rows.append(("python feed live", f"{r['rate']} tx/s, commit -> Python event",
