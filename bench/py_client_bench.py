@@ -235,7 +235,8 @@ def memory_runs(c: Cluster, events: int, with_feed: bool) -> list[dict]:
         c.execute("SELECT pgcdc.create_feed('bench_mem', 'bench_pub', options => '{\"snapshot.mode\": \"no_data\"}')")
         c.execute("SELECT pgcdc.pause_feed('bench_mem')")
     for done in range(0, events, 100_000):
-        c.execute(f"INSERT INTO bench (s, n, ts, j) SELECT {COLUMNS} FROM generate_series({done + 1}, {min(events, done + 100_000)}) g")
+        last = min(events, done + 100_000)
+        c.execute(f"INSERT INTO bench (s, n, ts, j) SELECT {COLUMNS} FROM generate_series({done + 1}, {last}) g")
     out = []
     for kind in kinds:
         if kind == "feed":
