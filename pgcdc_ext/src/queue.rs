@@ -453,7 +453,8 @@ const _: () = assert!(EVENT_COLUMNS.len() == EVENT_WIDTH);
 /// table's datums and nulls (valid until `each` returns), until `each` returns false. Rows
 /// are those the statement's active snapshot sees. Returns false, having read nothing, when
 /// this does not apply to the table as it is now (not the shape pgcdc created, row
-/// security, another primary key, no SELECT right): the caller then reads through SQL.
+/// security, another primary key, no SELECT right) or to the server (in recovery): the caller
+/// then reads through SQL.
 ///
 /// # Safety
 /// In a transaction, on the main thread.
@@ -468,7 +469,9 @@ pub unsafe fn scan_events(
     // executor runs one; the locks stay until the transaction ends, like a query's; the slot
     // keeps the current row's buffer pinned while `each` looks at its datums.
     unsafe {
+        // During recovery an unlogged table has no data to read: SQL says so clearly.
         if relid == pg_sys::InvalidOid
+            || pg_sys::RecoveryInProgress()
             || !pg_sys::ActiveSnapshotSet()
             || pg_sys::pg_class_aclcheck(relid, pg_sys::GetUserId(), pg_sys::ACL_SELECT as pg_sys::AclMode)
                 != pg_sys::AclResult::ACLCHECK_OK
