@@ -174,6 +174,12 @@ mod tests {
         rows.into_iter().map(|o| o.map(u32::from)).collect()
     }
 
+    /// Tests run concurrently: one that alters `pgcdc.event` takes its strongest lock before
+    /// anything else, never upgrading a weaker lock while another such test waits (a deadlock).
+    fn lock_queue_for_ddl() {
+        Spi::run("LOCK TABLE pgcdc.event IN ACCESS EXCLUSIVE MODE").unwrap();
+    }
+
     /// A feed row without a slot or a worker: enough for the queue functions (rolled back).
     fn fake_feed(name: &str) -> i32 {
         Spi::get_one_with_args::<i32>(
@@ -244,6 +250,7 @@ mod tests {
 
     #[pg_test]
     fn an_altered_queue_table_falls_back_to_sql_inserts() {
+        lock_queue_for_ddl();
         let id = fake_feed("alt");
         Spi::run("ALTER TABLE pgcdc.event ADD COLUMN note text").unwrap();
         let mut stager = Stager::default();
@@ -257,17 +264,17 @@ mod tests {
         assert_eq!(headers, "{\"__debezium.oldkey\":{\"id\":0}}");
     }
 
-    /// Every read of `q` the direct scan and SQL must answer alike: limits, positions inside
-    /// and between transactions, a TOASTed value, a byte budget of one event.
-    fn reads_of_q() -> Vec<String> {
+    /// Every read of `dq` the direct scan and SQL must answer alike: limits, positions inside
+    /// and between transactions, a TOASTed value, another feed's events around them.
+    fn reads_of_dq() -> Vec<String> {
         [
-            "pgcdc.read('q', 100)",
-            "pgcdc.read('q', 2)",
-            "pgcdc.read('q', 100, '0/100', 1)",
-            "pgcdc.read('q', 100, '0/100', 3)",
-            "pgcdc.read('q', 100, '0/100')",
-            "pgcdc.read('q', 1, '0/200', 0)",
-            "pgcdc.read('q', 100, '0/300')",
+            "pgcdc.read('dq', 100)",
+            "pgcdc.read('dq', 2)",
+            "pgcdc.read('dq', 100, '0/100', 1)",
+            "pgcdc.read('dq', 100, '0/100', 3)",
+            "pgcdc.read('dq', 100, '0/100')",
+            "pgcdc.read('dq', 1, '0/200', 0)",
+            "pgcdc.read('dq', 100, '0/300')",
         ]
         .iter()
         .map(|from| {
@@ -281,19 +288,21 @@ mod tests {
         .collect()
     }
 
+    // Feed names of its own: tests run concurrently, and one waiting on another's uncommitted
+    // feed name while this one holds the queue's lock would deadlock.
     #[pg_test]
     fn direct_reads_and_sql_reads_return_the_same_events() {
-        install_try();
-        let id = fake_feed("q");
+        lock_queue_for_ddl();
+        let id = fake_feed("dq");
         let big = format!("{{\"text\":\"{}\"}}", "x".repeat(300_000));
         let mut stager = Stager::default();
         stager.stage(id, &[event(0x100, 1, "{\"a\":1}"), event(0x100, 2, &big), event(0x100, 3, "{\"a\":3}")]).unwrap();
         stager.stage(id, &[event(0x200, 0, "{\"b\":0}"), event(0x200, 1, "{\"b\":1}")]).unwrap();
         // Another feed's events around them: never read.
-        let other = fake_feed("other");
+        let other = fake_feed("dother");
         stager.stage(other, &[event(0x100, 2, "{\"x\":1}"), event(0x150, 1, "{\"x\":2}")]).unwrap();
 
-        let direct = reads_of_q();
+        let direct = reads_of_dq();
         assert!(crate::feed::last_read_was_direct());
         assert_eq!(direct[0].split(' ').count(), 5, "{}", direct[0]);
         assert_eq!(direct[2].split(' ').count(), 4, "after 0/100#1: {}", direct[2]);
@@ -304,7 +313,7 @@ mod tests {
         Spi::run("ALTER TABLE pgcdc.event ENABLE ROW LEVEL SECURITY").unwrap();
         Spi::run("ALTER TABLE pgcdc.event FORCE ROW LEVEL SECURITY").unwrap();
         Spi::run("CREATE POLICY everything ON pgcdc.event USING (true)").unwrap();
-        assert_eq!(reads_of_q(), direct);
+        assert_eq!(reads_of_dq(), direct);
         assert!(!crate::feed::last_read_was_direct(), "row security: read through SQL");
         Spi::run("DROP POLICY everything ON pgcdc.event").unwrap();
         Spi::run("ALTER TABLE pgcdc.event DISABLE ROW LEVEL SECURITY").unwrap();
@@ -312,12 +321,13 @@ mod tests {
         // A primary key the scan cannot read in position order.
         Spi::run("ALTER TABLE pgcdc.event DROP CONSTRAINT event_pkey").unwrap();
         Spi::run("ALTER TABLE pgcdc.event ADD PRIMARY KEY (feed_id, ordinal, commit_lsn)").unwrap();
-        assert_eq!(reads_of_q(), direct);
+        assert_eq!(reads_of_dq(), direct);
         assert!(!crate::feed::last_read_was_direct(), "another primary key: read through SQL");
     }
 
     #[pg_test]
     fn direct_staging_rechecks_the_table_every_batch() {
+        lock_queue_for_ddl();
         let id = fake_feed("shape");
         let mut stager = Stager::default();
         stager.stage(id, &[event(0x100, 1, "{\"a\":1}")]).unwrap();
